@@ -1,0 +1,165 @@
+"""LLFF forward-facing scenes as a nerfstudio dataparser (``--data llff/fern``).
+
+Registered as ``llff`` through the ``nerfstudio.dataparser_configs`` entry point
+(:data:`llff_dataparser`). The geometry is the NeRF reference loader's (see
+:mod:`wcnerf.data.llff_scene`): OpenGL axes, scale so the nearest bound is at 1/0.75,
+recentred on the average pose, focal / factor. Every ``holdout_every``-th image
+(index % 8 == 0) is held out for evaluation.
+
+What the model gets, in ``DataparserOutputs.metadata["llff"]`` (the pipeline hands the train
+dataset's metadata to ``Model(..., metadata=...)``)::
+
+    {"ndc": bool,      # render in NDC (forward-facing) or in world space
+     "near": float,    # NDC: 1.0, the world near plane for ndc_rays; else sampling near
+     "far": float,     # NDC: 1.0, the end of the NDC ray parameter t; else sampling far
+     "focal": float,   # focal length (pixels) of the loaded, downscaled images
+     "width": int,     # their size in pixels
+     "height": int}
+
+In NDC mode, map world rays with ``ndc_rays(o, d, focal=, width=, height=, near=meta["near"])``
+and sample ``t`` linearly in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Type
+
+import numpy as np
+import torch
+
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.plugins.registry_dataparser import DataParserSpecification
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from wcnerf.data.llff_scene import (
+    LLFFDataError,
+    LLFFScene,
+    load_llff_scene,
+    resolve_data_path,
+    split_indices,
+)
+
+__all__ = ["LLFFDataParserConfig", "LLFF", "LLFFDataError", "llff_dataparser", "NDC_NEAR"]
+
+NDC_NEAR = 1.0
+"""World depth of the NDC near plane (reference: ``ndc_rays(H, W, focal, 1., ...)``)."""
+
+
+@dataclass
+class LLFFDataParserConfig(DataParserConfig):
+    """LLFF forward-facing scene (NeRF's ``nerf_llff_data`` layout)."""
+
+    _target: Type = field(default_factory=lambda: LLFF)
+    """Target class to instantiate."""
+    data: Path = Path("llff/fern")
+    """Scene folder (``poses_bounds.npy`` + ``images_<factor>/`` or ``images/``). A path that
+    does not exist is looked up under the repo's ``data/`` and under each entry of
+    ``$WCNERF_DATA``."""
+    downscale_factor: int = 8
+    """Load ``images_<factor>/`` (made from ``images/`` and cached if missing); 4 is the
+    NeRF paper's protocol, 8 is quicker. 1 means ``images/`` itself."""
+    holdout_every: int = 8
+    """Hold out image i for evaluation when i % holdout_every == 0 (NeRF's llffhold); 0 puts
+    every image in both the train and the eval split."""
+    ndc: bool = True
+    """Normalized device coordinates (forward-facing scenes); False for scenes that are not
+    forward-facing: rays are sampled in world space between near and far below."""
+    bd_factor: float = 0.75
+    """Scale the scene so the nearest depth bound is 1 / bd_factor (reference: 0.75)."""
+    near_factor: float = 0.9
+    """Non-NDC mode: near = min scaled bound * near_factor (nerf-pytorch: 0.9)."""
+    far_factor: float = 1.0
+    """Non-NDC mode: far = max scaled bound * far_factor (nerf-pytorch: 1.0)."""
+
+
+@dataclass
+class LLFF(DataParser):
+    """LLFF dataparser (NeRF reference loader geometry)."""
+
+    config: LLFFDataParserConfig
+
+    def __init__(self, config: LLFFDataParserConfig):
+        super().__init__(config=config)
+        self._cache: Optional[Tuple[Tuple, LLFFScene]] = None
+
+    # The datamanager asks for "train" then "val"/"test": load and check the scene once.
+    def load_scene(self) -> LLFFScene:
+        """The whole scene (all images), resolved and checked once per parser."""
+        cfg = self.config
+        root = resolve_data_path(cfg.data, cfg.downscale_factor)
+        key = (str(root.resolve()), cfg.downscale_factor, cfg.bd_factor)
+        if self._cache is None or self._cache[0] != key:
+            scene = load_llff_scene(root, cfg.downscale_factor, bd_factor=cfg.bd_factor)
+            full_h, full_w, _ = scene.full_hwf
+            f = cfg.downscale_factor
+            if abs(scene.height * f - full_h) > f or abs(scene.width * f - full_w) > f:
+                CONSOLE.print(
+                    f"[bold yellow]Warning: {scene.image_paths[0].parent}: images are "
+                    f"{scene.width}x{scene.height}, poses_bounds.npy says {full_w:g}x{full_h:g} / {f}; "
+                    "the focal length is scaled by the factor as in the reference loader."
+                )
+            self._cache = (key, scene)
+        return self._cache[1]
+
+    def llff_metadata(self, scene: LLFFScene) -> Dict[str, object]:
+        """The ``metadata["llff"]`` contract (see the module docstring)."""
+        cfg = self.config
+        if cfg.ndc:
+            near, far = NDC_NEAR, 1.0
+        else:
+            near = float(scene.bounds.min() * cfg.near_factor)
+            far = float(scene.bounds.max() * cfg.far_factor)
+        return {
+            "ndc": bool(cfg.ndc),
+            "near": float(near),
+            "far": float(far),
+            "focal": float(scene.focal),
+            "width": int(scene.width),
+            "height": int(scene.height),
+        }
+
+    def scene_box(self, scene: LLFFScene, far: float) -> SceneBox:
+        """NDC: the NDC cube [-1, 1]^3. World mode: a cube around the cameras reaching far."""
+        if self.config.ndc:
+            half = 1.0
+        else:
+            half = float(np.abs(scene.poses[:, :, 3]).max() + far)
+        return SceneBox(aabb=torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32))
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
+        scene = self.load_scene()
+        indices = split_indices(len(scene.image_paths), self.config.holdout_every, split)
+        meta = self.llff_metadata(scene)
+
+        c2w = torch.from_numpy(scene.poses[indices]).to(torch.float32)
+        cameras = Cameras(
+            camera_to_worlds=c2w,
+            fx=float(scene.focal),
+            fy=float(scene.focal),
+            cx=scene.width / 2.0,
+            cy=scene.height / 2.0,
+            width=int(scene.width),
+            height=int(scene.height),
+            camera_type=CameraType.PERSPECTIVE,
+        )
+        return DataparserOutputs(
+            image_filenames=[scene.image_paths[i] for i in indices],
+            cameras=cameras,
+            scene_box=self.scene_box(scene, float(meta["far"])),
+            dataparser_scale=float(scene.scale),
+            dataparser_transform=torch.from_numpy(scene.transform).to(torch.float32),
+            metadata={"llff": meta},
+        )
+
+
+llff_dataparser = DataParserSpecification(
+    config=LLFFDataParserConfig(),
+    description=(
+        "LLFF forward-facing scenes (NeRF's nerf_llff_data: poses_bounds.npy + images_<factor>/), "
+        "NeRF reference loader geometry, every 8th image held out, NDC metadata for the model."
+    ),
+)

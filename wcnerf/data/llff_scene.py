@@ -1,0 +1,443 @@
+"""Reading LLFF scenes (``poses_bounds.npy`` + ``images_<factor>/``) without nerfstudio.
+
+Everything here is numpy / PIL / torch; :mod:`wcnerf.data.llff` wraps it as a nerfstudio
+dataparser. The geometry follows the NeRF reference loader (``load_llff.py`` of bmild/nerf
+and yenchenlin/nerf-pytorch, itself derived from Fyusion/LLFF) step by step:
+
+1. ``poses_bounds.npy`` is ``N x 17``: per image a ``3 x 5`` matrix (a camera-to-world
+   ``3 x 4`` whose rotation columns are [down, right, backwards], then the column
+   ``[H, W, focal]`` at full resolution) followed by the near and far depth bounds.
+2. The rotation columns become [right, up, backwards] (OpenGL, nerfstudio's convention):
+   ``[c1, -c0, c2]``.
+3. Translations and bounds are scaled by ``1 / (bounds.min() * bd_factor)`` (bd_factor 0.75),
+   so the nearest bound sits at 1 / 0.75 and the NDC near plane z = -1 is in front of it.
+4. The poses are recentred on their average pose (``poses_avg``: mean centre, summed
+   viewing axis, summed up vector).
+5. The focal length is divided by the downscale factor; H, W are the loaded images' size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "LLFFDataError",
+    "LLFFScene",
+    "IMAGE_SUFFIXES",
+    "POSES_FILE",
+    "data_search_roots",
+    "resolve_data_path",
+    "load_poses_bounds",
+    "list_images",
+    "downsample_images",
+    "image_dir_for",
+    "llff_to_opengl",
+    "poses_avg",
+    "recenter_poses",
+    "load_llff_scene",
+    "split_indices",
+]
+
+POSES_FILE = "poses_bounds.npy"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class LLFFDataError(ValueError):
+    """A problem with an LLFF scene on disk. The message starts with the offending path."""
+
+
+# --------------------------------------------------------------------------------------
+# Where scenes are looked up
+# --------------------------------------------------------------------------------------
+
+
+def data_search_roots() -> List[Path]:
+    """Folders a relative ``data`` path is looked up under, in order.
+
+    The repository's ``data/`` folder (next to the ``wcnerf`` package), then each entry of
+    ``$WCNERF_DATA`` (``os.pathsep``-separated).
+    """
+    import wcnerf
+
+    roots = [Path(wcnerf.__file__).resolve().parents[1] / "data"]
+    for entry in os.environ.get("WCNERF_DATA", "").split(os.pathsep):
+        if entry.strip():
+            roots.append(Path(entry.strip()).expanduser())
+    return roots
+
+
+def _has_images_for(folder: Path, downscale_factor: Optional[int]) -> bool:
+    if not (folder / POSES_FILE).is_file():
+        return False
+    if downscale_factor is None:
+        return True
+    return image_dir_for(folder, downscale_factor).is_dir() or (folder / "images").is_dir()
+
+
+def resolve_data_path(data: PathLike, downscale_factor: Optional[int] = None) -> Path:
+    """Find an LLFF scene folder.
+
+    A path that exists is used as given (a path to ``poses_bounds.npy`` itself means its
+    folder). Otherwise the relative path is looked up under :func:`data_search_roots`; among
+    the places where it exists, the first one that has ``poses_bounds.npy`` and images for
+    ``downscale_factor`` (``images_<factor>/`` or ``images/``) wins, else the first one.
+    Raises :class:`LLFFDataError` listing every place looked at when none exists.
+    """
+    given = Path(data).expanduser()
+    if given.exists():
+        if given.is_file() and given.name == POSES_FILE:
+            return given.parent
+        return given
+    tried = [given.absolute()]
+    found: List[Path] = []
+    if not given.is_absolute():
+        for root in data_search_roots():
+            candidate = root / given
+            tried.append(candidate)
+            if candidate.is_dir():
+                found.append(candidate)
+    if found:
+        for candidate in found:
+            if _has_images_for(candidate, downscale_factor):
+                return candidate
+        return found[0]
+    env = os.environ.get("WCNERF_DATA")
+    hint = (
+        f" ($WCNERF_DATA={env!r})"
+        if env
+        else " (set $WCNERF_DATA to folders holding scenes, os.pathsep-separated, to look there too)"
+    )
+    raise LLFFDataError(
+        f"{data}: LLFF scene folder not found. Looked in:\n"
+        + "\n".join(f"  - {p}" for p in tried)
+        + "\n"
+        + hint.strip()
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------
+
+
+def load_poses_bounds(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Read ``poses_bounds.npy``: returns ``(poses (N, 3, 5), bounds (N, 2))`` as float64."""
+    path = Path(path)
+    if not path.is_file():
+        raise LLFFDataError(f"{path}: file not found (an LLFF scene needs {POSES_FILE})")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem
+        raise LLFFDataError(f"{path}: cannot read as a .npy array ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):
+            arr.close()
+        raise LLFFDataError(f"{path}: expected a single numpy array (.npy), got {type(arr).__name__}")
+    if arr.ndim != 2 or arr.shape[1] != 17 or arr.shape[0] == 0:
+        raise LLFFDataError(
+            f"{path}: expected an N x 17 array (3x5 pose + near, far per image), got shape {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise LLFFDataError(f"{path}: expected real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise LLFFDataError(f"{path}: contains non-finite values (nan or inf)")
+    poses = arr[:, :15].reshape(-1, 3, 5)
+    bounds = arr[:, 15:17].copy()
+    if bounds.min() <= 0:
+        raise LLFFDataError(f"{path}: depth bounds must be positive, smallest is {bounds.min():g}")
+    hwf = poses[:, :, 4]
+    if np.any(hwf <= 0):
+        raise LLFFDataError(f"{path}: the [H, W, focal] column must be positive")
+    return poses, bounds
+
+
+def list_images(folder: PathLike) -> List[Path]:
+    """Image files (png/jpg/jpeg, any case) of a folder, sorted by name like the reference."""
+    folder = Path(folder)
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.name,
+    )
+
+
+def image_dir_for(root: PathLike, downscale_factor: int) -> Path:
+    """``images_<factor>/`` (``images/`` itself for factor 1)."""
+    root = Path(root)
+    return root / "images" if downscale_factor == 1 else root / f"images_{downscale_factor}"
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception as exc:  # noqa: BLE001
+        raise LLFFDataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise LLFFDataError(f"{path}: not a single 2-D image (array shape {img.shape})")
+    return img
+
+
+def _resize_area(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area (box) downsampling: PIL's BOX filter for 8-bit L/RGB/RGBA, torch otherwise."""
+    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] in (3, 4)):
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BOX))
+
+    import torch
+    import torch.nn.functional as F
+
+    squeeze = img.ndim == 2
+    arr = img[..., None] if squeeze else img
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float64).permute(2, 0, 1)[None]
+    y = F.interpolate(x, size=(height, width), mode="area")[0].permute(1, 2, 0).numpy()
+    if np.issubdtype(img.dtype, np.integer):
+        info = np.iinfo(img.dtype)
+        y = np.clip(np.rint(y), info.min, info.max)
+    y = y.astype(img.dtype)
+    return y[..., 0] if squeeze else y
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """8-bit copy (nerfstudio's InputDataset reads images as uint8)."""
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.integer):
+        scale = 255.0 / np.iinfo(img.dtype).max
+        return np.clip(np.rint(img.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
+    return np.clip(np.rint(img.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)  # floats in [0, 1]
+
+
+def downsample_images(src: PathLike, dst: PathLike, factor: int, *, show_progress: bool = True) -> List[Path]:
+    """Downsample every image of ``src`` by ``factor`` (area filter) into 8-bit PNGs in ``dst``.
+
+    The size is ``round(W / factor) x round(H / factor)`` (the reference runs ImageMagick's
+    ``mogrify -resize {100/factor}% -format png``). Files keep their stem. The images are
+    written to a temporary sibling folder that is renamed to ``dst`` at the end, so an
+    interrupted run leaves no half-filled cache. Returns the written files, sorted.
+    """
+    import imageio.v3 as iio
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import track
+
+    src, dst = Path(src), Path(dst)
+    files = list_images(src)
+    if not files:
+        raise LLFFDataError(f"{src}: no images (png/jpg/jpeg) to downsample")
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        raise LLFFDataError(f"{src}: several images share a name stem ({', '.join(dup)}); cannot cache as PNG")
+    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        iterable: Iterable[Path] = files
+        if show_progress:
+            console = Console()
+            console.print(
+                f"[bold]LLFF:[/bold] {escape(str(dst))} missing: downsampling the {len(files)} images of"
+                f" {escape(str(src))} by {factor}"
+                " (once; cached there)"
+            )
+            iterable = track(files, description="Downsampling", console=console, transient=True)
+        for path in iterable:
+            img = _read_image(path)
+            h, w = img.shape[:2]
+            nh, nw = max(1, int(round(h / factor))), max(1, int(round(w / factor)))
+            small = _to_uint8(_resize_area(img, nh, nw))
+            iio.imwrite(tmp / f"{path.stem}.png", small)
+        try:
+            os.rename(tmp, dst)
+        except OSError:
+            if not dst.is_dir():  # not a concurrent run that finished first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return list_images(dst)
+
+
+# --------------------------------------------------------------------------------------
+# Geometry (NeRF reference loader)
+# --------------------------------------------------------------------------------------
+
+
+def _normalize(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def llff_to_opengl(poses: np.ndarray) -> np.ndarray:
+    """Rotation columns [down, right, backwards] -> [right, up, backwards]; ``(..., 3, >=4)``."""
+    out = np.array(poses, dtype=np.float64, copy=True)
+    out[..., 0] = poses[..., 1]
+    out[..., 1] = -poses[..., 0]
+    return out
+
+
+def poses_avg(poses: np.ndarray) -> np.ndarray:
+    """Average camera-to-world ``3 x 4`` of OpenGL poses ``(N, 3, >=4)`` (reference ``poses_avg``)."""
+    center = poses[:, :3, 3].mean(0)
+    z = _normalize(poses[:, :3, 2].sum(0))
+    up = poses[:, :3, 1].sum(0)
+    x = _normalize(np.cross(up, z))
+    y = _normalize(np.cross(z, x))
+    return np.stack([x, y, z, center], 1)
+
+
+def recenter_poses(poses: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Express ``(N, 3, 4)`` poses in the frame of their average pose.
+
+    Returns ``(recentred poses, world transform 3 x 4)`` with
+    ``recentred = transform @ [pose; 0 0 0 1]`` (the transform is the inverse average pose).
+    """
+    avg = np.eye(4)
+    avg[:3, :4] = poses_avg(poses)
+    inv = np.linalg.inv(avg)
+    n = poses.shape[0]
+    homog = np.concatenate([poses[:, :3, :4], np.broadcast_to([[[0.0, 0.0, 0.0, 1.0]]], (n, 1, 4))], 1)
+    return (inv @ homog)[:, :3, :4], inv[:3, :4]
+
+
+def split_indices(num_images: int, holdout_every: int, split: str) -> List[int]:
+    """Reference ``llffhold`` split: index % holdout_every == 0 is held out for eval.
+
+    ``holdout_every <= 0`` puts every image in every split (no held-out set).
+    """
+    if split not in ("train", "val", "test", "eval"):
+        raise ValueError(f"unknown split {split!r} (train, val, test)")
+    idx = range(num_images)
+    if holdout_every <= 0:
+        return list(idx)
+    if split == "train":
+        return [i for i in idx if i % holdout_every != 0]
+    return [i for i in idx if i % holdout_every == 0]
+
+
+@dataclass
+class LLFFScene:
+    """A loaded LLFF scene (all images, before the train/eval split)."""
+
+    root: Path
+    image_paths: List[Path]
+    poses: np.ndarray
+    """``(N, 3, 4)`` camera-to-world, OpenGL axes, recentred and rescaled (float64)."""
+    bounds: np.ndarray
+    """``(N, 2)`` near/far depth bounds, rescaled."""
+    height: int
+    width: int
+    focal: float
+    """Focal length in pixels of the loaded images (full-resolution focal / factor)."""
+    downscale_factor: int
+    scale: float
+    """World scale applied: ``1 / (min bound * bd_factor)``."""
+    transform: np.ndarray
+    """``3 x 4`` world transform with ``new = scale * (transform @ old)`` (nerfstudio's)."""
+    full_hwf: Tuple[float, float, float]
+    """``(H, W, focal)`` at full resolution, as stored in poses_bounds.npy (first row)."""
+
+
+def _check_images(paths: Sequence[Path]) -> Tuple[int, int]:
+    """Decode every image fully; all must share one size. Returns ``(H, W)``."""
+    from PIL import Image
+
+    size0: Optional[Tuple[int, int]] = None
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                size = im.size  # (W, H)
+        except Exception as exc:  # noqa: BLE001
+            raise LLFFDataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        if size0 is None:
+            size0 = size
+        elif size != size0:
+            raise LLFFDataError(
+                f"{path}: image is {size[0]}x{size[1]} but {paths[0].name} is {size0[0]}x{size0[1]}"
+                " (all images of a scene must have the same size)"
+            )
+    assert size0 is not None
+    return size0[1], size0[0]
+
+
+def load_llff_scene(
+    root: PathLike,
+    downscale_factor: int = 8,
+    *,
+    bd_factor: float = 0.75,
+    show_progress: bool = True,
+) -> LLFFScene:
+    """Load an LLFF scene folder, downsampling ``images/`` into ``images_<factor>/`` if needed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LLFFDataError(f"{root}: not a folder (an LLFF scene is a folder with {POSES_FILE})")
+    if downscale_factor < 1:
+        raise ValueError(f"downscale_factor must be >= 1, got {downscale_factor}")
+    poses_file = root / POSES_FILE
+    raw_poses, bounds = load_poses_bounds(poses_file)
+    n = raw_poses.shape[0]
+
+    img_dir = image_dir_for(root, downscale_factor)
+    if not img_dir.is_dir():
+        originals = root / "images"
+        if not originals.is_dir():
+            raise LLFFDataError(
+                f"{img_dir}: folder not found, and there is no {originals.name}/ folder with the"
+                f" full-resolution images to make it from (LLFF layout: {POSES_FILE}, images/,"
+                " images_<factor>/)"
+            )
+        n_orig = len(list_images(originals))
+        if n_orig != n:
+            raise LLFFDataError(
+                f"{originals}: {n_orig} images but {poses_file.name} has {n} poses; not downsampling"
+            )
+        downsample_images(originals, img_dir, downscale_factor, show_progress=show_progress)
+
+    image_paths = list_images(img_dir)
+    if len(image_paths) != n:
+        raise LLFFDataError(
+            f"{img_dir}: {len(image_paths)} images but {poses_file} has {n} poses"
+            " (one image per row of poses_bounds.npy, matched in sorted name order)"
+        )
+    height, width = _check_images(image_paths)
+
+    full_h, full_w, full_f = (float(v) for v in raw_poses[0, :, 4])
+    focal = full_f / downscale_factor
+
+    # Geometry, in the reference's order: axes, scale, recentre.
+    poses = llff_to_opengl(raw_poses[:, :, :4])
+    scale = 1.0 / (bounds.min() * bd_factor)
+    poses[:, :, 3] *= scale
+    bounds = bounds * scale
+    poses, inv_avg = recenter_poses(poses)
+    # inv_avg acts on scaled world points; on unscaled ones the translation is /scale.
+    transform = inv_avg.copy()
+    transform[:, 3] /= scale
+
+    return LLFFScene(
+        root=root,
+        image_paths=image_paths,
+        poses=poses,
+        bounds=bounds,
+        height=height,
+        width=width,
+        focal=focal,
+        downscale_factor=downscale_factor,
+        scale=float(scale),
+        transform=transform,
+        full_hwf=(full_h, full_w, full_f),
+    )
