@@ -1,0 +1,26 @@
+"""Weight conditioners for any torch module (pure torch).
+
+    from wcnerf.conditioning import condition, bake, available, post_step
+    model = condition(model, "equilibrate")          # unit-norm rows of every Linear
+    ...
+    optimizer.step(); post_step(model, optimizer)     # needed only for "enorm"
+    plain = bake(model)                               # plain layers, same outputs
+
+``python -m wcnerf.conditioning`` prints the registry. Each method's file documents what it
+does and every choice its paper leaves open: ``equilibrate.py``, ``weight_norm.py``,
+``standardize.py``, ``equinorm.py``, ``enorm.py``; the registry is ``registry.py``.
+"""
+
+from .api import available, bake, condition, post_step
+from .enorm import ENorm, infer_pairs
+from .equilibrate import Equilibrate, equilibrate
+from .equinorm import EquiNormLinear, equinorm_weight
+from .registry import REGISTRY, Conditioner, register
+from .standardize import CenteredWeightNorm, WeightStandardization, center_normalize, standardize
+
+__all__ = [
+    "available", "bake", "condition", "post_step",
+    "ENorm", "infer_pairs", "Equilibrate", "equilibrate", "EquiNormLinear", "equinorm_weight",
+    "REGISTRY", "Conditioner", "register",
+    "CenteredWeightNorm", "WeightStandardization", "center_normalize", "standardize",
+]

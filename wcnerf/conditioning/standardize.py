@@ -1,0 +1,92 @@
+"""Weight standardization and centred weight normalization, as weight parametrizations.
+
+Both work per output row of the ``(out, fan_in)`` matrix (Conv2d: per filter, over
+``in/groups*kh*kw``) and carry a learnable per-output gain ``g``, stored in the
+parametrization module (``parametrizations.weight.0.gain``).
+
+weight-standardization (Qiao et al., 2019)
+    ``W_hat[i] = g_i * (W[i] - mean(W[i])) / sqrt(var(W[i]) + eps)``; population variance
+    (``unbiased=False``), ``eps = 1e-8`` inside the square root. Qiao et al. have no gain
+    because a normalisation layer always follows; a neural-field MLP has none, and a plain
+    WS Linear with fan_in 256 has rows of norm sqrt(256) = 16 instead of about 1, which blows
+    activations up with depth. So, as in Brock et al.'s scaled WS, a learnable gain is added,
+    initialised to the original row's standard deviation: the initial effective weight is
+    ``W - row mean``, i.e. the original layer's function scale (only the row means, usually
+    near zero at initialisation, are lost).
+centered-weight-norm (Huang et al., 2017)
+    ``W_hat[i] = g_i * C[i] / ||C[i]||`` with ``C[i] = W[i] - mean(W[i])``; norms clamped
+    below by ``eps = 1e-12``; ``g`` initialised to the original centred row norm, so the
+    initial effective weight is again ``W - row mean``.
+
+The invariants (zero mean and unit std, resp. zero mean and unit norm) hold for the
+normalised weight *before* the gain: see ``standardize`` and ``center_normalize``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._common import as_matrix
+
+
+def standardize(W: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-row zero mean, unit (population) std of the (out, fan_in) matrix view of W."""
+    M = as_matrix(W)
+    C = M - M.mean(dim=1, keepdim=True)
+    var = C.pow(2).mean(dim=1, keepdim=True)
+    return (C * torch.rsqrt(var + eps)).reshape(W.shape)
+
+
+def center_normalize(W: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-row zero mean, unit 2-norm of the (out, fan_in) matrix view of W."""
+    M = as_matrix(W)
+    C = M - M.mean(dim=1, keepdim=True)
+    return (C / torch.linalg.vector_norm(C, dim=1, keepdim=True).clamp_min(eps)).reshape(W.shape)
+
+
+def _row_gain_shape(W: torch.Tensor) -> tuple[int, ...]:
+    return (W.shape[0],) + (1,) * (W.dim() - 1)
+
+
+class WeightStandardization(nn.Module):
+    """Parametrization ``W -> g * standardize(W)``; ``g`` initialised from ``weight``."""
+
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-8):
+        super().__init__()
+        self.eps = float(eps)
+        with torch.no_grad():
+            M = as_matrix(weight)
+            std = (M.var(dim=1, unbiased=False) + self.eps).sqrt()
+        self.gain = nn.Parameter(std.clone())
+
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        return self.gain.reshape(_row_gain_shape(W)) * standardize(W, self.eps)
+
+
+class CenteredWeightNorm(nn.Module):
+    """Parametrization ``W -> g * center_normalize(W)``; ``g`` initialised from ``weight``."""
+
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12):
+        super().__init__()
+        self.eps = float(eps)
+        with torch.no_grad():
+            M = as_matrix(weight)
+            norm = torch.linalg.vector_norm(M - M.mean(dim=1, keepdim=True), dim=1)
+        self.gain = nn.Parameter(norm.clone())
+
+    def forward(self, W: torch.Tensor) -> torch.Tensor:
+        return self.gain.reshape(_row_gain_shape(W)) * center_normalize(W, self.eps)
+
+
+def apply_ws(root, targets, *, eps: float = 1e-8):
+    for _, layer in targets:
+        parametrize.register_parametrization(layer, "weight", WeightStandardization(layer.weight, eps))
+    return root
+
+
+def apply_cwn(root, targets, *, eps: float = 1e-12):
+    for _, layer in targets:
+        parametrize.register_parametrization(layer, "weight", CenteredWeightNorm(layer.weight, eps))
+    return root

@@ -1,0 +1,17 @@
+"""Weight normalization (Salimans & Kingma, 2016): ``W = g * V / ||V||`` per output row.
+
+We use torch's own ``torch.nn.utils.parametrizations.weight_norm`` (``dim=0``: one gain per
+output neuron / output channel). Its ``right_inverse`` initialises ``g = ||W_i||`` and
+``V = W``, so conditioning does not change the layer's function. The parameters are saved
+as ``parametrizations.weight.original0`` (g) and ``original1`` (V).
+"""
+
+from __future__ import annotations
+
+from torch.nn.utils.parametrizations import weight_norm
+
+
+def apply(root, targets, *, dim: int = 0):
+    for _, layer in targets:
+        weight_norm(layer, name="weight", dim=dim)
+    return root
