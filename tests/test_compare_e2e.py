@@ -1,0 +1,117 @@
+"""A tiny real sweep through nerfstudio (ns-train + ns-eval subprocesses): NeRF and E-NeRF on
+fern (1/32 resolution, tiny MLPs, a few iterations), then a resumed run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FERN = REPO / "data" / "llff" / "fern"
+
+TINY = """\
+name: tiny
+methods: {{nerf: nerf-small, e-nerf: e-nerf-small}}
+base_method: nerf-small
+max_num_iterations: {iterations}
+downscale_factor: 32
+holdout_every: 8
+scenes: [fern]
+seeds: [0]
+steps_per_log: 1
+steps_per_save: 3
+steps_per_eval_batch: 2
+threads: 1
+train_args: [--pipeline.datamanager.train-num-rays-per-batch, "32", --pipeline.datamanager.eval-num-rays-per-batch, "32",
+  --pipeline.model.num-coarse-samples, "4", --pipeline.model.num-importance-samples, "4",
+  --pipeline.model.base-mlp-num-layers, "2", --pipeline.model.base-mlp-layer-width, "16",
+  --pipeline.model.head-mlp-layer-width, "8", --pipeline.model.eval-num-rays-per-chunk, "4096"]
+timeout_minutes: 10
+"""
+
+
+def _tiny_fern(root: Path) -> Path:
+    """fern in nerf_llff_data layout with images_32/ (126 x 94) made from the repo's images_8/."""
+    from PIL import Image
+
+    scene = root / "fern"
+    (scene / "images_32").mkdir(parents=True)
+    (scene / "poses_bounds.npy").write_bytes((FERN / "poses_bounds.npy").read_bytes())
+    for p in sorted((FERN / "images_8").iterdir()):
+        with Image.open(p) as im:
+            im.convert("RGB").resize((126, 94), Image.BOX).save(scene / "images_32" / f"{p.stem}.png")
+    return scene
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compare_llff.py"), *args],
+        capture_output=True, text=True, timeout=900, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FERN / "images_8").is_dir(), reason="the repo's data/llff/fern is missing")
+def test_tiny_real_sweep_and_resume(tmp_path):
+    scene = _tiny_fern(tmp_path / "data")
+    proto = tmp_path / "tiny.yaml"
+    proto.write_text(TINY.format(iterations=6))
+    out = tmp_path / "out"
+    args = ["--protocol", str(proto), "--scenes", str(scene), "--methods", "nerf,e-nerf", "--seeds", "0",
+            "--output-root", str(out)]  # fmt: skip
+    res = _cli(*args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    d = out / "tiny"
+    rows = list(csv.DictReader(open(d / "results.csv")))
+    assert [(r["scene"], r["method"], r["seed"], r["status"]) for r in rows] == [
+        ("fern", "nerf", "0", "done"),
+        ("fern", "e-nerf", "0", "done"),
+    ]
+    for r in rows:
+        assert 5 < float(r["psnr"]) < 40 and 0 < float(r["ssim"]) <= 1
+        assert r["iterations"] == "6" and float(r["sec_per_iter"]) > 0
+        run = d / r["run_dir"]
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["extra"]["num_heldout_images"] == 3  # 20 images, every 8th held out: 0, 8, 16
+        assert json.loads((run / "status.json").read_text())["status"] == "done"
+        curves = json.loads((run / "curves.json").read_text())
+        assert curves["train"]["step"][-1] == 5 and curves["heldout"]["step"]
+        assert (run / "heldout" / "gt_0000.png").is_file() and (run / "heldout" / "pred_0000.png").is_file()
+    md = (d / "table.md").read_text()
+    assert "| Method | Fern | Average |" in md and "Δ PSNR (E-NeRF − NeRF)" in md and "**" in md
+    assert (d / "curves.png").stat().st_size > 1000
+    import imageio.v3 as iio
+
+    panel = iio.imread(d / "renders" / "fern.png")
+    assert panel.shape[1] > 5 * 126  # gt, NeRF, E-NeRF, two error maps
+
+    # Resume: E-NeRF is "killed" after its last checkpoint (step 5) and the protocol now asks
+    # for 9 iterations: the same command trains steps 6..8 from that checkpoint, then evaluates.
+    # NeRF's finished run is not touched.
+    nerf_metrics = (d / "runs/fern/nerf/seed-0/metrics.json").read_text()
+    enerf = d / "runs/fern/e-nerf/seed-0"
+    (enerf / "metrics.json").unlink()
+    status = json.loads((enerf / "status.json").read_text())
+    status.update(status="running", pid=2**22 + 4321)
+    (enerf / "status.json").write_text(json.dumps(status))
+    proto.write_text(TINY.format(iterations=9))
+    res = _cli(*args)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (d / "runs/fern/nerf/seed-0/metrics.json").read_text() == nerf_metrics
+    m = json.loads((enerf / "metrics.json").read_text())
+    assert m["iterations"] == 9 and m["extra"]["resumed_from"] == [6] and m["attempts"] == 2
+    assert "--load-dir" in (enerf / "train.log").read_text()
+    assert "Resuming at step 6" in (enerf / "train.log").read_text()
+    curves = json.loads((enerf / "curves.json").read_text())
+    assert curves["train"]["step"] == list(range(9))
+    assert math.isfinite(m["psnr"])
+    rows = list(csv.DictReader(open(d / "results.csv")))
+    assert {r["method"]: r["iterations"] for r in rows} == {"nerf": "6", "e-nerf": "9"}

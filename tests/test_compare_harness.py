@@ -1,0 +1,247 @@
+"""The sweep harness with fake runners: skip finished runs, retry failed ones, record errors,
+resume after an interruption, write the reports. No training."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wcnerf.eval import harness
+from wcnerf.eval.harness import MethodSpec, RunFailed, RunResult, SceneSpec, run_state, run_sweep
+from wcnerf.eval.protocols import Protocol, ProtocolError, load_protocol
+from wcnerf.eval.table import read_results_csv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def proto(**kw) -> Protocol:
+    base = dict(
+        name="fake",
+        methods={"nerf": "nerf-small", "e-nerf": "e-nerf-small"},
+        base_method="nerf-small",
+        max_num_iterations=10,
+        downscale_factor=8,
+    )
+    base.update(kw)
+    return Protocol(**base)
+
+
+SCENES = [SceneSpec("fern", Path("/nonexistent/fern")), SceneSpec("flower", Path("/nonexistent/flower"))]
+METHODS = [MethodSpec("nerf", "nerf-small"), MethodSpec("e-nerf", "e-nerf-small")]
+
+
+class FakeRunner:
+    """Deterministic metrics; raises for the keys in ``fail``; writes curves and a held-out view."""
+
+    def __init__(self, fail=(), interrupt=(), figures=True):
+        self.calls = []
+        self.fail = set(fail)
+        self.interrupt = set(interrupt)
+        self.figures = figures
+
+    def __call__(self, spec):
+        self.calls.append(spec.key)
+        spec.report("train", 5, spec.iterations)
+        if spec.key in self.interrupt:
+            raise KeyboardInterrupt
+        if spec.key in self.fail:
+            raise RunFailed("train failed (exit code 1)", "Traceback (most recent call last):\nRuntimeError: fake boom")
+        bonus = 1.0 if spec.method.label == "e-nerf" else 0.0
+        psnr = 20.0 + bonus + 0.1 * spec.seed + (5.0 if spec.scene.label == "flower" else 0.0)
+        if self.figures:
+            steps = list(range(0, spec.iterations, 2))
+            (spec.run_dir / "curves.json").write_text(
+                json.dumps(
+                    {
+                        "train": {"step": steps, "psnr": [10 + s + bonus for s in steps]},
+                        "heldout": {"step": steps, "psnr": [9 + s + bonus for s in steps], "source": "fake"},
+                    }
+                )
+            )
+            import imageio.v3 as iio
+
+            rng = np.random.default_rng(spec.seed)
+            gt = (rng.random((12, 16, 3)) * 255).astype(np.uint8)
+            noise = rng.integers(-20, 20, gt.shape) if spec.method.label == "nerf" else rng.integers(-5, 5, gt.shape)
+            (spec.run_dir / "heldout").mkdir(exist_ok=True)
+            iio.imwrite(spec.run_dir / "heldout" / "gt_0000.png", gt)
+            iio.imwrite(spec.run_dir / "heldout" / "pred_0000.png", np.clip(gt.astype(int) + noise, 0, 255).astype(np.uint8))
+        return RunResult(psnr=psnr, ssim=0.5 + bonus / 10, lpips=None, iterations=spec.iterations, sec_per_iter=0.01)
+
+
+def sweep(tmp_path, runner, seeds=(0, 1), **kw):
+    return run_sweep(proto(), SCENES, METHODS, list(seeds), runner=runner, output_root=tmp_path, show_progress=False, **kw)
+
+
+def test_first_sweep_records_everything_and_lists_failures(tmp_path):
+    runner = FakeRunner(fail={("flower", "e-nerf", 1)})
+    s = sweep(tmp_path, runner)
+    out = tmp_path / "fake"
+    assert len(runner.calls) == 8 and s.done == 7 and s.failed == 1
+    rows = read_results_csv(out / "results.csv")
+    assert len(rows) == 8
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [(r["scene"], r["method"], r["seed"]) for r in failed] == [("flower", "e-nerf", 1)]
+    assert "fake boom" in failed[0]["error"] and failed[0]["psnr"] is None
+    ok = [r for r in rows if r["status"] == "done"]
+    assert all(r["psnr"] is not None and r["iterations"] == 10 and r["sec_per_iter"] == 0.01 for r in ok)
+    assert all((out / r["run_dir"] / "metrics.json").is_file() for r in ok)
+    status = json.loads((out / "runs/flower/e-nerf/seed-1/status.json").read_text())
+    assert status["status"] == "failed" and "fake boom" in status["error"] and status["attempts"] == 1
+    md = (out / "table.md").read_text()
+    assert "| Flower | E-NeRF | 1 | failed |" in md and "fake boom" in md
+    assert (out / "curves.png").is_file() and (out / "renders" / "fern.png").is_file()
+    assert (out / "renders" / "flower.png").is_file()
+
+
+def test_resume_skips_finished_and_retries_failed(tmp_path):
+    sweep(tmp_path, FakeRunner(fail={("flower", "e-nerf", 1), ("fern", "nerf", 0)}))
+    before = (tmp_path / "fake/runs/fern/e-nerf/seed-0/metrics.json").read_text()
+    runner = FakeRunner()
+    s = sweep(tmp_path, runner)
+    assert sorted(runner.calls) == [("fern", "nerf", 0), ("flower", "e-nerf", 1)]
+    assert s.skipped_done == 6 and s.done == 2 and s.n_failed_total == 0
+    assert (tmp_path / "fake/runs/fern/e-nerf/seed-0/metrics.json").read_text() == before  # never redone
+    status = json.loads((tmp_path / "fake/runs/fern/nerf/seed-0/status.json").read_text())
+    assert status["status"] == "done" and status["attempts"] == 2 and status["history"][-1]["status"] == "failed"
+    # a third invocation has nothing to do
+    runner = FakeRunner()
+    sweep(tmp_path, runner)
+    assert runner.calls == []
+    md = (tmp_path / "fake/table.md").read_text()
+    assert "None: every run finished." in md
+
+
+def test_failed_left_alone_without_retry(tmp_path):
+    sweep(tmp_path, FakeRunner(fail={("fern", "nerf", 1)}))
+    runner = FakeRunner()
+    s = sweep(tmp_path, runner, retry_failed=False)
+    assert runner.calls == [] and s.skipped_failed == 1
+    rows = read_results_csv(tmp_path / "fake/results.csv")
+    assert [r["status"] for r in rows].count("failed") == 1
+
+
+def test_interrupt_then_continue(tmp_path):
+    runner = FakeRunner(interrupt={("fern", "e-nerf", 1)})
+    s = sweep(tmp_path, runner)
+    assert s.interrupted and runner.calls[-1] == ("fern", "e-nerf", 1) and len(runner.calls) == 4
+    assert run_state(tmp_path / "fake/runs/fern/e-nerf/seed-1") == "interrupted"
+    rows = read_results_csv(tmp_path / "fake/results.csv")  # reports are written on interruption
+    assert {r["status"] for r in rows} == {"done", "interrupted", "pending"}
+    runner = FakeRunner()
+    sweep(tmp_path, runner)
+    assert runner.calls[0] == ("fern", "e-nerf", 1) and len(runner.calls) == 5
+
+
+def test_killed_run_is_continued(tmp_path):
+    """A run whose process was killed (status 'running', dead pid) is run again."""
+    d = tmp_path / "fake/runs/fern/nerf/seed-0"
+    d.mkdir(parents=True)
+    harness.write_json_atomic(d / "status.json", {"status": "running", "pid": 2**22 + 12345, "host": os.uname().nodename})
+    assert run_state(d) == "interrupted"
+    runner = FakeRunner()
+    sweep(tmp_path, runner, seeds=(0,))
+    assert ("fern", "nerf", 0) in runner.calls and run_state(d) == "done"
+
+
+def test_run_held_by_live_process_is_skipped(tmp_path):
+    d = tmp_path / "fake/runs/fern/nerf/seed-0"
+    d.mkdir(parents=True)
+    harness.write_json_atomic(d / "status.json", {"status": "running", "pid": os.getppid(), "host": os.uname().nodename})
+    runner = FakeRunner()
+    s = sweep(tmp_path, runner, seeds=(0,))
+    assert ("fern", "nerf", 0) not in runner.calls and s.skipped_running == 1
+
+
+def test_metrics_file_means_finished(tmp_path):
+    d = tmp_path / "fake/runs/fern/nerf/seed-0"
+    d.mkdir(parents=True)
+    harness.write_json_atomic(d / "status.json", {"status": "failed", "error": "old"})
+    harness.write_json_atomic(d / "metrics.json", {"psnr": 12.5, "scene": "fern", "method": "nerf", "seed": 0})
+    runner = FakeRunner()
+    sweep(tmp_path, runner, seeds=(0,))
+    assert ("fern", "nerf", 0) not in runner.calls
+    rows = {(r["scene"], r["method"], r["seed"]): r for r in read_results_csv(tmp_path / "fake/results.csv")}
+    assert rows[("fern", "nerf", 0)]["psnr"] == 12.5 and rows[("fern", "nerf", 0)]["status"] == "done"
+
+
+def test_redo_and_reports_keep_earlier_runs(tmp_path):
+    sweep(tmp_path, FakeRunner(), seeds=(0,))
+    runner = FakeRunner()
+    run_sweep(proto(), SCENES[:1], METHODS[:1], [0], runner=runner, output_root=tmp_path, show_progress=False, redo=True)
+    assert runner.calls == [("fern", "nerf", 0)]
+    rows = read_results_csv(tmp_path / "fake/results.csv")
+    assert len(rows) == 4  # runs of the earlier, larger invocation stay in the report
+
+
+def test_unknown_scene_is_a_failed_run(tmp_path):
+    scenes = [SceneSpec("nowhere", None, "nowhere: LLFF scene folder not found")]
+    runner = FakeRunner()
+    s = run_sweep(proto(), scenes, METHODS, [0], runner=runner, output_root=tmp_path, show_progress=False)
+    assert runner.calls == [] and s.failed == 2
+    rows = read_results_csv(tmp_path / "fake/results.csv")
+    assert all(r["status"] == "failed" and "not found" in r["error"] for r in rows)
+
+
+def test_resolve_methods_and_aliases():
+    p = load_protocol("cpu")
+    ms = harness.resolve_methods(["nerf,e-nerf", "weight-norm", "none", "equilibrate"], p)
+    assert [m.label for m in ms] == ["nerf", "e-nerf", "weight-norm"]
+    assert ms[0] == MethodSpec("nerf", "nerf-small") and ms[1] == MethodSpec("e-nerf", "e-nerf-small")
+    assert ms[2] == MethodSpec("weight-norm", "nerf-small", "weight-norm")
+    with pytest.raises(ValueError, match="unknown method"):
+        harness.resolve_methods(["mip-nerf"], p)
+
+
+def test_resolve_scenes(tmp_path, monkeypatch):
+    scene = tmp_path / "root" / "myscene"
+    (scene / "images_8").mkdir(parents=True)
+    np.save(scene / "poses_bounds.npy", np.zeros((2, 17)))
+    monkeypatch.setenv("WCNERF_DATA", str(tmp_path / "root"))
+    fern, mine, missing = harness.resolve_scenes(["fern,myscene", str(scene), "nope"], 8)  # myscene twice: once
+    assert fern.error is None and fern.path == (REPO / "data/llff/fern").resolve()
+    assert mine.error is None and mine.path == scene.resolve() and mine.label == "myscene"
+    (byp,) = harness.resolve_scenes([str(scene)], 8)
+    assert byp == mine
+    assert missing.path is None and "not found" in missing.error and "WCNERF_DATA" in missing.error
+    (bad,) = harness.resolve_scenes([str(scene)], 4)  # no images_4, no images/
+    assert bad.error and "images_4" in bad.error
+
+
+def test_protocols_paper_and_cpu():
+    paper, cpu = load_protocol("paper"), load_protocol("cpu")
+    assert (paper.downscale_factor, paper.max_num_iterations, paper.holdout_every) == (4, 200000, 8)
+    assert paper.methods == {"nerf": "nerf", "e-nerf": "e-nerf"}
+    assert len(paper.scenes) == 8
+    assert cpu.downscale_factor == 8 and cpu.methods == {"nerf": "nerf-small", "e-nerf": "e-nerf-small"}
+    with pytest.raises(ProtocolError):
+        load_protocol("no-such-protocol")
+
+
+def test_protocol_from_path(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("methods: {nerf: nerf-small}\nbase_method: nerf-small\nmax_num_iterations: 3\ndownscale_factor: 8\n")
+    assert load_protocol(p).name == "mine"
+    p.write_text("methods: {}\nbase_method: x\nmax_num_iterations: 3\ndownscale_factor: 8\ntypo: 1\n")
+    with pytest.raises(ProtocolError, match="typo"):
+        load_protocol(p)
+
+
+def test_cli_dry_run(tmp_path):
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts/compare_llff.py"), "--protocol", "cpu", "--scenes", "fern",
+         "--methods", "nerf,e-nerf,weight-norm", "--seeds", "0", "--output-root", str(tmp_path), "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "nerf.scripts.train nerf-small" in text.replace("nerfstudio.scripts.train", "nerf.scripts.train")
+    assert "--pipeline.model.conditioning weight-norm" in text
+    assert "--downscale-factor 8" in text

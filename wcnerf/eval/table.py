@@ -1,0 +1,378 @@
+"""Aggregating per-run results: ``results.csv`` and the paper's Table 4 layout (``table.md``).
+
+Both are built from *records*: one mapping per (scene, method, seed) run with at least the
+keys ``scene``, ``method``, ``seed``, ``status`` (``done``, ``failed``, ``running``,
+``interrupted``, ``pending``) and, for finished runs, ``psnr`` / ``ssim`` / ``lpips`` (``None``
+when not measured). Nothing here trains or reads run folders; see :mod:`wcnerf.eval.harness`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = [
+    "CSV_COLUMNS",
+    "PAPER_SCENES",
+    "METRICS",
+    "Cell",
+    "scene_display",
+    "method_display",
+    "order_scenes",
+    "order_methods",
+    "aggregate",
+    "results_csv",
+    "write_results_csv",
+    "read_results_csv",
+    "table_markdown",
+    "write_text_atomic",
+]
+
+CSV_COLUMNS = [
+    "protocol",
+    "scene",
+    "method",
+    "seed",
+    "status",
+    "psnr",
+    "ssim",
+    "lpips",
+    "iterations",
+    "sec_per_iter",
+    "train_seconds",
+    "eval_seconds",
+    "ns_method",
+    "conditioning",
+    "run_dir",
+    "error",
+]
+
+# The eight LLFF scenes in the order of the NeRF / E-NeRF papers' tables.
+PAPER_SCENES = ["fern", "flower", "fortress", "horns", "leaves", "orchids", "room", "trex"]
+_SCENE_NAMES = {"trex": "T-Rex"}
+_METHOD_NAMES = {"nerf": "NeRF", "e-nerf": "E-NeRF"}
+BASELINE = "nerf"
+
+# metric key, heading, higher is better, decimals
+METRICS: List[Tuple[str, str, bool, int]] = [
+    ("psnr", "PSNR ↑", True, 2),
+    ("ssim", "SSIM ↑", True, 3),
+    ("lpips", "LPIPS ↓", False, 3),
+]
+
+
+def scene_display(scene: str) -> str:
+    return _SCENE_NAMES.get(scene.lower(), scene[:1].upper() + scene[1:])
+
+
+def method_display(method: str) -> str:
+    return _METHOD_NAMES.get(method, method)
+
+
+def order_scenes(scenes: Iterable[str]) -> List[str]:
+    """Paper scenes in the paper's order, then the others in the order first seen."""
+    seen: List[str] = []
+    for s in scenes:
+        if s not in seen:
+            seen.append(s)
+    known = [s for s in PAPER_SCENES if s in seen]
+    return known + [s for s in seen if s not in PAPER_SCENES]
+
+
+def order_methods(methods: Iterable[str]) -> List[str]:
+    """NeRF, E-NeRF, then the other conditioners in the order first seen."""
+    seen: List[str] = []
+    for m in methods:
+        if m not in seen:
+            seen.append(m)
+    head = [m for m in ("nerf", "e-nerf") if m in seen]
+    return head + [m for m in seen if m not in head]
+
+
+def _num(value: Any) -> Optional[float]:
+    if value is None or value == "":
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)  # sample std over seeds (ddof=1)
+    return mean, math.sqrt(var)
+
+
+@dataclass
+class Cell:
+    """One table entry: a metric over the seeds of one (method, scene) or the scene average."""
+
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    n_ok: int = 0
+    n_runs: int = 0
+    n_failed: int = 0
+    scenes_covered: int = 0
+    scenes_total: int = 0
+    """For the average column: how many scenes entered the average."""
+
+    @property
+    def complete(self) -> bool:
+        return self.mean is not None and self.n_ok == self.n_runs and self.scenes_covered == self.scenes_total
+
+
+def aggregate(
+    records: Sequence[Mapping[str, Any]],
+    metric: str,
+    scenes: Sequence[str],
+    methods: Sequence[str],
+) -> Dict[Tuple[str, str], Cell]:
+    """``{(method, scene): Cell}`` plus ``(method, "__avg__")`` for the average over scenes.
+
+    Per scene: mean and sample std over the seeds that finished. Average: the mean of the
+    per-scene means over the scenes where the method has a value; its std is the std over
+    seeds of the per-seed scene averages (seeds that finished every scene; needs two).
+    """
+    cells: Dict[Tuple[str, str], Cell] = {}
+    for m in methods:
+        per_scene_means: List[float] = []
+        per_seed: Dict[Any, Dict[str, float]] = {}
+        covered = 0
+        for s in scenes:
+            rows = [r for r in records if r.get("method") == m and r.get("scene") == s]
+            vals = []
+            failed = 0
+            for r in rows:
+                v = _num(r.get(metric))
+                if r.get("status") == "done" and v is not None:
+                    vals.append(v)
+                    per_seed.setdefault(r.get("seed"), {})[s] = v
+                if r.get("status") == "failed":
+                    failed += 1
+            cell = Cell(n_ok=len(vals), n_runs=len(rows), n_failed=failed, scenes_covered=1, scenes_total=1)
+            if vals:
+                cell.mean, cell.std = _mean_std(vals)
+                per_scene_means.append(cell.mean)
+                covered += 1
+            cells[(m, s)] = cell
+        avg = Cell(scenes_covered=covered, scenes_total=len(scenes))
+        avg.n_runs = sum(cells[(m, s)].n_runs for s in scenes)
+        avg.n_ok = sum(cells[(m, s)].n_ok for s in scenes)
+        avg.n_failed = sum(cells[(m, s)].n_failed for s in scenes)
+        if per_scene_means:
+            avg.mean = sum(per_scene_means) / len(per_scene_means)
+            if covered == len(scenes):
+                seed_avgs = [
+                    sum(v[s] for s in scenes) / len(scenes) for v in per_seed.values() if all(s in v for s in scenes)
+                ]
+                if len(seed_avgs) >= 2:
+                    avg.std = _mean_std(seed_avgs)[1]
+        cells[(m, "__avg__")] = avg
+    return cells
+
+
+def _fmt(x: float, decimals: int, signed: bool = False) -> str:
+    return f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
+
+
+def _cell_text(cell: Cell, decimals: int, bold: bool, average: bool) -> str:
+    if cell.mean is None:
+        if cell.n_failed and cell.n_failed == cell.n_runs:
+            return "failed"
+        return "–"
+    text = _fmt(cell.mean, decimals)
+    if cell.std is not None:
+        text += f" ± {_fmt(cell.std, decimals)}"
+    if bold:
+        text = f"**{text}**"
+    if average and cell.scenes_covered < cell.scenes_total:
+        text += f" † ({cell.scenes_covered}/{cell.scenes_total} scenes)"
+    elif not average and cell.n_ok < cell.n_runs:
+        text += f" ({cell.n_ok}/{cell.n_runs} seeds)"
+    return text
+
+
+def _best(cells: Dict[Tuple[str, str], Cell], methods: Sequence[str], col: str, higher: bool) -> List[str]:
+    """Methods with the best mean in a column (ties all win); none when fewer than two compete."""
+    cands = [(m, cells[(m, col)]) for m in methods if cells[(m, col)].mean is not None]
+    if col == "__avg__":  # only averages over the same (full) set of scenes are comparable
+        cands = [(m, c) for m, c in cands if c.scenes_covered == c.scenes_total]
+    if len(cands) < 2:
+        return []
+    key = max if higher else min
+    best = key(c.mean for _, c in cands)  # type: ignore[type-var]
+    return [m for m, c in cands if abs(c.mean - best) <= 1e-12]  # type: ignore[operator]
+
+
+def _status_counts(records: Sequence[Mapping[str, Any]]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for r in records:
+        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+    return counts
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    out = " ⏎ ".join(lines[-3:])
+    out = out.replace("|", "\\|")
+    return out if len(out) <= limit else "…" + out[-limit:]
+
+
+def table_markdown(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "E-NeRF vs NeRF on LLFF",
+    protocol_summary: str = "",
+    scenes: Optional[Sequence[str]] = None,
+    methods: Optional[Sequence[str]] = None,
+    baseline: str = BASELINE,
+) -> str:
+    """The paper's Table 4 layout: one table per metric, methods as rows, scenes as columns,
+    the average last; mean ± std over seeds; the best method of each column in bold; a row
+    with the PSNR difference of every other method minus NeRF; then every run that did not
+    finish (failed, interrupted, running, pending) with its error."""
+    scenes = list(scenes) if scenes is not None else order_scenes(r["scene"] for r in records)
+    methods = list(methods) if methods is not None else order_methods(r["method"] for r in records)
+    seeds = sorted({r.get("seed") for r in records}, key=lambda s: (str(type(s)), s))
+    out = io.StringIO()
+    out.write(f"# {title}\n\n")
+    if protocol_summary:
+        out.write(protocol_summary.strip() + "\n\n")
+    counts = _status_counts(records)
+    out.write(
+        f"Runs: {len(records)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
+        f"seeds: {', '.join(str(s) for s in seeds) or '–'}. "
+        "Each run's metric is the mean over all of the scene's held-out views; cells are mean ± sample std "
+        "over the seeds that finished (a single seed shows its value alone); the best method of each "
+        "column is in bold.\n\n"
+    )
+    iters = sorted({int(r["iterations"]) for r in records if r.get("status") == "done" and r.get("iterations")})
+    if len(iters) > 1:
+        out.write(
+            f"**Note:** the finished runs were trained for different numbers of iterations "
+            f"({', '.join(str(i) for i in iters)}); see `iterations` in results.csv.\n\n"
+        )
+    if not records:
+        out.write("_No runs yet._\n")
+        return out.getvalue()
+    header = "| Method | " + " | ".join(scene_display(s) for s in scenes) + " | Average |\n"
+    rule = "|---|" + "---|" * (len(scenes) + 1) + "\n"
+    notes: List[str] = []
+    for key, heading, higher, decimals in METRICS:
+        cells = aggregate(records, key, scenes, methods)
+        if not any(c.mean is not None for c in cells.values()):
+            done = [r for r in records if r.get("status") == "done"]
+            if done:
+                notes.append(f"{heading.split()[0]} was not measured in any finished run" + (
+                    " (LPIPS needs its pretrained weights, which could not be loaded offline)." if key == "lpips" else "."
+                ))
+                continue
+        out.write(f"## {heading}\n\n")
+        out.write(header + rule)
+        for m in methods:
+            row = [method_display(m)]
+            for col in list(scenes) + ["__avg__"]:
+                bold = m in _best(cells, methods, col, higher)
+                row.append(_cell_text(cells[(m, col)], decimals, bold, col == "__avg__"))
+            out.write("| " + " | ".join(row) + " |\n")
+        if key == "psnr" and baseline in methods:
+            for m in methods:
+                if m == baseline:
+                    continue
+                row = [f"Δ PSNR ({method_display(m)} − {method_display(baseline)})"]
+                diffs = []
+                for col in scenes:
+                    a, b = cells[(m, col)], cells[(baseline, col)]
+                    if a.mean is None or b.mean is None:
+                        row.append("–")
+                        continue
+                    diffs.append(a.mean - b.mean)
+                    row.append(_fmt(a.mean - b.mean, decimals, signed=True))
+                # average: over the scenes where both have a value († when not all of them)
+                if diffs:
+                    text = _fmt(sum(diffs) / len(diffs), decimals, signed=True)
+                    row.append(text + (f" † ({len(diffs)}/{len(scenes)} scenes)" if len(diffs) < len(scenes) else ""))
+                else:
+                    row.append("–")
+                out.write("| " + " | ".join(row) + " |\n")
+        out.write("\n")
+    if any(
+        c.scenes_covered < c.scenes_total
+        for c in aggregate(records, "psnr", scenes, methods).values()
+        if c.scenes_total > 1 and c.mean is not None
+    ):
+        notes.append("† averaged over the scenes that finished only; not comparable with a full average.")
+    for n in notes:
+        out.write(f"_{n}_\n\n")
+    unfinished = [r for r in records if r.get("status") != "done"]
+    out.write("## Runs that did not finish\n\n")
+    if not unfinished:
+        out.write("None: every run finished.\n")
+    else:
+        out.write("| Scene | Method | Seed | Status | Error (last lines) | Run folder |\n|---|---|---|---|---|---|\n")
+        for r in sorted(
+            unfinished,
+            key=lambda r: (scenes.index(r["scene"]) if r["scene"] in scenes else 99, str(r["method"]), str(r["seed"])),
+        ):
+            out.write(
+                f"| {scene_display(str(r['scene']))} | {method_display(str(r['method']))} | {r.get('seed')} | "
+                f"{r.get('status')} | {_one_line(r.get('error')) or '–'} | `{r.get('run_dir', '')}` |\n"
+            )
+    return out.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    if isinstance(value, str) and "\n" in value:
+        return _one_line(value, limit=2000).replace("\\|", "|")
+    return value
+
+
+def results_csv(records: Sequence[Mapping[str, Any]]) -> str:
+    """One row per run with :data:`CSV_COLUMNS` (empty cell = not measured)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: _csv_value(r.get(k)) for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf8")
+    os.replace(tmp, path)
+
+
+def write_results_csv(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    write_text_atomic(Path(path), results_csv(records))
+    return Path(path)
+
+
+def read_results_csv(path: Path) -> List[Dict[str, Any]]:
+    """The rows of a ``results.csv`` with numbers parsed (empty cells become ``None``)."""
+    rows = []
+    with open(path, newline="", encoding="utf8") as fh:
+        for row in csv.DictReader(fh):
+            rec: Dict[str, Any] = dict(row)
+            for k in ("psnr", "ssim", "lpips", "sec_per_iter", "train_seconds", "eval_seconds"):
+                rec[k] = _num(rec.get(k))
+            for k in ("seed", "iterations"):
+                rec[k] = int(rec[k]) if rec.get(k) not in (None, "") else None
+            rows.append(rec)
+    return rows
