@@ -1,0 +1,306 @@
+"""Tests for wcnerf.analysis (layer-wise conditioning analysis)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+
+from wcnerf.analysis import (
+    LayerwiseAnalyzer,
+    analyze,
+    analyze_layers,
+    generalized_condition_numbers,
+    linear_layers,
+)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
+def _whitened(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """Rows z_i with (1/n) Z^T Z = I exactly (up to rounding)."""
+    q, _ = torch.linalg.qr(torch.randn(n, d, generator=gen, dtype=torch.float64))
+    return q * math.sqrt(n)
+
+
+def _mlp(d_in: int = 5, width: int = 16, d_out: int = 3, depth: int = 3) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(d_in, width), nn.Tanh()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    layers.append(nn.Linear(width, d_out))
+    return nn.Sequential(*layers)
+
+
+def _hook_count(module: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        for m in module.modules()
+    )
+
+
+# --------------------------------------------------------------------------- spectra
+def test_input_spectrum_and_weight_kappa_match_numpy():
+    gen = torch.Generator().manual_seed(0)
+    n, d_in, d_out = 500, 7, 4
+    # Anisotropic, non-centred inputs so that the uncentred moment matters.
+    x = torch.randn(n, d_in, generator=gen) @ torch.randn(d_in, d_in, generator=gen) + 0.5
+    layer = nn.Linear(d_in, d_out)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(d_out, d_in, generator=gen) * torch.tensor([3.0, 1.0, 0.3, 0.05])[:, None])
+    layer.to(DEVICE)
+    x = x.to(DEVICE)
+    y = torch.randn(n, d_out, generator=gen).to(DEVICE)
+
+    res = analyze_layers(layer, lambda: ((layer(x) - y) ** 2).mean(), max_samples=None)
+    lc = res["root"]
+
+    xn = _np(x)
+    ev_np = np.sort(np.linalg.eigvalsh(xn.T @ xn / n))[::-1]
+    np.testing.assert_allclose(lc.input.eigvals.numpy(), ev_np, rtol=1e-6, atol=1e-9)
+    assert lc.input.lambda_max == pytest.approx(ev_np[0], rel=1e-6)
+    assert lc.input.kappa[1.0] == pytest.approx(ev_np[0] / ev_np[-1], rel=1e-5)
+
+    s_np = np.linalg.svd(_np(layer.weight), compute_uv=False)
+    assert lc.sigma_max_w == pytest.approx(s_np[0], rel=1e-6)
+    assert lc.kappa_w == pytest.approx(s_np[0] / s_np[-1], rel=1e-5)
+    np.testing.assert_allclose(lc.weight_singular_values.numpy(), s_np, rtol=1e-6)
+
+    # Centred variant: covariance instead of the second moment.
+    lc_c = analyze_layers(layer, lambda: ((layer(x) - y) ** 2).mean(), max_samples=None, centered=True)["root"]
+    xc = xn - xn.mean(0)
+    ev_c = np.sort(np.linalg.eigvalsh(xc.T @ xc / n))[::-1]
+    np.testing.assert_allclose(lc_c.input.eigvals.numpy(), ev_c, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(ev_c, ev_np, rtol=1e-3)
+
+
+def test_whitened_inputs_have_unit_kappa_even_subsampled():
+    gen = torch.Generator().manual_seed(1)
+    n, d = 20000, 12
+    x = _whitened(n, d, gen).float().to(DEVICE)
+    layer = nn.Linear(d, 3).to(DEVICE)
+    m_full = analyze(layer, lambda: layer(x).pow(2).mean(), max_samples=None)
+    for p in (100, 90, 50):
+        assert m_full[f"root/input/kappa_p{p}"] == pytest.approx(1.0, abs=1e-4)
+    assert m_full["root/input/lambda_max"] == pytest.approx(1.0, abs=1e-4)
+    # Subsampling 4096 of 20000 rows: a sample second moment of a whitened distribution.
+    m_sub = analyze(layer, lambda: layer(x).pow(2).mean(), max_samples=4096)
+    assert 1.0 < m_sub["root/input/kappa_p100"] < 1.5
+    assert m_sub["root/input/kappa_p100"] != pytest.approx(1.0, abs=1e-4)
+
+
+def test_known_spectrum_gives_known_kappa_p():
+    gen = torch.Generator().manual_seed(2)
+    n, d = 4000, 20
+    lam = torch.arange(d, 0, -1, dtype=torch.float64)  # 20, 19, ..., 1
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    x = (_whitened(n, d, gen) * lam.sqrt()) @ q.T  # (1/n) X^T X = Q diag(lam) Q^T
+    x = x.to(DEVICE)
+    layer = nn.Linear(d, 2, dtype=torch.float64).to(DEVICE)
+    m = analyze(layer, lambda: layer(x).pow(2).mean(), max_samples=None)
+    # k = ceil(p d): p=1 -> 20 -> lam=1; p=0.9 -> 18 -> lam=3; p=0.5 -> 10 -> lam=11.
+    assert m["root/input/lambda_max"] == pytest.approx(20.0, rel=1e-9)
+    assert m["root/input/kappa_p100"] == pytest.approx(20.0, rel=1e-9)
+    assert m["root/input/kappa_p90"] == pytest.approx(20.0 / 3.0, rel=1e-9)
+    assert m["root/input/kappa_p50"] == pytest.approx(20.0 / 11.0, rel=1e-9)
+
+
+def test_generalized_condition_numbers_rank_rule_and_singular():
+    ev = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+    k = generalized_condition_numbers(ev, (1.0, 0.9, 0.5, 0.1))
+    assert k[1.0] == pytest.approx(512.0)
+    assert k[0.9] == pytest.approx(256.0)  # ceil(9.0) = 9 -> lambda_9 = 2
+    assert k[0.5] == pytest.approx(16.0)  # ceil(5.0) = 5 -> lambda_5 = 32
+    assert k[0.1] == pytest.approx(1.0)
+    k0 = generalized_condition_numbers(torch.tensor([3.0, 1.0, 0.0, -1e-18]), (1.0, 0.5))
+    assert k0[1.0] == math.inf and k0[0.5] == pytest.approx(3.0)
+    assert math.isnan(generalized_condition_numbers(torch.zeros(3), (1.0,))[1.0])
+
+
+# --------------------------------------------------------------------------- gradients
+def test_output_grad_and_domination_match_hand_computation():
+    gen = torch.Generator().manual_seed(3)
+    n, d_in, d_out = 300, 6, 4
+    x = torch.randn(n, d_in, generator=gen).to(DEVICE)
+    y = torch.randn(n, d_out, generator=gen).to(DEVICE)
+    layer = nn.Linear(d_in, d_out).to(DEVICE)
+
+    res = analyze_layers(layer, lambda: nn.functional.mse_loss(layer(x), y), max_samples=None)
+    lc = res["root"]
+
+    # MSE (mean over n*d_out elements): dL/dh = 2 (h - y) / (n d_out); per-sample delta = n dL/dh.
+    h = _np(layer(x))
+    g = 2.0 * (h - _np(y)) / (n * d_out)
+    delta = n * g
+    ev_d = np.sort(np.linalg.eigvalsh(delta.T @ delta / n))[::-1]
+    np.testing.assert_allclose(lc.output_grad.eigvals.numpy(), ev_d, rtol=1e-5, atol=1e-12)
+    assert lc.output_grad.kappa[1.0] == pytest.approx(ev_d[0] / ev_d[-1], rel=1e-4)
+
+    # FIM estimate: kappa of the Kronecker product = product of kappas.
+    assert lc.fim.kappa[1.0] == pytest.approx(lc.input.kappa[1.0] * lc.output_grad.kappa[1.0], rel=1e-9)
+    assert lc.fim.lambda_max == pytest.approx(lc.input.lambda_max * lc.output_grad.lambda_max, rel=1e-9)
+
+    # Domination ratio against autograd's weight gradient.
+    layer.zero_grad()
+    nn.functional.mse_loss(layer(x), y).backward()
+    dw = _np(layer.weight.grad)
+    np.testing.assert_allclose(dw, g.T @ _np(x), rtol=1e-4, atol=1e-7)  # sanity of the hand computation
+    expected = np.linalg.norm(dw, 2) / np.linalg.norm(_np(layer.weight), 2)
+    assert lc.domination == pytest.approx(expected, rel=1e-4)
+
+    # loss_reduction="sum": delta = dL/dh, i.e. lambda_max scaled by 1/n^2, kappas unchanged.
+    lc_s = analyze_layers(layer, lambda: nn.functional.mse_loss(layer(x), y), max_samples=None, loss_reduction="sum")[
+        "root"
+    ]
+    assert lc_s.output_grad.lambda_max == pytest.approx(lc.output_grad.lambda_max / n**2, rel=1e-9)
+    assert lc_s.output_grad.kappa[1.0] == pytest.approx(lc.output_grad.kappa[1.0], rel=1e-9)
+
+
+def test_analyze_restores_grads_and_matches_context_manager():
+    torch.manual_seed(4)
+    model = _mlp().to(DEVICE)
+    x = torch.randn(256, 5, device=DEVICE)
+    y = torch.randn(256, 3, device=DEVICE)
+    sentinel = {n: torch.full_like(p, 7.0) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = sentinel[n].clone()
+    params_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    m1 = analyze(model, lambda: nn.functional.mse_loss(model(x), y), max_samples=100, seed=5)
+
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, sentinel[n]), n
+        assert torch.equal(p, params_before[n]), n
+    assert _hook_count(model) == 0
+
+    model.zero_grad(set_to_none=True)
+    with LayerwiseAnalyzer(model, max_samples=100, seed=5) as a:
+        nn.functional.mse_loss(model(x), y).backward()
+    assert _hook_count(model) == 0
+    m2 = a.compute()
+    assert m1.keys() == m2.keys()
+    for k in m1:
+        assert m2[k] == pytest.approx(m1[k], rel=1e-9, abs=1e-30), k
+    # The analyzed training step left ordinary gradients behind.
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_key_scheme_qualified_names_and_multiple_fields():
+    class TwoFields(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.coarse = _mlp(depth=2)
+            self.fine = nn.ModuleDict({"mlp": _mlp(depth=3)})
+            self.unused = nn.Linear(3, 3)  # never called: no capture, no keys
+
+        def forward(self, x):
+            return self.coarse(x) + self.fine["mlp"](x)
+
+    torch.manual_seed(6)
+    model = TwoFields().to(DEVICE)
+    x = torch.randn(64, 5, device=DEVICE)
+    m = analyze(model, lambda: model(x).pow(2).mean(), prefix="cond/")
+    layers = {k.split("/")[1] for k in m}
+    assert layers == {"coarse.0", "coarse.2", "fine.mlp.0", "fine.mlp.2", "fine.mlp.4"}
+    per_layer = sorted(k.split("/", 2)[2] for k in m if k.startswith("cond/fine.mlp.2/"))
+    assert per_layer == sorted(
+        ["sigma_max_w", "sigma_min_w", "kappa_w", "sigma_max_grad_w", "domination"]
+        + [f"{g}/{s}" for g in ("input", "output_grad", "fim") for s in ("lambda_max", "kappa_p100", "kappa_p90", "kappa_p50")]
+    )
+    assert all(isinstance(v, float) for v in m.values())
+    # A layer called on two chunks accumulates both calls: same result as one call on the whole batch.
+    chunked = analyze(model, lambda: model(x[:40]).pow(2).sum() + model(x[40:]).pow(2).sum(), loss_reduction="sum")
+    whole = analyze(model, lambda: model(x).pow(2).sum(), loss_reduction="sum")
+    assert chunked.keys() == whole.keys()
+    for k in whole:
+        assert chunked[k] == pytest.approx(whole[k], rel=1e-4), k
+    lc = analyze_layers(model, lambda: model(x[:40]).pow(2).sum() + model(x[40:]).pow(2).sum())
+    assert lc["coarse.0"].n_rows == lc["coarse.0"].n_sampled == 64
+
+
+# --------------------------------------------------------------------------- parametrizations / hooks
+def test_parametrized_linear_layers_and_no_hooks_left():
+    torch.manual_seed(7)
+    model = _mlp(d_in=4, width=8, d_out=2, depth=3)
+    for m in model:
+        if isinstance(m, nn.Linear):
+            weight_norm(m)
+    with torch.no_grad():  # make the effective weights differ from a plain re-initialisation
+        model[2].parametrizations.weight.original0.mul_(3.0)
+    model.to(DEVICE)
+    assert parametrize.is_parametrized(model[0])
+    assert set(linear_layers(model)) == {"0", "2", "4"}
+    x = torch.randn(128, 4, device=DEVICE)
+    y = torch.randn(128, 2, device=DEVICE)
+    hooks_before = _hook_count(model)
+
+    loss_fn = lambda: nn.functional.mse_loss(model(x), y)  # noqa: E731
+    res = analyze_layers(model, loss_fn, max_samples=None)
+    assert _hook_count(model) == hooks_before == 0
+
+    for name, idx in (("0", 0), ("2", 2), ("4", 4)):
+        w_eff = model[idx].weight  # computed by the parametrization
+        s_np = np.linalg.svd(_np(w_eff), compute_uv=False)
+        assert res[name].kappa_w == pytest.approx(s_np[0] / s_np[-1], rel=1e-5)
+        assert res[name].sigma_max_w == pytest.approx(s_np[0], rel=1e-6)
+    # Gradient w.r.t. the *effective* weight (not the parametrization's originals).
+    with parametrize.cached():
+        w2 = model[2].weight
+        (gw,) = torch.autograd.grad(loss_fn(), w2)
+    expected = np.linalg.norm(_np(gw), 2) / np.linalg.norm(_np(w2), 2)
+    assert res["2"].domination == pytest.approx(expected, rel=1e-4)
+
+    # Detached analyzer: later forwards capture nothing.
+    a = LayerwiseAnalyzer(model)
+    with a:
+        loss_fn().backward()
+    before = a.compute()
+    loss_fn().backward()
+    assert a.compute() == before
+    assert _hook_count(model) == 0
+
+
+def test_hooks_removed_on_exception_and_errors():
+    model = _mlp()
+    x = torch.randn(8, 5)
+
+    def bad_loss():
+        model(x)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        analyze(model, bad_loss)
+    assert _hook_count(model) == 0
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        LayerwiseAnalyzer(nn.Sequential(nn.Tanh())).attach()
+    with pytest.raises(RuntimeError, match="nothing captured"):
+        LayerwiseAnalyzer(model).compute()
+
+
+def test_analysis_does_not_import_nerfstudio():
+    """wcnerf.analysis is pure torch: its sources import only the stdlib, torch and itself."""
+    import ast
+    from pathlib import Path
+
+    import wcnerf.analysis
+
+    allowed = {"torch", "math", "collections", "dataclasses", "typing", "__future__"}
+    files = sorted(Path(wcnerf.analysis.__file__).parent.glob("*.py"))
+    assert files
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = set() if node.level else {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{f.name} imports {roots - allowed}"

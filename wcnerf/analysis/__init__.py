@@ -1,0 +1,41 @@
+"""Layer-wise conditioning analysis (Huang et al., ECCV 2020) for any torch module (pure torch).
+
+Quick use::
+
+    from wcnerf.analysis import analyze, LayerwiseAnalyzer
+
+    metrics = analyze(model, lambda: loss_fn(model(x), y), max_samples=4096)   # dict[str, float]
+
+    with LayerwiseAnalyzer(model) as a:          # capture during an ordinary training step
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    metrics = a.compute(prefix="cond/")
+
+Per ``nn.Linear`` (qualified module name ``L``) the keys are ``L/sigma_max_w``, ``L/sigma_min_w``,
+``L/kappa_w``, ``L/{input,output_grad,fim}/{lambda_max,kappa_p100,kappa_p90,kappa_p50}``,
+``L/sigma_max_grad_w`` and ``L/domination``. Definitions (uncentred second moments, δ = N·dL/dh
+for a batch-mean loss, ...) are in :mod:`wcnerf.analysis.layerwise`.
+"""
+
+from .layerwise import (
+    LayerConditioning,
+    LayerwiseAnalyzer,
+    SpectrumStats,
+    analyze,
+    analyze_layers,
+    linear_layers,
+)
+from .spectral import DEFAULT_PS, generalized_condition_numbers, kronecker_spectrum, p_key
+
+__all__ = [
+    "DEFAULT_PS",
+    "LayerConditioning",
+    "LayerwiseAnalyzer",
+    "SpectrumStats",
+    "analyze",
+    "analyze_layers",
+    "generalized_condition_numbers",
+    "kronecker_spectrum",
+    "linear_layers",
+    "p_key",
+]
