@@ -1,0 +1,243 @@
+"""Fixes for running nerfstudio 1.1.5 on a current torch, offline, on CPU-only machines.
+
+Everything here is applied by ``import wcnerf.nerf`` (which nerfstudio's entry-point
+discovery does before any command touches a checkpoint) through :func:`install`, or used by
+our model and trainer:
+
+* **Checkpoints and ``weights_only``.** torch >= 2.6 loads with ``weights_only=True``.
+  nerfstudio's ``ExponentialDecayScheduler`` computes learning rates with numpy, so its
+  checkpoints hold ``numpy.float64`` (``_last_lr``, optimizer ``lr``) and ``ns-eval``,
+  ``ns-render``, ``ns-export`` and ``ns-train --load-dir`` fail to unpickle them. Our
+  trainer saves only tensors and Python scalars (:func:`sanitize`) and our scheduler returns
+  Python floats; :func:`register_safe_globals` additionally allow-lists numpy scalars so
+  checkpoints written by stock nerfstudio load too.
+* **Atomic checkpoints.** :func:`atomic_torch_save` writes to a temporary file next to the
+  target's folder, fsyncs it and renames it into place.
+* **nerfacc's CUDA JIT.** nerfacc compiles its CUDA extension on first use of a CUDA op when
+  ``nvcc`` exists, which takes minutes and then fails without a GPU. Our CPU path never calls
+  those ops; :func:`guard_nerfacc_cuda_jit` makes any accidental call fail at once with a
+  clear message (only when CUDA is unavailable; ``WCNERF_ALLOW_NERFACC_JIT=1`` disables it).
+* **LPIPS offline.** torchmetrics' LPIPS ships its linear layers (``lpips_models/alex.pth``)
+  but downloads torchvision's AlexNet ImageNet weights (``alexnet-owt-7be5be79.pth``) into
+  the torch hub cache on construction; offline, stock models fail to build.
+  :func:`build_lpips` builds it only from weights already present (hub cache, a path given
+  in the model config, or ``$WCNERF_LPIPS_WEIGHTS``) and otherwise returns ``None`` with the
+  reason; LPIPS is then omitted, never computed from random weights.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import types
+import uuid
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ALEXNET_WEIGHTS_FILE",
+    "LPIPS_ENV",
+    "atomic_torch_save",
+    "build_lpips",
+    "find_alexnet_weights",
+    "guard_nerfacc_cuda_jit",
+    "install",
+    "register_safe_globals",
+    "sanitize",
+]
+
+ALEXNET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
+"""torchvision's AlexNet ImageNet weights, the only file torchmetrics' LPIPS (alex) downloads."""
+
+LPIPS_ENV = "WCNERF_LPIPS_WEIGHTS"
+"""Environment variable naming a local copy of :data:`ALEXNET_WEIGHTS_FILE`."""
+
+_INSTALLED = False
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _numpy_safe_globals() -> list:
+    import importlib
+    import warnings
+
+    out: list = [np.dtype]
+    for modname in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x, 2.x
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scalar = getattr(importlib.import_module(modname), "scalar", None)
+        except ImportError:
+            continue
+        if scalar is not None and scalar not in out:
+            out.append(scalar)
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is not None:
+        for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):
+            if hasattr(dtypes, name):
+                out.append(getattr(dtypes, name))
+    return out
+
+
+def register_safe_globals() -> bool:
+    """Allow numpy scalars in ``torch.load(weights_only=True)``; False if torch is too old."""
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is None:
+        return False
+    add(_numpy_safe_globals())
+    return True
+
+
+def sanitize(obj: Any) -> Any:
+    """Copy of ``obj`` with numpy scalars as Python scalars and numpy arrays as tensors
+    (dicts, lists and tuples recursed into; everything else returned as is)."""
+    if isinstance(obj, dict):
+        try:
+            out = type(obj)()
+        except TypeError:
+            out = {}
+        for k, v in obj.items():
+            out[k] = sanitize(v)
+        if hasattr(obj, "_metadata"):  # state_dict version info
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, list):
+        return [sanitize(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(sanitize(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    return obj
+
+
+def atomic_torch_save(obj: Any, path: Path, tmp_dir: Optional[Path] = None) -> None:
+    """``torch.save`` to ``path`` atomically: a temporary file (in ``tmp_dir``, default the
+    parent of ``path``'s folder so no partial file ever sits among the checkpoints) is
+    written, flushed to disk and renamed over ``path``."""
+    path = Path(path)
+    tmp_dir = Path(tmp_dir) if tmp_dir is not None else path.parent.parent
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_name = str(tmp_dir / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp_name, "xb") as f:  # plain open: the umask's permissions, unlike mkstemp's 0600
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- nerfacc
+class _NoNerfaccCuda(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise RuntimeError(
+            "nerfacc CUDA op requested but CUDA is not available: wcnerf blocks nerfacc's CUDA JIT build "
+            "on CPU-only machines (it compiles for minutes, then fails). Set WCNERF_ALLOW_NERFACC_JIT=1 to allow it."
+        )
+
+
+def guard_nerfacc_cuda_jit(force: bool = False) -> bool:
+    """Without CUDA, make nerfacc's lazy CUDA backend raise at once instead of JIT-compiling.
+    Returns True if the guard is in place."""
+    if os.environ.get("WCNERF_ALLOW_NERFACC_JIT") == "1":
+        return False
+    if torch.cuda.is_available() and not force:
+        return False
+    name = "nerfacc.cuda._backend"
+    if name in sys.modules and not isinstance(sys.modules[name], _NoNerfaccCuda):
+        return False  # already loaded (built earlier): leave it alone
+    sys.modules[name] = _NoNerfaccCuda(name)
+    return True
+
+
+# --------------------------------------------------------------------------- LPIPS
+def find_alexnet_weights(explicit: Optional[Path] = None) -> Tuple[Optional[Path], str]:
+    """Locate AlexNet ImageNet weights for LPIPS without downloading.
+
+    Order: ``explicit``, ``$WCNERF_LPIPS_WEIGHTS``, the torch hub cache. Returns
+    ``(path or None, where/why)``.
+    """
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_FILE
+    for label, cand in (("given path", explicit), (f"${LPIPS_ENV}", os.environ.get(LPIPS_ENV) or None)):
+        if cand:
+            p = Path(cand).expanduser()
+            if p.is_file():
+                return p, label
+            return None, f"{label} {p} is not a file"
+    if hub_file.is_file():
+        return hub_file, "torch hub cache"
+    return None, (
+        f"AlexNet ImageNet weights ({ALEXNET_WEIGHTS_FILE}) are not in the torch hub cache ({hub_file.parent}) "
+        f"and no --pipeline.model.lpips-weights or ${LPIPS_ENV} was given; they are not downloaded"
+    )
+
+
+def build_lpips(explicit: Optional[Path] = None):
+    """torchmetrics' LPIPS (AlexNet, inputs in [0, 1]) from local weights only.
+
+    Returns ``(metric, "")`` or ``(None, reason)``. Never downloads, never falls back to
+    random weights.
+    """
+    path, why = find_alexnet_weights(explicit)
+    if path is None:
+        return None, why
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_FILE
+        if path.resolve() == hub_file.resolve():
+            metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
+        else:
+            # torchvision only reads the hub cache: point a temporary hub dir at the file.
+            old = torch.hub.get_dir()
+            with tempfile.TemporaryDirectory(prefix="wcnerf-hub-") as tmp:
+                (Path(tmp) / "checkpoints").mkdir()
+                link = Path(tmp) / "checkpoints" / ALEXNET_WEIGHTS_FILE
+                try:
+                    link.symlink_to(path.resolve())
+                except OSError:
+                    import shutil
+
+                    shutil.copyfile(path, link)
+                torch.hub.set_dir(tmp)
+                try:
+                    metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
+                finally:
+                    torch.hub.set_dir(old)
+    except Exception as e:  # corrupt file, incompatible torchmetrics, ...
+        return None, f"LPIPS could not be built from {path}: {type(e).__name__}: {e}".replace("\n", " ")
+    metric.eval()
+    for p in metric.parameters():
+        p.requires_grad_(False)
+    return metric, ""
+
+
+# --------------------------------------------------------------------------- install
+def install() -> None:
+    """Apply the process-wide fixes once (safe globals, nerfacc guard)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    register_safe_globals()
+    guard_nerfacc_cuda_jit()
+    _INSTALLED = True

@@ -1,0 +1,119 @@
+"""The NeRF paper's MLP as a nerfstudio field: ``NeRFField`` plus raw-density noise.
+
+nerfstudio's :class:`~nerfstudio.fields.vanilla_nerf_field.NeRFField` applies the density
+activation inside its density head, so the NeRF reference's ``relu(raw + noise)`` (noise of
+std 1 on the *raw* density during training, LLFF setting) cannot be had from outside. This
+subclass keeps every building block of ``NeRFField`` (encodings, ``MLP`` trunk, heads) and
+changes three things:
+
+* the density head is linear; the activation (``relu`` as in the paper, or nerfstudio's
+  ``softplus``) is applied after adding ``N(0, density_noise_std^2)`` noise in training mode;
+* an optional ``feature_linear`` (W -> W, no activation) between the trunk and the view
+  head, as in the reference network (``feature_linear`` then ``views_linears``);
+* the view direction fed to the direction encoding can come from
+  ``ray_samples.metadata["viewdirs"]`` (used by the model in NDC mode, where the sampled rays
+  are NDC rays but the reference conditions colour on the normalised *world* direction).
+
+With ``base_mlp_num_layers=8, base_mlp_layer_width=256, skip_connections=(5,),
+head_mlp_num_layers=1, head_mlp_layer_width=128, feature_layer=True`` the layer list is the
+reference's: 8 x 256 trunk with the input re-injected before the 6th layer (reference
+``skips=[4]`` concatenates *after* the 5th layer; nerfstudio's ``MLP`` concatenates *before*
+layer ``i``, hence ``5``), a density ``Linear(256, 1)``, ``feature_linear``, one 128-wide view
+layer, ``Linear(128, 3)`` + sigmoid: 12 ``nn.Linear`` per field.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Literal, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.field_components.encodings import Encoding
+from nerfstudio.field_components.field_heads import DensityFieldHead, FieldHeadNames, RGBFieldHead
+from nerfstudio.fields.vanilla_nerf_field import NeRFField
+
+__all__ = ["ENeRFField", "DensityActivation"]
+
+DensityActivation = Literal["relu", "softplus"]
+
+
+class ENeRFField(NeRFField):
+    """``NeRFField`` with noise on the raw density and the reference's feature layer.
+
+    Args:
+        position_encoding, direction_encoding: as for ``NeRFField``.
+        base_mlp_num_layers, base_mlp_layer_width, skip_connections: trunk.
+        head_mlp_num_layers, head_mlp_layer_width: view-dependent head.
+        feature_layer: add the reference's ``feature_linear`` (W -> W, no activation).
+        density_noise_std: std of the Gaussian noise added to the raw density in training
+            mode (0 disables it; never applied in eval mode).
+        density_activation: ``"relu"`` (NeRF paper) or ``"softplus"`` (nerfstudio default).
+    """
+
+    def __init__(
+        self,
+        position_encoding: Encoding,
+        direction_encoding: Encoding,
+        base_mlp_num_layers: int = 8,
+        base_mlp_layer_width: int = 256,
+        head_mlp_num_layers: int = 1,
+        head_mlp_layer_width: int = 128,
+        skip_connections: Tuple[int, ...] = (5,),
+        feature_layer: bool = True,
+        density_noise_std: float = 0.0,
+        density_activation: DensityActivation = "relu",
+    ) -> None:
+        bad = [i for i in skip_connections if not 0 < i < base_mlp_num_layers - 1]
+        if bad:  # nerfstudio's MLP builds no input room for a skip into layer 0 or the last layer
+            raise ValueError(
+                f"skip_connections {tuple(skip_connections)}: each must be in 1..{base_mlp_num_layers - 2} "
+                f"for a {base_mlp_num_layers}-layer trunk"
+            )
+        super().__init__(
+            position_encoding=position_encoding,
+            direction_encoding=direction_encoding,
+            base_mlp_num_layers=base_mlp_num_layers,
+            base_mlp_layer_width=base_mlp_layer_width,
+            head_mlp_num_layers=head_mlp_num_layers,
+            head_mlp_layer_width=head_mlp_layer_width,
+            skip_connections=tuple(skip_connections),  # type: ignore[arg-type]
+            field_heads=(RGBFieldHead,),
+        )
+        width = self.mlp_base.get_out_dim()
+        # Linear density head; the activation is applied in get_density, after the noise.
+        self.field_output_density = DensityFieldHead(in_dim=width, activation=None)
+        self.feature_linear: Optional[nn.Linear] = nn.Linear(width, width) if feature_layer else None
+        if density_activation not in ("relu", "softplus"):
+            raise ValueError(f"density_activation must be 'relu' or 'softplus', got {density_activation!r}")
+        self.density_activation = density_activation
+        self.density_noise_std = float(density_noise_std)
+
+    def _activate(self, raw: Tensor) -> Tensor:
+        return torch.relu(raw) if self.density_activation == "relu" else nn.functional.softplus(raw)
+
+    def get_density(self, ray_samples: RaySamples) -> Tuple[Tensor, Tensor]:
+        positions = ray_samples.frustums.get_positions()
+        if self.spatial_distortion is not None:
+            positions = self.spatial_distortion(positions)
+        base_mlp_out = self.mlp_base(self.position_encoding(positions))
+        raw = self.field_output_density(base_mlp_out)
+        if self.training and self.density_noise_std > 0:
+            raw = raw + torch.randn_like(raw) * self.density_noise_std
+        return self._activate(raw), base_mlp_out
+
+    def get_outputs(
+        self, ray_samples: RaySamples, density_embedding: Optional[Tensor] = None
+    ) -> Dict[FieldHeadNames, Tensor]:
+        assert density_embedding is not None
+        directions = None
+        if ray_samples.metadata is not None:
+            directions = ray_samples.metadata.get("viewdirs")
+        if directions is None:
+            directions = ray_samples.frustums.directions
+        directions = directions.expand(*density_embedding.shape[:-1], directions.shape[-1])
+        encoded_dir = self.direction_encoding(directions)
+        feature = density_embedding if self.feature_linear is None else self.feature_linear(density_embedding)
+        mlp_out = self.mlp_head(torch.cat([encoded_dir, feature], dim=-1))
+        return {head.field_head_name: head(mlp_out) for head in self.field_heads}
