@@ -1,0 +1,196 @@
+"""End-to-end shape fitting with tiny settings: outputs, resume, determinism, bad inputs."""
+
+import dataclasses
+import json
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+import tyro
+
+from wcnerf.shape.mesh import MeshLoadError, load_mesh
+from wcnerf.shape.train import DEFAULT_MESH, FitConfig, fit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path: Path, mesh: Path, **kw) -> FitConfig:
+    base = dict(mesh=mesh, conditioning="none", width=32, depth=2, n_freqs=4, steps=30, batch_size=512,
+                n_near=4000, n_uniform=2000, n_eval=4000, resolution=24, surface_points=4000, eval_every=10,
+                curve_eval_points=2000, ckpt_every=10, progress=False, output_dir=tmp_path / "out", threads=1)
+    base.update(kw)
+    return FitConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def small_mesh(tmp_path_factory) -> Path:
+    """An off-centre, scaled ellipsoid: checks that outputs come back in input coordinates."""
+    m = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    m.apply_scale([3.0, 2.0, 1.5])
+    m.apply_translation([10.0, -4.0, 2.0])
+    path = tmp_path_factory.mktemp("mesh") / "blob.obj"
+    m.export(path)
+    return path
+
+
+def _weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def test_fit_writes_every_output(tmp_path, small_mesh):
+    res = fit(tiny(tmp_path, small_mesh, steps=60, lr=1e-2))
+    for name in ("mesh.ply", "metrics.json", "curves.png", "config.json", "checkpoint.pt"):
+        assert (res.run_dir / name).is_file(), name
+    assert res.run_dir.parent == tmp_path / "out" / "blob"
+    metrics = json.loads((res.run_dir / "metrics.json").read_text())
+    for key in ("iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step"):
+        assert key in metrics
+    assert metrics["steps"] == 60 and 0.0 <= metrics["iou_points"] <= 1.0
+    # even a 60-step fit of an ellipsoid is roughly right, and lies where the input was
+    out = trimesh.load(res.run_dir / "mesh.ply")
+    assert metrics["iou_points"] > 0.5 and len(out.faces) > 0
+    assert np.allclose(out.bounds.mean(0), [10.0, -4.0, 2.0], atol=0.5)
+    assert json.loads((res.run_dir / "config.json").read_text())["steps"] == 60
+    assert list((tmp_path / "out" / "blob" / "cache").glob("samples-*.npz"))
+
+
+def test_resume_matches_uninterrupted_run_and_seed_matters(tmp_path, small_mesh):
+    full = fit(tiny(tmp_path, small_mesh, run_name="full"))
+    cfg = tiny(tmp_path, small_mesh, run_name="killed")
+    stopped = fit(dataclasses.replace(cfg, stop_after=17))  # "killed" after 17 steps, checkpoint at 10
+    assert stopped.metrics == {"interrupted_at": 17}
+    assert torch.load(stopped.run_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == 10
+    assert not (stopped.run_dir / "metrics.json").exists()
+    resumed = fit(cfg)  # the same command again continues
+    assert resumed.metrics["steps"] == 30
+    # same seed: bit-identical weights, losses and metrics, resumed or not
+    wa, wb = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert full.curves["loss"] == resumed.curves["loss"]
+    assert full.metrics["iou_points"] == resumed.metrics["iou_points"]
+    # a finished run is not retrained
+    again = fit(cfg)
+    assert again.metrics["train_seconds"] == resumed.metrics["train_seconds"]
+    # another seed gives another result
+    other = fit(tiny(tmp_path, small_mesh, run_name="other", seed=1, steps=5, resolution=16, surface_points=500))
+    wc = _weights(other.run_dir)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_default_run_name_resumes_and_separates(tmp_path, small_mesh):
+    cfg = tiny(tmp_path, small_mesh, steps=5)
+    assert cfg.default_run_name() == tiny(tmp_path, small_mesh, steps=5, resolution=64).default_run_name()
+    assert cfg.default_run_name() != tiny(tmp_path, small_mesh, steps=5, lr=0.5).default_run_name()
+
+
+@pytest.mark.parametrize("method", ["equilibrate", "weight-norm", "enorm"])
+def test_conditioners_train(tmp_path, small_mesh, method):
+    from wcnerf.shape.field import conditioner_names
+
+    if method not in conditioner_names():
+        pytest.skip(f"{method} not available")
+    res = fit(tiny(tmp_path, small_mesh, steps=5, conditioning=method, optimizer="sgd", lr=0.05,
+                   resolution=16, surface_points=500))
+    assert res.metrics["final_loss"] is not None and np.isfinite(res.metrics["final_loss"])
+
+
+def test_sdf_task_with_eikonal(tmp_path, small_mesh):
+    res = fit(tiny(tmp_path, small_mesh, task="sdf", activation="softplus", eikonal_weight=0.1, steps=5,
+                   resolution=16, surface_points=500))
+    assert np.isfinite(res.metrics["final_loss"])
+
+
+def test_compare_writes_reports(tmp_path, small_mesh):
+    from wcnerf.shape.compare import run_compare
+
+    cfg = tiny(tmp_path, small_mesh, steps=3, resolution=16, surface_points=500, compare="none",
+               compare_lrs="1e-3,1e-2", compare_seeds="0,1")
+    with pytest.raises(ValueError, match="unknown conditioner"):
+        run_compare(dataclasses.replace(cfg, compare="none,not-a-conditioner"))
+    summary = run_compare(dataclasses.replace(cfg, compare="none"))
+    out = Path(summary["dir"])
+    for name in ("comparison.md", "comparison.json", "comparison.png"):
+        assert (out / name).is_file()
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["methods"]["none"]["lr"] in (1e-3, 1e-2)
+    assert set(data["methods"]["none"]["per_seed"]) == {"0", "1"}
+    assert "| none |" in (out / "comparison.md").read_text()
+
+
+def test_default_mesh_is_in_repo():
+    assert DEFAULT_MESH.is_file()
+    shape = load_mesh(DEFAULT_MESH)
+    assert len(shape.mesh.faces) > 1000
+    assert np.abs(shape.mesh.vertices).max() == pytest.approx(0.95)
+    assert (REPO / "data" / "meshes" / "README.md").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and bad input
+
+
+def test_normalisation_round_trip(small_mesh):
+    shape = load_mesh(small_mesh, margin=0.1)
+    assert np.abs(shape.mesh.vertices).max() == pytest.approx(0.9)
+    assert np.allclose(shape.normalization.to_original(shape.mesh.vertices), shape.original.vertices)
+
+
+def test_scene_is_merged(tmp_path):
+    a = trimesh.creation.box()
+    b = trimesh.creation.box()
+    b.apply_translation([3, 0, 0])
+    path = tmp_path / "two.glb"
+    trimesh.Scene([a, b]).export(path)
+    shape = load_mesh(path)
+    assert len(shape.mesh.faces) == 24
+    assert shape.original.bounds[1][0] == pytest.approx(3.5)
+
+
+BAD_INPUTS = {
+    "missing.obj": (None, "file not found"),
+    "empty.obj": (b"", "file is empty"),
+    "garbage.ply": (bytes(range(256)) * 4, "cannot be read"),
+    "points.ply": (b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+                   b"property float z\nend_header\n0 0 0\n1 0 0\n0 1 0\n", "point cloud"),
+    "points.obj": (b"v 0 0 0\nv 1 0 0\nv 0 1 0\n", "not a triangle mesh"),
+    "notes.txt": (b"hello\n", "cannot be read"),
+    "flat.obj": (b"v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", "degenerate"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_errors(tmp_path, name):
+    content, message = BAD_INPUTS[name]
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(MeshLoadError, match=message) as info:
+        load_mesh(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("shape_fit_script", REPO / "scripts" / "shape_fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_parses_and_reports_errors_cleanly(tmp_path, capsys):
+    """In-process (a subprocess would spend most of the test importing torch)."""
+    script = _script()
+    cfg = tyro.cli(FitConfig, args=["m.obj", "--conditioning", "none", "--optimizer", "sgd", "--no-progress"])
+    assert cfg.mesh == Path("m.obj") and cfg.optimizer == "sgd" and not cfg.progress
+    assert tyro.cli(FitConfig, args=[]).mesh is None  # no mesh: the default one
+    path = tmp_path / "empty.stl"
+    path.write_bytes(b"")
+    assert script.main(FitConfig(mesh=path, output_dir=tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: file is empty" in err and "Traceback" not in err
+    assert script.main(FitConfig(mesh=tmp_path / "nope.obj", output_dir=tmp_path / "out")) == 2
+    assert "nope.obj: file not found" in capsys.readouterr().err
+    assert script.main(FitConfig(mesh=path, compare="none,bogus", output_dir=tmp_path / "out")) == 2
+    assert "bogus" in capsys.readouterr().err

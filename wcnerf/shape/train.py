@@ -1,0 +1,411 @@
+"""Config, training loop, checkpoint/resume and final evaluation of one shape fit.
+
+A run lives in ``<output_dir>/<mesh name>/<run name>/``. The default run name is derived from
+the training settings, so running the *same command* again finds the same folder and continues
+from its last checkpoint (or just returns the metrics if it had finished). Batches are drawn
+from a generator seeded by (seed, step), so a resumed run is bit-identical to one that was
+never interrupted (on the same device and torch build).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+
+from .extract import evaluate_grid, evaluate_points, marching_cubes, to_original, write_mesh
+from .field import FieldConfig, build_field, conditioner_names, post_step
+from .mesh import ShapeMesh, load_mesh
+from .metrics import iou, surface_metrics
+from .sampling import SamplingConfig, load_or_compute_grid_occupancy, load_or_compute_samples
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MESH = REPO_ROOT / "data" / "meshes" / "spot.obj"
+
+_NAMES = conditioner_names()
+# Literal built from the conditioning library at import time: a new conditioner is a CLI choice at once.
+ConditionerName = Literal[_NAMES]  # type: ignore[valid-type]
+_DEFAULT_CONDITIONING = "equilibrate" if "equilibrate" in _NAMES else "none"
+
+DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
+
+
+@dataclass
+class FitConfig:
+    """Fit an occupancy or signed-distance field to a triangle mesh."""
+
+    mesh: tyro.conf.Positional[Optional[Path]] = None
+    """Mesh file (obj, ply, stl, off, glb, ...). Default: the mesh the repo carries (data/meshes/spot.obj)."""
+
+    task: Literal["occupancy", "sdf"] = "occupancy"
+    """occupancy: BCE with logits on winding-number labels; sdf: L1 on clamped signed distances."""
+    conditioning: ConditionerName = _DEFAULT_CONDITIONING  # type: ignore[valid-type]
+    """Weight conditioner for every Linear layer (from wcnerf.conditioning.available())."""
+
+    width: int = 128
+    depth: int = 4
+    """Number of hidden layers."""
+    encoding: Literal["none", "positional", "fourier"] = "positional"
+    n_freqs: int = 8
+    """positional: octaves 2^0..2^(n-1); fourier: number of random features."""
+    fourier_scale: float = 4.0
+    activation: Literal["relu", "softplus", "silu"] = "relu"
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: Optional[float] = None
+    """Learning rate; default 2e-3 for adam, 1.0 for sgd (momentum 0.9)."""
+    momentum: float = 0.9
+    """SGD momentum (heavy ball)."""
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    """cosine: decay to lr*final_lr_fraction; step: x0.1 at 50% and 75% of the steps."""
+    final_lr_fraction: float = 0.01
+    warmup_steps: int = 0
+    steps: int = 2000
+    batch_size: int = 8192
+    sdf_clamp: float = 0.1
+    """SDF task: distances are clamped to +-this before the L1 loss (unit coordinates)."""
+    eikonal_weight: float = 0.0
+    """SDF task: weight of the (|grad f| - 1)^2 term; 0 disables it (it doubles the step cost)."""
+    seed: int = 0
+
+    n_near: int = 400_000
+    sigma_fine: float = 0.005
+    sigma_coarse: float = 0.05
+    n_uniform: int = 100_000
+    n_eval: int = 100_000
+    """Fixed uniform points in the mesh's bounding box for the volumetric IoU."""
+    sampling_seed: int = 0
+    """Separate from --seed so every run and conditioner of a mesh trains on the same points."""
+    margin: float = 0.05
+    """The mesh is normalised into [-1+margin, 1-margin]^3."""
+
+    resolution: int = 192
+    """Marching-cubes grid resolution (also the grid IoU resolution)."""
+    eval_every: int = 100
+    curve_eval_points: int = 20_000
+    """IoU curve during training uses this many of the fixed IoU points (final IoU uses all)."""
+    surface_points: int = 100_000
+    """Points sampled on each surface for Chamfer / normal consistency / F-score."""
+    chunk: int = 65536
+    """Points per forward pass at evaluation time (bounds memory)."""
+
+    output_dir: Path = Path("outputs/shape")
+    run_name: Optional[str] = None
+    """Default: derived from the settings, so the same command resumes the same run."""
+    cache_dir: Optional[Path] = None
+    """Where labels are cached; default <output_dir>/<mesh>/cache."""
+    ckpt_every: int = 250
+    overwrite: bool = False
+    """Start from scratch even if the run folder has a checkpoint."""
+    progress: bool = True
+    threads: int = 0
+    """torch CPU threads (0: torch's default). On a busy shared CPU, 1 is often several times faster."""
+    stop_after: Optional[int] = None
+    """Stop after this many steps of *this invocation* without saving, as if killed (tests resume)."""
+
+    compare: Optional[str] = None
+    """Comma list of conditioners, e.g. none,equilibrate,weight-norm: fit each and compare."""
+    compare_lrs: Optional[str] = None
+    """Comma list of learning rates; each conditioner uses its best (lowest final training loss)."""
+    compare_seeds: Optional[str] = None
+    """Comma list of seeds (default: --seed)."""
+
+    # ------------------------------------------------------------------------------------------
+    def resolved_lr(self) -> float:
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def field_config(self) -> FieldConfig:
+        return FieldConfig(width=self.width, depth=self.depth, encoding=self.encoding, n_freqs=self.n_freqs,
+                           fourier_scale=self.fourier_scale, activation=self.activation)
+
+    def sampling_config(self) -> SamplingConfig:
+        return SamplingConfig(n_near=self.n_near, sigma_near=(self.sigma_fine, self.sigma_coarse),
+                              n_uniform=self.n_uniform, n_eval=self.n_eval, seed=self.sampling_seed)
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    _NOT_TRAINING = ("mesh", "resolution", "eval_every", "curve_eval_points", "surface_points", "chunk",
+                     "output_dir", "run_name", "cache_dir", "ckpt_every", "overwrite", "progress", "threads",
+                     "stop_after", "compare", "compare_lrs", "compare_seeds")
+
+    def training_key(self) -> str:
+        """Hash of everything that changes the trained weights (not paths, eval or logging)."""
+        d = {k: v for k, v in self.to_json().items() if k not in self._NOT_TRAINING}
+        d["lr"] = self.resolved_lr()
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def default_run_name(self) -> str:
+        return f"{self.conditioning}-{self.optimizer}-lr{self.resolved_lr():g}-s{self.seed}-{self.training_key()}"
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU, decided at run time."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lr_factor(cfg: FitConfig, step: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based)."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return 0.1 ** (int(step >= 0.5 * cfg.steps) + int(step >= 0.75 * cfg.steps))
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    lo = cfg.final_lr_fraction
+    return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def make_optimizer(cfg: FitConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.resolved_lr())
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.resolved_lr(), momentum=cfg.momentum)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write to a temporary file in the same folder, then os.replace: never a half checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are meant to be shared
+    os.replace(tmp, path)
+
+
+def _batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
+    """Batch of step ``step`` depends only on (seed, step): resuming needs no RNG state."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+    return torch.randint(0, n, (batch,), generator=g)
+
+
+def predict_inside(cfg: FitConfig, out: torch.Tensor) -> torch.Tensor:
+    return out < 0 if cfg.task == "sdf" else out > 0
+
+
+class RunError(RuntimeError):
+    pass
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    metrics: dict
+    curves: dict
+
+
+def _eval_settings(cfg: FitConfig) -> dict:
+    return {"resolution": cfg.resolution, "surface_points": cfg.surface_points, "n_eval": cfg.n_eval}
+
+
+def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMesh] = None) -> FitResult:
+    """Train (or resume) one field, then extract its mesh and measure it. Returns the metrics."""
+    if cfg.conditioning not in conditioner_names():
+        raise ValueError(f"unknown conditioning {cfg.conditioning!r}; choose from {', '.join(conditioner_names())}")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    shape = shape or load_mesh(cfg.mesh or DEFAULT_MESH, margin=cfg.margin)
+    run_dir = Path(run_dir) if run_dir is not None else cfg.output_dir / shape.name / (cfg.run_name or cfg.default_run_name())
+    cache_dir = cfg.cache_dir if cfg.cache_dir is not None else cfg.output_dir / shape.name / "cache"
+    ckpt_path = run_dir / "checkpoint.pt"
+    metrics_path = run_dir / "metrics.json"
+    device = pick_device()
+    if device.type == "cuda":  # CPU kernels are deterministic already (and this import is slow)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    if cfg.overwrite and run_dir.exists():
+        for name in ("checkpoint.pt", "metrics.json", "mesh.ply", "curves.png", "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
+
+    samples = load_or_compute_samples(shape, cfg.sampling_config(), cache_dir)
+    pts = torch.from_numpy(samples.points).to(device)
+    target = torch.from_numpy(samples.occupancy.astype(np.float32) if cfg.task == "occupancy" else samples.sdf).to(device)
+    ev_pts = torch.from_numpy(samples.eval_points).to(device)
+    ev_occ = samples.eval_occupancy.astype(bool)
+    n_curve = min(cfg.curve_eval_points, len(ev_pts))
+
+    model = build_field(cfg.field_config(), cfg.conditioning, cfg.seed).to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    base_lr = cfg.resolved_lr()
+    state = {"step": 0, "train_seconds": 0.0, "loss": [], "eval_step": [], "eval_iou": []}
+
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("training_key") != cfg.training_key():
+            raise RunError(f"{run_dir}: holds a run with different training settings; "
+                           "use another --run-name or --overwrite")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+
+    def save_checkpoint():
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                           "training_key": cfg.training_key(), "config": cfg.to_json()}, ckpt_path)
+
+    def curve_iou() -> float:
+        model.eval()
+        out = evaluate_points(model, samples.eval_points[:n_curve], device, cfg.chunk)
+        model.train()
+        return iou(out < 0 if cfg.task == "sdf" else out > 0, ev_occ[:n_curve])
+
+    start = state["step"]
+    if start < cfg.steps and not state.get("diverged"):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc=f"{shape.name} {cfg.conditioning}",
+                   dynamic_ncols=True, mininterval=1.0)
+        model.train()
+        run_steps = 0
+        try:
+            for step in range(start, cfg.steps):
+                if cfg.stop_after is not None and run_steps >= cfg.stop_after:
+                    bar.close()
+                    return FitResult(run_dir, {"interrupted_at": step}, {})
+                t0, c0 = time.perf_counter(), time.process_time()
+                for group in opt.param_groups:
+                    group["lr"] = base_lr * lr_factor(cfg, step)
+                idx = _batch_indices(cfg.seed, step, len(pts), cfg.batch_size).to(device)
+                x, y = pts[idx], target[idx]
+                if cfg.task == "sdf" and cfg.eikonal_weight > 0:
+                    x = x.clone().requires_grad_(True)
+                out = model(x)
+                if cfg.task == "occupancy":
+                    loss = F.binary_cross_entropy_with_logits(out, y)
+                else:
+                    c = cfg.sdf_clamp
+                    loss = (out.clamp(-c, c) - y.clamp(-c, c)).abs().mean()
+                    if cfg.eikonal_weight > 0:
+                        (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+                        loss = loss + cfg.eikonal_weight * ((grad.norm(dim=-1) - 1) ** 2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                post_step(model, [opt])
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                state["train_seconds"] += time.perf_counter() - t0
+                state["train_cpu_seconds"] = state.get("train_cpu_seconds", 0.0) + time.process_time() - c0
+                lv = float(loss.detach())
+                state["loss"].append(lv)
+                state["step"] = step + 1
+                run_steps += 1
+                if not math.isfinite(lv):  # diverged: stop, keep it, report it
+                    state["diverged"] = True
+                    bar.close()
+                    save_checkpoint()
+                    break
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                    state["eval_step"].append(step + 1)
+                    state["eval_iou"].append(curve_iou())
+                    bar.set_postfix(loss=f"{lv:.4f}", iou=f"{state['eval_iou'][-1]:.4f}", refresh=False)
+                if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                    save_checkpoint()
+                bar.update(1)
+        except KeyboardInterrupt:
+            save_checkpoint()
+            bar.close()
+            raise
+        bar.close()
+    elif metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("eval_settings") == _eval_settings(cfg):
+            return FitResult(run_dir, metrics, _curves(state))
+
+    metrics = evaluate(cfg, model, shape, samples, device, run_dir, cache_dir)
+    diverged = bool(state.get("diverged"))
+    steps_done = max(1, len(state["loss"]))
+    tail = state["loss"][-max(1, len(state["loss"]) // 20):]
+    metrics.update({
+        "mesh": str(shape.path), "conditioning": cfg.conditioning, "optimizer": cfg.optimizer,
+        "lr": base_lr, "seed": cfg.seed, "task": cfg.task, "steps": state["step"],
+        "diverged": diverged,
+        "final_loss": float(np.mean(tail)) if tail and not diverged else None,
+        "seconds_per_step": state["train_seconds"] / steps_done, "train_seconds": state["train_seconds"],
+        # CPU seconds of this process (all threads): a load-independent cost on a shared machine
+        "cpu_seconds_per_step": state.get("train_cpu_seconds", 0.0) / steps_done,
+        "torch_threads": torch.get_num_threads(),
+        "device": device.type, "eval_settings": _eval_settings(cfg),
+    })
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    from .plot import plot_curves
+
+    plot_curves({cfg.conditioning: _curves(state)}, run_dir / "curves.png", title=f"{shape.name}: {cfg.conditioning}")
+    return FitResult(run_dir, metrics, _curves(state))
+
+
+def _curves(state: dict) -> dict:
+    return {"loss": list(state["loss"]), "eval_step": list(state["eval_step"]), "eval_iou": list(state["eval_iou"])}
+
+
+@torch.no_grad()
+def evaluate(cfg: FitConfig, model, shape: ShapeMesh, samples, device, run_dir: Path, cache_dir: Path) -> dict:
+    """Final metrics (unit coordinates unless named *_original) and mesh.ply in input coordinates."""
+    model.eval()
+    t0 = time.perf_counter()
+    out = evaluate_points(model, samples.eval_points, device, cfg.chunk)
+    iou_points = iou(out < 0 if cfg.task == "sdf" else out > 0, samples.eval_occupancy.astype(bool))
+    grid = evaluate_grid(model, cfg.resolution, device, chunk=cfg.chunk)
+    if not np.isfinite(grid).all():
+        grid = np.nan_to_num(grid, nan=1.0 if cfg.task == "sdf" else -1.0)
+    pred_grid = grid < 0 if cfg.task == "sdf" else grid > 0
+    gt_grid = load_or_compute_grid_occupancy(shape, cfg.resolution, cache_dir)
+    iou_grid = iou(pred_grid, gt_grid)
+    mesh_unit = marching_cubes(grid, 0.0, inside_is_negative=(cfg.task == "sdf"))
+    surf = surface_metrics(mesh_unit, shape.mesh, n_points=cfg.surface_points, seed=cfg.sampling_seed)
+    mesh_orig = to_original(mesh_unit, shape.normalization)
+    write_mesh(mesh_orig, run_dir / "mesh.ply")
+    scale = shape.normalization.scale
+    metrics = {"iou_points": iou_points, "iou_grid": iou_grid, **surf,
+               "chamfer_l1_original": None if surf["chamfer_l1"] is None else surf["chamfer_l1"] / scale,
+               "mesh_vertices": int(len(mesh_unit.vertices)), "mesh_faces": int(len(mesh_unit.faces)),
+               "normalization": shape.normalization.as_dict(), "eval_seconds": time.perf_counter() - t0}
+    model.train()
+    return metrics
+
+
+def load_field(run_dir: Path, device: Optional[torch.device] = None):
+    """Rebuild a trained field from a run folder (config.json + checkpoint.pt)."""
+    device = device or pick_device()
+    raw = json.loads((Path(run_dir) / "config.json").read_text())
+    fields = {f.name for f in dataclasses.fields(FitConfig)}
+    cfg = FitConfig(**{k: v for k, v in raw.items() if k in fields})
+    model = build_field(cfg.field_config(), cfg.conditioning, cfg.seed).to(device)
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
