@@ -300,3 +300,17 @@ def test_state_dict_round_trip(method):
     m2.load_state_dict(m1.state_dict())
     m2.eval()
     torch.testing.assert_close(m2(x), m1(x), rtol=0, atol=1e-12)
+
+
+def test_bake_of_a_deep_copy_leaves_the_original_working():
+    """torch shares the generated Parametrized* class between deep copies; bake must not
+    strip the original's parametrized weight when it bakes the copy."""
+    import copy
+
+    torch.manual_seed(0)
+    m = condition(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "equilibrate")
+    x = torch.randn(5, 4)
+    before = m(x).detach()
+    baked = bake(copy.deepcopy(m))
+    assert torch.allclose(m(x), before)
+    assert torch.allclose(baked(x), before, atol=1e-6)

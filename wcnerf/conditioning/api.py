@@ -75,6 +75,11 @@ def bake(module: nn.Module) -> nn.Module:
     overhead. In place; returns the module (a new one if ``module`` itself was EquiNorm)."""
     for m in list(module.modules()):
         if parametrize.is_parametrized(m):
+            # torch gives a deep copy of a parametrized module the *same* generated class, and
+            # remove_parametrizations deletes the property from that class: baking a copy would
+            # break the original. A private copy of the class keeps the two independent.
+            cls = type(m)
+            m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             for tensor_name in list(m.parametrizations.keys()):
                 parametrize.remove_parametrizations(m, tensor_name, leave_parametrized=True)
     for name, m in list(module.named_modules()):
