@@ -7,5 +7,5 @@
 * :mod:`wcnerf.eval.table` - ``results.csv`` and ``table.md`` (the paper's Table 4 layout);
 * :mod:`wcnerf.eval.plots` - ``curves.png`` and ``renders/``.
 
-See ``README_compare.md`` next to this file.
+See the README section "Reproducing the E-NeRF vs NeRF table".
 """
