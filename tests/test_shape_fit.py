@@ -1,8 +1,8 @@
 """End-to-end shape fitting with tiny settings: outputs, resume, determinism, bad inputs."""
 
 import dataclasses
-import json
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np

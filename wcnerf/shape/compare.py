@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import math
-from pathlib import Path
 from typing import Optional
 
 import numpy as np

@@ -23,7 +23,7 @@ class FieldConfig:
     width: int = 256
     depth: int = 4  # number of hidden layers
     encoding: Encoding = "positional"
-    n_freqs: int = 8  # positional: octaves 2^0..2^(n-1) (times pi); fourier: number of features
+    n_freqs: int = 6  # positional: octaves 2^0..2^(n-1) (times pi); fourier: number of features
     fourier_scale: float = 4.0  # std of the Gaussian Fourier frequency matrix (fourier only)
     activation: Activation = "relu"
 

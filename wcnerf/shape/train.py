@@ -39,7 +39,10 @@ _NAMES = conditioner_names()
 ConditionerName = Literal[_NAMES]  # type: ignore[valid-type]
 _DEFAULT_CONDITIONING = "equilibrate" if "equilibrate" in _NAMES else "none"
 
-DEFAULT_LR = {"adam": 2e-3, "sgd": 1.0}
+# Adam: reaches IoU > 0.97 on the armadillo with the default settings. SGD (momentum 0.9): 0.3 was
+# the best of {0.1, 0.3, 1, 3} for the default conditioner (equilibrate) on the armadillo and the
+# bunny (unconditioned and weight-norm fields preferred 1.0).
+DEFAULT_LR = {"adam": 2e-3, "sgd": 0.3}
 
 
 @dataclass
@@ -58,14 +61,15 @@ class FitConfig:
     depth: int = 4
     """Number of hidden layers."""
     encoding: Literal["none", "positional", "fourier"] = "positional"
-    n_freqs: int = 8
-    """positional: octaves 2^0..2^(n-1); fourier: number of random features."""
+    n_freqs: int = 6
+    """positional: octaves 2^0..2^(n-1); fourier: number of random features. (On the armadillo 6 beat 8:
+    higher IoU and Chamfer, fewer floaters.)"""
     fourier_scale: float = 4.0
     activation: Literal["relu", "softplus", "silu"] = "relu"
 
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: Optional[float] = None
-    """Learning rate; default 2e-3 for adam, 1.0 for sgd (momentum 0.9)."""
+    """Learning rate; default 2e-3 for adam, 0.3 for sgd (momentum 0.9)."""
     momentum: float = 0.9
     """SGD momentum (heavy ball)."""
     schedule: Literal["constant", "cosine", "step"] = "cosine"
