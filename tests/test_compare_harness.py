@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wcnerf.atomic import write_json
 from wcnerf.eval import harness
 from wcnerf.eval.harness import MethodSpec, RunFailed, RunResult, SceneSpec, run_state, run_sweep
 from wcnerf.eval.protocols import Protocol, ProtocolError, load_protocol
@@ -142,7 +143,7 @@ def test_killed_run_is_continued(tmp_path):
     """A run whose process was killed (status 'running', dead pid) is run again."""
     d = tmp_path / "fake/runs/fern/nerf/seed-0"
     d.mkdir(parents=True)
-    harness.write_json_atomic(d / "status.json", {"status": "running", "pid": 2**22 + 12345, "host": os.uname().nodename})
+    write_json(d / "status.json", {"status": "running", "pid": 2**22 + 12345, "host": os.uname().nodename})
     assert run_state(d) == "interrupted"
     runner = FakeRunner()
     sweep(tmp_path, runner, seeds=(0,))
@@ -152,7 +153,7 @@ def test_killed_run_is_continued(tmp_path):
 def test_run_held_by_live_process_is_skipped(tmp_path):
     d = tmp_path / "fake/runs/fern/nerf/seed-0"
     d.mkdir(parents=True)
-    harness.write_json_atomic(d / "status.json", {"status": "running", "pid": os.getppid(), "host": os.uname().nodename})
+    write_json(d / "status.json", {"status": "running", "pid": os.getppid(), "host": os.uname().nodename})
     runner = FakeRunner()
     s = sweep(tmp_path, runner, seeds=(0,))
     assert ("fern", "nerf", 0) not in runner.calls and s.skipped_running == 1
@@ -161,8 +162,8 @@ def test_run_held_by_live_process_is_skipped(tmp_path):
 def test_metrics_file_means_finished(tmp_path):
     d = tmp_path / "fake/runs/fern/nerf/seed-0"
     d.mkdir(parents=True)
-    harness.write_json_atomic(d / "status.json", {"status": "failed", "error": "old"})
-    harness.write_json_atomic(d / "metrics.json", {"psnr": 12.5, "scene": "fern", "method": "nerf", "seed": 0})
+    write_json(d / "status.json", {"status": "failed", "error": "old"})
+    write_json(d / "metrics.json", {"psnr": 12.5, "scene": "fern", "method": "nerf", "seed": 0})
     runner = FakeRunner()
     sweep(tmp_path, runner, seeds=(0,))
     assert ("fern", "nerf", 0) not in runner.calls

@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from wcnerf.atomic import write_json, write_text
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.table import (
     order_methods,
     order_scenes,
     table_markdown,
     write_results_csv,
-    write_text_atomic,
 )
 
 __all__ = [
@@ -51,25 +51,12 @@ __all__ = [
     "resolve_scenes",
     "plan_runs",
     "read_json",
-    "write_json_atomic",
     "run_state",
     "run_sweep",
     "collect_records",
     "write_reports",
 ]
 
-# Used when wcnerf.conditioning cannot be imported (it is written in parallel).
-_FALLBACK_CONDITIONERS = [
-    "none",
-    "equilibrate",
-    "equilibrate-in",
-    "equilibrate-both",
-    "weight-norm",
-    "weight-standardization",
-    "centered-weight-norm",
-    "equinorm",
-    "enorm",
-]
 # Bare conditioner names that are the two named methods.
 _ALIASES = {"none": "nerf", "equilibrate": "e-nerf"}
 
@@ -92,18 +79,6 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf8") as fh:
-        json.dump(data, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def parse_list(values: Iterable[Any]) -> List[str]:
     """``("fern,flower", "room")`` -> ``["fern", "flower", "room"]`` (order kept, duplicates dropped)."""
     out: List[str] = []
@@ -121,13 +96,10 @@ def parse_list(values: Iterable[Any]) -> List[str]:
 
 
 def known_conditioners() -> List[str]:
-    try:
-        from wcnerf.conditioning import available
+    """Conditioner names of :mod:`wcnerf.conditioning`: each is also a method of the sweep."""
+    from wcnerf.conditioning import available
 
-        names = list(available())
-        return names or list(_FALLBACK_CONDITIONERS)
-    except Exception:  # noqa: BLE001 - the conditioning package may be mid-edit
-        return list(_FALLBACK_CONDITIONERS)
+    return list(available())
 
 
 @dataclass(frozen=True)
@@ -365,7 +337,7 @@ def _set_status(run_dir: Path, **fields: Any) -> Dict[str, Any]:
     status = read_json(path) or {}
     status.update(fields)
     status["updated"] = _now()
-    write_json_atomic(path, status)
+    write_json(path, status)
     return status
 
 
@@ -440,7 +412,7 @@ def _execute(spec: RunSpec, runner: Runner) -> Tuple[str, Optional[str]]:
         "finished": _now(),
         "attempts": attempt,
     }
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    write_json(run_dir / METRICS_FILE, metrics)
     _set_status(run_dir, status="done", stage="done", error=None, finished=metrics["finished"])
     return "done", None
 
@@ -715,7 +687,7 @@ def write_reports(
     if protocol and protocol.description:
         summary = f"{protocol.description}\n\n{summary}"
     title = f"E-NeRF vs NeRF on LLFF ({protocol.name} protocol)" if protocol else "E-NeRF vs NeRF on LLFF"
-    write_text_atomic(out_dir / "table.md", table_markdown(records, title=title, protocol_summary=summary))
+    write_text(out_dir / "table.md", table_markdown(records, title=title, protocol_summary=summary))
     written["table.md"] = out_dir / "table.md"
     curves, views = _curves_and_views(records)
     try:

@@ -36,10 +36,14 @@ def load_rgb(path: Union[str, Path]) -> np.ndarray:
     return to_float_rgb(iio.imread(path))
 
 
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB for a mean squared error of values in [0, 1] (peak 1)."""
+    return float("inf") if mse <= 0 else float(-10.0 * np.log10(mse))
+
+
 def psnr(pred: np.ndarray, gt: np.ndarray) -> float:
     """PSNR in dB of images in [0, 1] (peak 1), as nerfstudio's ``PeakSignalNoiseRatio(1.0)``."""
-    mse = float(np.mean((to_float_rgb(pred) - to_float_rgb(gt)) ** 2))
-    return float("inf") if mse == 0 else float(-10.0 * np.log10(mse))
+    return psnr_from_mse(float(np.mean((to_float_rgb(pred) - to_float_rgb(gt)) ** 2)))
 
 
 def error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from wcnerf.eval.harness import CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec, write_json_atomic
+from wcnerf.atomic import write_json
+from wcnerf.eval.harness import CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
+from wcnerf.eval.image_metrics import psnr_from_mse
 
 __all__ = [
     "NerfstudioRunner",
@@ -130,10 +132,6 @@ def read_scalars(logdir: Path) -> Dict[str, List[Tuple[int, float]]]:
     return {tag: sorted((s, v) for s, (_, v) in d.items()) for tag, d in merged.items()}
 
 
-def _psnr_from_mse(mse: float) -> float:
-    return -10.0 * math.log10(mse) if mse > 0 else float("inf")
-
-
 def _thin(points: List[Tuple[int, float]], max_points: int = 2000) -> List[Tuple[int, float]]:
     if len(points) <= max_points:
         return points
@@ -154,7 +152,7 @@ def extract_curves(scalars: Dict[str, List[Tuple[int, float]]]) -> Dict[str, Any
             if len(pts) >= min_points:
                 return {"step": [s for s, _ in _thin(pts)], "psnr": [v for _, v in _thin(pts)], "source": tag}
         for tag in loss_tags:
-            pts = [(s, _psnr_from_mse(v)) for s, v in scalars.get(tag, []) if v > 0]
+            pts = [(s, psnr_from_mse(v)) for s, v in scalars.get(tag, []) if v > 0]
             if pts:
                 pts = _thin(pts)
                 return {"step": [s for s, _ in pts], "psnr": [v for _, v in pts], "source": f"-10 log10({tag})"}
@@ -382,7 +380,7 @@ class NerfstudioRunner:
             cmd = self.train_command(spec, load_dir=load_dir)
             seconds = self._call(spec, cmd, "train", spec.run_dir / "train.log", spec.run_dir / "train.err.log", total)
             timing["train_seconds"] = timing.get("train_seconds", 0.0) + seconds
-            write_json_atomic(timing_path, timing)
+            write_json(timing_path, timing)
             latest = latest_checkpoint(ckpt_dir, quarantine=spec.run_dir / "bad_checkpoints")
             if latest is None or latest[0] < total - 1:
                 got = "no checkpoint" if latest is None else f"last checkpoint at step {latest[0]}"
@@ -421,7 +419,7 @@ class NerfstudioRunner:
         curves: Dict[str, Any] = {}
         try:
             curves = extract_curves(read_scalars(base))
-            write_json_atomic(spec.run_dir / CURVES_FILE, curves)
+            write_json(spec.run_dir / CURVES_FILE, curves)
         except Exception as exc:  # noqa: BLE001 - curves are a figure, not a result
             curves = {"error": f"{type(exc).__name__}: {exc}"}
         if not self.keep_checkpoints:

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from wcnerf.atomic import atomic_path
 from wcnerf.eval.image_metrics import colorize, error_map, load_rgb, psnr
 from wcnerf.eval.table import method_display, order_methods, order_scenes, scene_display
 
@@ -106,10 +107,8 @@ def plot_curves(
     fig.suptitle(head, fontsize=10)
     fig.tight_layout(rect=(0, 0.1 if len(handles) > 4 else 0.06, 1, 0.93))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 
@@ -175,10 +174,8 @@ def compose_views(
     if caption:
         canvas = np.concatenate([_text_strip(caption, canvas.shape[1], 20), canvas], axis=0)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
-    iio.imwrite(tmp, canvas)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        iio.imwrite(tmp, canvas)
     return out_path
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from wcnerf.atomic import write_text
 
 __all__ = [
     "CSV_COLUMNS",
@@ -30,7 +31,6 @@ __all__ = [
     "write_results_csv",
     "read_results_csv",
     "table_markdown",
-    "write_text_atomic",
 ]
 
 CSV_COLUMNS = [
@@ -351,16 +351,8 @@ def results_csv(records: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf8")
-    os.replace(tmp, path)
-
-
 def write_results_csv(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    write_text_atomic(Path(path), results_csv(records))
+    write_text(Path(path), results_csv(records))
     return Path(path)
 
 

@@ -31,12 +31,13 @@ import os
 import sys
 import tempfile
 import types
-import uuid
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
+
+from wcnerf.atomic import atomic_path
 
 __all__ = [
     "ALEXNET_WEIGHTS_FILE",
@@ -116,33 +117,12 @@ def sanitize(obj: Any) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: Path, tmp_dir: Optional[Path] = None) -> None:
-    """``torch.save`` to ``path`` atomically: a temporary file (in ``tmp_dir``, default the
-    parent of ``path``'s folder so no partial file ever sits among the checkpoints) is
-    written, flushed to disk and renamed over ``path``."""
+    """``torch.save`` to ``path`` atomically (:func:`wcnerf.atomic.atomic_path`); the temporary
+    file goes to ``tmp_dir``, default the parent of ``path``'s folder, so no partial file ever
+    sits among the checkpoints (nerfstudio parses their names to find the latest)."""
     path = Path(path)
-    tmp_dir = Path(tmp_dir) if tmp_dir is not None else path.parent.parent
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp_name = str(tmp_dir / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp_name, "xb") as f:  # plain open: the umask's permissions, unlike mkstemp's 0600
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with atomic_path(path, tmp_dir=tmp_dir if tmp_dir is not None else path.parent.parent) as tmp:
+        torch.save(obj, tmp)
 
 
 # --------------------------------------------------------------------------- nerfacc

@@ -121,7 +121,7 @@ class WCTrainer(Trainer):
             "schedulers": sanitize({k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()}),
             "scalers": sanitize(self.grad_scaler.state_dict()),
         }
-        atomic_torch_save(state, ckpt_path, tmp_dir=self.checkpoint_dir.parent)
+        atomic_torch_save(state, ckpt_path)  # temporary file outside nerfstudio_models/
         if self.config.save_only_latest_checkpoint:
             for f in self.checkpoint_dir.glob("*.ckpt"):
                 if f != ckpt_path:

@@ -15,10 +15,11 @@ from typing import Optional
 
 import numpy as np
 
-from .field import conditioner_names
+from ..conditioning import available
 from .mesh import load_mesh
 from .plot import plot_curves
-from .train import DEFAULT_MESH, FitConfig, atomic_write_text, fit
+from ..atomic import write_text
+from .train import DEFAULT_MESH, FitConfig, fit
 
 REPORTED = ("iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step",
             "cpu_seconds_per_step")
@@ -50,7 +51,7 @@ def _mean_curves(curves: list[dict]) -> dict:
 
 def run_compare(cfg: FitConfig) -> dict:
     methods = parse_list(cfg.compare)
-    known = conditioner_names()
+    known = tuple(available())
     bad = [m for m in methods if m not in known]
     if bad or not methods:
         raise ValueError(f"--compare: unknown conditioner(s) {', '.join(bad) or '(none given)'}; "
@@ -96,8 +97,8 @@ def run_compare(cfg: FitConfig) -> dict:
         summary["methods"][method] = entry
         best_curves[f"{method} (lr {best_lr:g})"] = _mean_curves([r.curves for r in runs])
 
-    atomic_write_text(out_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out_dir / "comparison.md", to_markdown(summary, shape.name))
+    write_text(out_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
+    write_text(out_dir / "comparison.md", to_markdown(summary, shape.name))
     plot_curves(best_curves, out_dir / "comparison.png",
                 title=f"{shape.name}: {cfg.optimizer}, {cfg.steps} steps, mean over seeds {seeds}")
     summary["dir"] = str(out_dir)

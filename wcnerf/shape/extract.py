@@ -10,6 +10,7 @@ import torch
 import trimesh
 from skimage import measure
 
+from ..atomic import atomic_path
 from .mesh import Normalization
 
 
@@ -71,10 +72,5 @@ def to_original(mesh: trimesh.Trimesh, norm: Normalization) -> trimesh.Trimesh:
 
 def write_mesh(mesh: trimesh.Trimesh, path: Path) -> None:
     """Write via a temporary file so a killed run never leaves a truncated mesh."""
-    import os
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    mesh.export(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        mesh.export(str(tmp))

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..conditioning import condition
+
 Encoding = Literal["none", "positional", "fourier"]
 Activation = Literal["relu", "softplus", "silu"]
 
@@ -93,49 +95,7 @@ class ShapeField(nn.Module):
         return self.mlp(self.encoding(x)).squeeze(-1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Thin wrappers around wcnerf.conditioning, so "none" keeps working while that library is absent.
-
-
-def conditioner_names() -> tuple[str, ...]:
-    """Names of the available conditioners, from the library itself (so new ones show up)."""
-    try:
-        from wcnerf.conditioning import available
-    except ImportError:
-        return ("none",)
-    names = tuple(available().keys())
-    return names if "none" in names else ("none", *names)
-
-
-def conditioner_descriptions() -> dict[str, str]:
-    try:
-        from wcnerf.conditioning import available
-    except ImportError:
-        return {"none": "no conditioning"}
-    return dict(available())
-
-
-def apply_conditioning(module: nn.Module, method: str, **options) -> nn.Module:
-    """Condition every nn.Linear of ``module`` in place (input encoding has no Linear layers)."""
-    try:
-        from wcnerf.conditioning import condition
-    except ImportError:
-        if method == "none":
-            return module
-        raise
-    return condition(module, method, **options)
-
-
-def post_step(module: nn.Module, optimizers) -> None:
-    """Must follow every optimizer.step() (ENorm rebalances weights there; no-op otherwise)."""
-    try:
-        from wcnerf.conditioning import post_step as _post_step
-    except ImportError:
-        return
-    _post_step(module, optimizers)
-
-
 def build_field(cfg: FieldConfig, conditioning: str, seed: int) -> ShapeField:
     torch.manual_seed(seed)
     field = ShapeField(cfg, seed=seed)
-    return apply_conditioning(field, conditioning)
+    return condition(field, conditioning)  # every nn.Linear; the encoding has none

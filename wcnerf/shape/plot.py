@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or len(y) < window:
@@ -47,11 +49,6 @@ def plot_curves(runs: dict[str, dict], path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.88 if title else 0.95, wspace=0.22)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    import os
-
-    os.replace(tmp, path)

@@ -13,8 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +23,10 @@ import torch
 import torch.nn.functional as F
 import tyro
 
+from ..atomic import atomic_path, write_text
 from .extract import evaluate_grid, evaluate_points, marching_cubes, to_original, write_mesh
-from .field import FieldConfig, build_field, conditioner_names, post_step
+from ..conditioning import available, post_step
+from .field import FieldConfig, build_field
 from .mesh import ShapeMesh, load_mesh
 from .metrics import iou, surface_metrics
 from .sampling import SamplingConfig, load_or_compute_grid_occupancy, load_or_compute_samples
@@ -34,10 +34,10 @@ from .sampling import SamplingConfig, load_or_compute_grid_occupancy, load_or_co
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MESH = REPO_ROOT / "data" / "meshes" / "spot.obj"
 
-_NAMES = conditioner_names()
+_NAMES = tuple(available())
 # Literal built from the conditioning library at import time: a new conditioner is a CLI choice at once.
 ConditionerName = Literal[_NAMES]  # type: ignore[valid-type]
-_DEFAULT_CONDITIONING = "equilibrate" if "equilibrate" in _NAMES else "none"
+_DEFAULT_CONDITIONING = "equilibrate"
 
 # Adam: reaches IoU > 0.97 on the armadillo with the default settings. SGD (momentum 0.9): 0.3 was
 # the best of {0.1, 0.3, 1, 3} for the default conditioner (equilibrate) on the armadillo and the
@@ -181,36 +181,6 @@ def make_optimizer(cfg: FitConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, then os.replace: never a half checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs are meant to be shared
-    os.replace(tmp, path)
-
-
 def _batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     """Batch of step ``step`` depends only on (seed, step): resuming needs no RNG state."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
@@ -238,8 +208,8 @@ def _eval_settings(cfg: FitConfig) -> dict:
 
 def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMesh] = None) -> FitResult:
     """Train (or resume) one field, then extract its mesh and measure it. Returns the metrics."""
-    if cfg.conditioning not in conditioner_names():
-        raise ValueError(f"unknown conditioning {cfg.conditioning!r}; choose from {', '.join(conditioner_names())}")
+    if cfg.conditioning not in available():
+        raise ValueError(f"unknown conditioning {cfg.conditioning!r}; choose from {', '.join(available())}")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     shape = shape or load_mesh(cfg.mesh or DEFAULT_MESH, margin=cfg.margin)
@@ -255,7 +225,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
         for name in ("checkpoint.pt", "metrics.json", "mesh.ply", "curves.png", "config.json"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
+    write_text(run_dir / "config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
 
     samples = load_or_compute_samples(shape, cfg.sampling_config(), cache_dir)
     pts = torch.from_numpy(samples.points).to(device)
@@ -278,9 +248,10 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
 
-    def save_checkpoint():
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                           "training_key": cfg.training_key(), "config": cfg.to_json()}, ckpt_path)
+    def save_checkpoint():  # atomically: a killed run never leaves half a checkpoint
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                        "training_key": cfg.training_key(), "config": cfg.to_json()}, tmp)
 
     def curve_iou() -> float:
         model.eval()
@@ -366,7 +337,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
         "torch_threads": torch.get_num_threads(),
         "device": device.type, "eval_settings": _eval_settings(cfg),
     })
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     from .plot import plot_curves
 
     plot_curves({cfg.conditioning: _curves(state)}, run_dir / "curves.png", title=f"{shape.name}: {cfg.conditioning}")
