@@ -295,8 +295,44 @@ def test_analysis_logged_every_n_steps_and_free_otherwise(monkeypatch):
 
     model_off = build(analysis_every=0)
     callbacks_off, opts_off = _callbacks(model_off)
-    assert len(callbacks_off) == 1  # post_step only
+    assert not model_off.conditioning_panel.enabled
     assert _train_step(model_off, callbacks_off, opts_off, 0) == 0
+
+
+def test_viewer_panel_switches_the_analysis_during_training(monkeypatch):
+    """The panel's switch (what the viewer's checkbox sets) turns the analysis on and off between
+    steps; off means no hook on any module during the step; on, the panel gets per-layer tables."""
+    from nerfstudio.utils import writer
+
+    monkeypatch.setattr(writer, "put_scalar", lambda name, scalar, step: None)
+    model = build(analysis_every=0, analysis_max_samples=64)
+    model.train()
+    panel = model.conditioning_panel
+    assert panel.conditioner == "equilibrate" and not panel.enabled and panel.every == 100
+    callbacks, opts = _callbacks(model)
+    assert _train_step(model, callbacks, opts, 0) == 0 and panel.step is None
+    panel._set_enabled(True)
+    panel._set_every(3)
+    hooks = [_train_step(model, callbacks, opts, step) for step in range(1, 7)]
+    assert [h > 0 for h in hooks] == [False, False, True, False, False, True]  # steps 3 and 6
+    assert panel.step == 6
+    coarse = panel.tables["coarse"]
+    assert coarse.startswith("| layer | κ(W) | κ₉₀(Σx) | κ₉₀(Σδ) |")
+    assert "| base.0 |" in coarse and "| rgb |" in coarse and len(coarse.splitlines()) == 2 + len(
+        [m for m in model.field_coarse.modules() if isinstance(m, torch.nn.Linear)])
+    panel._set_enabled(False)
+    assert _train_step(model, callbacks, opts, 9) == 0
+
+
+def test_layer_table_formats_the_analysis_metrics():
+    from wcnerf.nerf.viewer_panel import format_layer_table
+
+    table = format_layer_table({"mlp_base.layers.0/kappa_w": 12.345, "mlp_base.layers.0/input/kappa_p90": float("inf"),
+                                "mlp_base.layers.0/output_grad/kappa_p90": 2.5e6, "mlp_base.layers.0/input/kappa_p100": 3.0,
+                                "head/kappa_w": 1.0})
+    lines = table.splitlines()
+    assert lines[2] == "| base.0 | 12.3 | ∞ | 2.5e+06 |"
+    assert lines[3] == "| head | 1 | – | – |"
 
 
 def test_post_step_called_after_every_step_with_the_optimizers(monkeypatch):

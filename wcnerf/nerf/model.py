@@ -35,7 +35,9 @@ locally (see :func:`wcnerf.nerf.compat.build_lpips`), otherwise omitted with a w
 Layer-wise conditioning analysis (:mod:`wcnerf.analysis`) of both fields runs during the
 ordinary training step every ``analysis_every`` steps (hooks attached before the step,
 removed after it; nothing is attached on other steps) and is written with
-``nerfstudio.utils.writer.put_scalar`` as ``analysis/{coarse,fine}/<layer>/<metric>``.
+``nerfstudio.utils.writer.put_scalar`` as ``analysis/{coarse,fine}/<layer>/<metric>``. The
+web viewer's "Weight conditioning" panel (:mod:`wcnerf.nerf.viewer_panel`) shows the latest
+per-layer condition numbers and switches the analysis on or off during training.
 """
 
 from __future__ import annotations
@@ -67,12 +69,14 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from wcnerf import conditioning as wc
 from wcnerf.nerf.compat import build_lpips
 from wcnerf.nerf.field import DensityActivation, ENeRFField
+from wcnerf.nerf.viewer_panel import ConditioningPanel
 
 __all__ = ["ENeRFModel", "ENeRFModelConfig", "paper_encoding", "parse_options"]
 
 _CONDITIONERS = ", ".join(wc.available())
 _LOG2_2PI = math.log2(2.0 * math.pi)
 _WARNED: set = set()
+DEFAULT_PANEL_EVERY = 100  # analysis cadence offered in the viewer when the config has it off
 
 
 def paper_encoding(num_frequencies: int) -> NeRFEncoding:
@@ -210,6 +214,10 @@ class ENeRFModel(Model):
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer()
         self.rgb_loss = MSELoss()
+        # Viewer panel (a nerfstudio ViewerElement, found by the viewer on the model) that also
+        # holds the analysis switch: on when analysis_every > 0, switchable from the viewer.
+        self.conditioning_panel = ConditioningPanel(
+            cfg.conditioning, enabled=cfg.analysis_every > 0, every=cfg.analysis_every or DEFAULT_PANEL_EVERY)
 
         from torchmetrics.functional import structural_similarity_index_measure
 
@@ -242,39 +250,43 @@ class ENeRFModel(Model):
 
         callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
 
-        every = int(self.config.analysis_every)
-        if every > 0:
-            from wcnerf.analysis import LayerwiseAnalyzer
+        from wcnerf.analysis import LayerwiseAnalyzer
 
-            analyzers = {
-                name: LayerwiseAnalyzer(f, max_samples=self.config.analysis_max_samples)
-                for name, f in (("coarse", self.field_coarse), ("fine", self.field_fine))
-            }
+        panel = self.conditioning_panel
+        analyzers = {
+            name: LayerwiseAnalyzer(f, max_samples=self.config.analysis_max_samples)
+            for name, f in (("coarse", self.field_coarse), ("fine", self.field_fine))
+        }
+        running: List[int] = []  # the step whose capture is attached (the switch may flip mid-step)
 
-            def attach(step: int) -> None:
-                for a in analyzers.values():
+        def attach(step: int) -> None:
+            if not panel.due(step):  # the whole cost of the analysis when it is off
+                return
+            for a in analyzers.values():
+                a.reset()
+                a.attach()
+            running.append(step)
+
+        def report(step: int) -> None:
+            if not running:
+                return
+            running.clear()
+            results = {}
+            for name, a in analyzers.items():
+                a.detach()
+                try:
+                    results[name] = a.compute()
+                except Exception as e:  # never let the analysis stop a training run
+                    _warn_once(f"conditioning analysis of the {name} field failed: {type(e).__name__}: {e}")
+                    continue
+                finally:
                     a.reset()
-                    a.attach()
+                for key, value in results[name].items():
+                    writer.put_scalar(name=f"analysis/{name}/{key}", scalar=float(value), step=step)
+            panel.show(step, results)
 
-            def report(step: int) -> None:
-                for name, a in analyzers.items():
-                    a.detach()
-                    try:
-                        metrics = a.compute()
-                    except Exception as e:  # never let the analysis stop a training run
-                        _warn_once(f"conditioning analysis of the {name} field failed: {type(e).__name__}: {e}")
-                        continue
-                    finally:
-                        a.reset()
-                    for key, value in metrics.items():
-                        writer.put_scalar(name=f"analysis/{name}/{key}", scalar=float(value), step=step)
-
-            callbacks.append(
-                TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], attach, update_every_num_iters=every)
-            )
-            callbacks.append(
-                TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=every)
-            )
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], attach))
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report))
         return callbacks
 
     # ------------------------------------------------------------------ rays

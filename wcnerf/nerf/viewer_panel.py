@@ -1,0 +1,135 @@
+"""The "Weight conditioning" panel of the nerfstudio web viewer for ``e-nerf`` / ``nerf``.
+
+nerfstudio's viewer installs every :class:`~nerfstudio.viewer.viewer_elements.ViewerElement`
+it finds on the model (``Custom Elements`` folder of the Control tab). This one element builds
+a small folder of viser widgets:
+
+- the model's conditioner (read only);
+- a checkbox that switches the layer-wise conditioning analysis (:mod:`wcnerf.analysis`) on
+  or off while training runs, and its cadence in steps;
+- per-layer condition numbers of the coarse and fine fields from the last analysis: kappa of
+  the effective weight (the one the forward pass multiplies by, i.e. after conditioning) and
+  the generalised kappa_90 of the layer-input and output-gradient second moments (Huang et al.).
+
+The panel holds only the switch and the last numbers; :class:`wcnerf.nerf.model.ENeRFModel`
+asks :meth:`ConditioningPanel.due` before each step and attaches the analysis hooks only on
+analysis steps. With the analysis off a step costs one boolean test, nothing is attached. The
+panel exists without a viewer too (``ns-train --vis tensorboard``, ``ns-eval``); it is then
+never installed and its values are the config's.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, Mapping, Optional
+
+from nerfstudio.viewer.viewer_elements import ViewerElement
+
+__all__ = ["ConditioningPanel", "format_layer_table"]
+
+# (column title, metric suffix of wcnerf.analysis) shown per layer. The covariances use Huang et
+# al.'s generalised kappa_90 (largest over the 90th-percentile eigenvalue): ReLU layers have dead
+# units, so their full kappa is often infinite and says nothing more.
+COLUMNS = (("κ(W)", "kappa_w"), ("κ₉₀(Σx)", "input/kappa_p90"), ("κ₉₀(Σδ)", "output_grad/kappa_p90"))
+
+
+class ConditioningPanel(ViewerElement[bool]):
+    """Conditioner name, analysis switch and cadence, per-layer kappa tables (see module doc)."""
+
+    def __init__(self, conditioner: str, enabled: bool, every: int) -> None:
+        super().__init__(name="Weight conditioning")
+        self.conditioner = conditioner
+        self.enabled = bool(enabled)
+        self.every = max(1, int(every))
+        self.step: Optional[int] = None
+        self.tables: Dict[str, str] = {}  # field name -> markdown
+        self._lock = threading.Lock()
+        self._handles: dict = {}
+
+    # ------------------------------------------------------------------ training side
+    def due(self, step: int) -> bool:
+        """True when the analysis should run on this step (called before every step)."""
+        return self.enabled and step % self.every == 0
+
+    def show(self, step: int, results: Mapping[str, Mapping[str, float]]) -> None:
+        """New analysis results: ``{field name: wcnerf.analysis metrics dict}``."""
+        with self._lock:
+            self.step = step
+            self.tables = {name: format_layer_table(metrics) for name, metrics in results.items()}
+        self._render()
+
+    # ------------------------------------------------------------------ viewer side
+    def install(self, viser_server) -> None:  # called by nerfstudio's viewer, once
+        self._create_gui_handle(viser_server)
+
+    def _create_gui_handle(self, viser_server) -> None:
+        gui = viser_server.gui
+        with gui.add_folder(self.name):
+            h = self._handles
+            h["conditioner"] = gui.add_text("Conditioner", self.conditioner, disabled=True)
+            h["enabled"] = gui.add_checkbox("Layer-wise analysis", self.enabled,
+                                            hint="Huang et al.: per-layer spectra of the input and "
+                                                 "output-gradient second moments; off costs nothing")
+            h["every"] = gui.add_number("Analysis every N steps", self.every, min=1, step=1)
+            h["status"] = gui.add_markdown("")
+            h["coarse"] = gui.add_markdown("")
+            h["fine"] = gui.add_markdown("")
+        h["enabled"].on_update(lambda _: self._set_enabled(bool(h["enabled"].value)))
+        h["every"].on_update(lambda _: self._set_every(h["every"].value))
+        self.gui_handle = h["enabled"]
+        self._render()
+
+    def _set_enabled(self, value: bool) -> None:
+        self.enabled = value
+        self._render()
+
+    def _set_every(self, value) -> None:
+        self.every = max(1, int(value))
+        self._render()
+
+    def _render(self) -> None:
+        h = self._handles
+        if not h:
+            return
+        with self._lock:
+            if not self.enabled:
+                status = "Analysis **off**: no hooks, no cost."
+            elif self.step is None:
+                status = f"Analysis **on**: first result at the next multiple of {self.every} steps."
+            else:
+                status = f"Analysis **on**, every {self.every} steps; shown: step {self.step}."
+            h["status"].content = status
+            for name in ("coarse", "fine"):
+                table = self.tables.get(name)
+                h[name].content = f"**{name} field**\n\n{table}" if table else ""
+
+
+def format_layer_table(metrics: Mapping[str, float]) -> str:
+    """Markdown table, one row per layer, of the :data:`COLUMNS` of a wcnerf.analysis dict."""
+    layers: Dict[str, Dict[str, float]] = {}
+    for key, value in metrics.items():
+        for _, suffix in COLUMNS:
+            if key.endswith("/" + suffix):
+                layers.setdefault(key[: -len(suffix) - 1], {})[suffix] = value
+    rows = ["| layer | " + " | ".join(t for t, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for layer, vals in layers.items():
+        cells = [_fmt(vals.get(suffix)) for _, suffix in COLUMNS]
+        rows.append(f"| {_short(layer)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+_SHORT_NAMES = {"field_output_density.net": "density", "field_heads.0.net": "rgb", "feature_linear": "feature"}
+
+
+def _short(layer: str) -> str:
+    """``mlp_base.layers.3`` -> ``base.3``, ``field_heads.0.net`` -> ``rgb``: the table must fit
+    the viewer's narrow panel (a wider one makes the whole panel scroll sideways)."""
+    return _SHORT_NAMES.get(layer, layer.replace(".layers.", ".").replace("mlp_", ""))
+
+
+def _fmt(v: Optional[float]) -> str:
+    if v is None:
+        return "–"
+    if v != v or v == float("inf"):
+        return "∞"
+    return f"{v:.3g}" if v < 1e4 else f"{v:.1e}"
