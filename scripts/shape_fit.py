@@ -5,6 +5,7 @@
     python scripts/shape_fit.py mesh.obj                 # equilibrated field -> outputs/shape/mesh/<run>/
     python scripts/shape_fit.py mesh.obj --conditioning weight-norm --optimizer sgd
     python scripts/shape_fit.py mesh.obj --compare none,equilibrate,weight-norm [--compare-lrs ...] [--compare-seeds 0,1]
+    python scripts/shape_fit.py mesh.obj --viewer        # watch it at http://127.0.0.1:8080 (with --compare too)
 
 Running the same command again resumes an interrupted run from its last checkpoint.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import tyro
@@ -24,28 +26,47 @@ from wcnerf.shape.train import FitConfig, RunError, fit  # noqa: E402
 
 
 def main(cfg: FitConfig) -> int:
+    viewer = None
     try:
+        if cfg.viewer:
+            from viewer.shape_viewer import ShapeViewer
+
+            viewer = ShapeViewer(host=cfg.viewer_host, port=cfg.viewer_port, resolution=cfg.viewer_resolution)
+            print(f"viewer: {viewer.url}  (remote machine: ssh -L {viewer.port}:localhost:{viewer.port} <host>, "
+                  f"then open http://localhost:{viewer.port})", flush=True)
         if cfg.compare:
             from wcnerf.shape.compare import run_compare
 
-            summary = run_compare(cfg)
+            summary = run_compare(cfg, monitor=viewer)
             print((Path(summary["dir"]) / "comparison.md").read_text())
             print(f"wrote {summary['dir']}")
-            return 0
-        res = fit(cfg)
+        else:
+            res = fit(cfg, monitor=viewer)
+            report(res)
+        if viewer is not None and cfg.viewer_keep_open:
+            viewer.wait_drawn()
+            print(f"training done; the viewer stays at {viewer.url} until Ctrl+C", flush=True)
+            while True:
+                time.sleep(3600)
     except (MeshLoadError, RunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        if viewer is not None:
+            viewer.close()
+    return 0
+
+
+def report(res) -> None:
     if "interrupted_at" in res.metrics:
         print(f"stopped at step {res.metrics['interrupted_at']} (--stop-after); rerun to resume: {res.run_dir}")
-        return 0
+        return
     keys = ("iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step", "train_seconds")
     print(json.dumps({k: res.metrics.get(k) for k in keys}, indent=2))
     print(f"wrote {res.run_dir}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ..conditioning import available
 from .mesh import load_mesh
 from .plot import plot_curves
 from ..atomic import write_text
-from .train import DEFAULT_MESH, FitConfig, fit
+from .train import DEFAULT_MESH, FitConfig, FitMonitor, fit
 
 REPORTED = ("iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step",
             "cpu_seconds_per_step")
@@ -49,7 +49,7 @@ def _mean_curves(curves: list[dict]) -> dict:
             "eval_iou": list(np.mean([c["eval_iou"][:m] for c in curves], axis=0))}
 
 
-def run_compare(cfg: FitConfig) -> dict:
+def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
     methods = parse_list(cfg.compare)
     known = tuple(available())
     bad = [m for m in methods if m not in known]
@@ -71,7 +71,8 @@ def run_compare(cfg: FitConfig) -> dict:
         for lr in lrs:
             for seed in seeds:
                 sub = dataclasses.replace(base, conditioning=method, lr=lr, seed=seed)
-                res = fit(sub, run_dir=out_dir / "runs" / f"{method}-lr{lr:g}-s{seed}", shape=shape)
+                res = fit(sub, run_dir=out_dir / "runs" / f"{method}-lr{lr:g}-s{seed}", shape=shape,
+                          monitor=monitor, run_label=method)
                 results[method].setdefault(lr, []).append(res)
 
     summary: dict = {"mesh": str(shape.path), "task": cfg.task, "optimizer": cfg.optimizer, "steps": cfg.steps,

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Protocol
 
 import numpy as np
 import torch
@@ -126,6 +126,18 @@ class FitConfig:
     compare_seeds: Optional[str] = None
     """Comma list of seeds (default: --seed)."""
 
+    viewer: bool = False
+    """Serve a web page (viser) showing the input mesh and the field's current mesh while training."""
+    viewer_host: str = "127.0.0.1"
+    """Address the viewer binds; 127.0.0.1 keeps it local (use ssh port forwarding), 0.0.0.0 exposes it."""
+    viewer_port: int = 8080
+    viewer_every: int = 100
+    """Refresh the viewer's mesh, loss and IoU every N steps (the mesh is extracted off the training thread)."""
+    viewer_resolution: int = 64
+    """Marching-cubes resolution of the viewer's live meshes (the final mesh uses --resolution)."""
+    viewer_keep_open: bool = True
+    """After training, keep serving the page until Ctrl+C."""
+
     # ------------------------------------------------------------------------------------------
     def resolved_lr(self) -> float:
         return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
@@ -143,7 +155,8 @@ class FitConfig:
 
     _NOT_TRAINING = ("mesh", "resolution", "eval_every", "curve_eval_points", "surface_points", "chunk",
                      "output_dir", "run_name", "cache_dir", "ckpt_every", "overwrite", "progress", "threads",
-                     "stop_after", "compare", "compare_lrs", "compare_seeds")
+                     "stop_after", "compare", "compare_lrs", "compare_seeds", "viewer", "viewer_host",
+                     "viewer_port", "viewer_every", "viewer_resolution", "viewer_keep_open")
 
     def training_key(self) -> str:
         """Hash of everything that changes the trained weights (not paths, eval or logging)."""
@@ -206,8 +219,23 @@ def _eval_settings(cfg: FitConfig) -> dict:
     return {"resolution": cfg.resolution, "surface_points": cfg.surface_points, "n_eval": cfg.n_eval}
 
 
-def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMesh] = None) -> FitResult:
-    """Train (or resume) one field, then extract its mesh and measure it. Returns the metrics."""
+class FitMonitor(Protocol):
+    """Watches a fit (e.g. the shape viewer). Called on the training thread: implementations must
+    return at once (copy what they need and do the work elsewhere), never block training."""
+
+    def started(self, run: str, cfg: FitConfig, shape: ShapeMesh, model: torch.nn.Module) -> None: ...
+
+    def progress(self, run: str, step: int, loss: float, curves: dict, model: torch.nn.Module) -> None: ...
+
+    def finished(self, run: str, metrics: dict, curves: dict, mesh_unit) -> None: ...
+
+
+def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMesh] = None,
+        monitor: Optional[FitMonitor] = None, run_label: Optional[str] = None) -> FitResult:
+    """Train (or resume) one field, then extract its mesh and measure it. Returns the metrics.
+
+    ``monitor`` (optional) is told about the run every ``cfg.viewer_every`` steps and at the end;
+    ``run_label`` names the run for it (default: the conditioner)."""
     if cfg.conditioning not in available():
         raise ValueError(f"unknown conditioning {cfg.conditioning!r}; choose from {', '.join(available())}")
     if cfg.threads > 0:
@@ -247,6 +275,9 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
+    label = run_label or cfg.conditioning
+    if monitor is not None:
+        monitor.started(label, cfg, shape, model)
 
     def save_checkpoint():  # atomically: a killed run never leaves half a checkpoint
         with atomic_path(ckpt_path) as tmp:
@@ -311,6 +342,8 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
                     bar.set_postfix(loss=f"{lv:.4f}", iou=f"{state['eval_iou'][-1]:.4f}", refresh=False)
                 if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
                     save_checkpoint()
+                if monitor is not None and ((step + 1) % cfg.viewer_every == 0 or step + 1 == cfg.steps):
+                    monitor.progress(label, step + 1, lv, _curves(state), model)
                 bar.update(1)
         except KeyboardInterrupt:
             save_checkpoint()
@@ -320,6 +353,8 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     elif metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("eval_settings") == _eval_settings(cfg):
+            if monitor is not None:
+                monitor.finished(label, metrics, _curves(state), _mesh_unit(run_dir, shape))
             return FitResult(run_dir, metrics, _curves(state))
 
     metrics = evaluate(cfg, model, shape, samples, device, run_dir, cache_dir)
@@ -341,7 +376,20 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     from .plot import plot_curves
 
     plot_curves({cfg.conditioning: _curves(state)}, run_dir / "curves.png", title=f"{shape.name}: {cfg.conditioning}")
+    if monitor is not None:
+        monitor.finished(label, metrics, _curves(state), _mesh_unit(run_dir, shape))
     return FitResult(run_dir, metrics, _curves(state))
+
+
+def _mesh_unit(run_dir: Path, shape: ShapeMesh):
+    """The run's extracted mesh (mesh.ply, input coordinates) back in unit coordinates."""
+    import trimesh
+
+    path = run_dir / "mesh.ply"
+    mesh = trimesh.load(path, force="mesh", process=False) if path.is_file() else None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        return None  # the field never crossed its level set: nothing to show
+    return trimesh.Trimesh(vertices=shape.normalization.to_unit(mesh.vertices), faces=mesh.faces, process=False)
 
 
 def _curves(state: dict) -> dict:
