@@ -46,8 +46,11 @@ def main(cfg: FitConfig) -> int:
         if viewer is not None and cfg.viewer_keep_open:
             viewer.wait_drawn()
             print(f"training done; the viewer stays at {viewer.url} until Ctrl+C", flush=True)
-            while True:
-                time.sleep(3600)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
     except (MeshLoadError, RunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
