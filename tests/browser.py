@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +28,13 @@ FLAGS = [
     # WebGL without a GPU: Chromium's software renderer (needed for viser's three.js scene).
     "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
 ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for the server under test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def find_chromium() -> Optional[str]:

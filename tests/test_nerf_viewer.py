@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from browser import Browser, find_chromium, keep_screenshot
+from browser import Browser, find_chromium, free_port, keep_screenshot
 from test_nerf_e2e import BIN, FERN, TINY, _env, _scalars
 
 CHROMIUM = find_chromium()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(predicate, timeout: float, proc) -> bool:
@@ -56,7 +49,7 @@ def _has(text: str) -> str:
 @pytest.mark.browser
 @pytest.mark.skipif(FERN is None, reason="fern (images_8) not found")
 def test_viewer_panel_switches_analysis_and_shows_kappa(tmp_path):
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "outputs"
     tiny = list(TINY)
     tiny[tiny.index("--vis") + 1] = "viewer+tensorboard"

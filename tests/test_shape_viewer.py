@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,16 +24,10 @@ import pytest
 import torch
 import trimesh
 
-from browser import Browser, find_chromium, keep_screenshot
+from browser import Browser, find_chromium, free_port, keep_screenshot
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = find_chromium()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_progress_never_waits_for_mesh_extraction(monkeypatch):
@@ -52,7 +45,7 @@ def test_progress_never_waits_for_mesh_extraction(monkeypatch):
         return real_grid(model, resolution, device, **kw)
 
     monkeypatch.setattr(sv, "evaluate_grid", blocked_grid)
-    viewer = sv.ShapeViewer(port=_free_port(), resolution=16)
+    viewer = sv.ShapeViewer(port=free_port(), resolution=16)
     try:
         sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
         shape = ShapeMesh(Path("sphere.obj"), sphere, sphere, Normalization(np.zeros(3), 1.0), "x")
@@ -88,7 +81,7 @@ def test_progress_never_waits_for_mesh_extraction(monkeypatch):
 def test_shape_viewer_page_shows_meshes_and_progress(tmp_path):
     if CHROMIUM is None:
         pytest.skip("Chromium not installed (apt install chromium): the browser test of the shape viewer is skipped")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "fit.log"
     cmd = [sys.executable, str(REPO / "scripts" / "shape_fit.py"), "--viewer", "--viewer-port", str(port),
            "--compare", "none,equilibrate", "--steps", "400", "--viewer-every", "20", "--eval-every", "50",
