@@ -19,13 +19,14 @@ ends (``--viewer.quit-on-train-completion False`` keeps the viewer up).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
@@ -36,11 +37,13 @@ from wcnerf.nerf.trainer import RunExponentialDecaySchedulerConfig, WCTrainerCon
 __all__ = [
     "PAPER",
     "SMALL",
+    "adam_decay",
     "e_nerf",
     "e_nerf_small",
     "make_config",
     "nerf",
     "nerf_small",
+    "trainer_config",
 ]
 
 CUDA = torch.cuda.is_available()
@@ -91,6 +94,23 @@ conditioning analysis every 500 steps."""
 def make_config(method_name: str, conditioning: str, preset: Dict[str, Any]) -> WCTrainerConfig:
     """TrainerConfig of one method; ``preset`` is :data:`PAPER` or :data:`SMALL`."""
     model = ENeRFModelConfig(conditioning=conditioning, **preset["model"])
+    return trainer_config(method_name, preset, model, {"fields": adam_decay(preset["lr"], preset["lr_final"])})
+
+
+def adam_decay(lr: float, lr_final: float, eps: float = 1e-8, max_steps: Optional[int] = None) -> Dict[str, Any]:
+    """One optimizer group: Adam, log-linear decay from ``lr`` to ``lr_final`` over
+    ``max_steps`` (None: over the run's ``max_num_iterations``)."""
+    return {
+        "optimizer": AdamOptimizerConfig(lr=lr, eps=eps),
+        "scheduler": RunExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=max_steps),
+    }
+
+
+def trainer_config(
+    method_name: str, preset: Dict[str, Any], model: ModelConfig, optimizers: Dict[str, Any]
+) -> WCTrainerConfig:
+    """The wcnerf trainer around any model config: LLFF dataparser, device and mixed precision
+    chosen at run time, viewer on 127.0.0.1; schedule and ray batch from ``preset``."""
     return WCTrainerConfig(
         method_name=method_name,
         max_num_iterations=preset["max_num_iterations"],
@@ -111,12 +131,7 @@ def make_config(method_name: str, conditioning: str, preset: Dict[str, Any]) -> 
             ),
             model=model,
         ),
-        optimizers={
-            "fields": {
-                "optimizer": AdamOptimizerConfig(lr=preset["lr"], eps=1e-8),
-                "scheduler": RunExponentialDecaySchedulerConfig(lr_final=preset["lr_final"], max_steps=None),
-            },
-        },
+        optimizers=optimizers,
     )
 
 
