@@ -41,7 +41,7 @@ def test_progress_never_waits_for_mesh_extraction(monkeypatch):
 
     def blocked_grid(model, resolution, device, **kw):
         release.wait()
-        extracted.append(sum(float(p.sum()) for p in model.parameters()))  # which snapshot it draws
+        extracted.append(sum(float(p.detach().sum()) for p in model.parameters()))  # which snapshot it draws
         return real_grid(model, resolution, device, **kw)
 
     monkeypatch.setattr(sv, "evaluate_grid", blocked_grid)
@@ -70,7 +70,7 @@ def test_progress_never_waits_for_mesh_extraction(monkeypatch):
         time.sleep(0.5)
         # the snapshot the worker had picked up when it blocked, then only the latest one
         assert 1 <= len(extracted) <= 2
-        assert extracted[-1] == pytest.approx(sum(float(p.sum()) for p in model.parameters()))
+        assert extracted[-1] == pytest.approx(sum(float(p.detach().sum()) for p in model.parameters()))
     finally:
         release.set()
         viewer.close()
