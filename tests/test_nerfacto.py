@@ -86,7 +86,7 @@ def _offline_hub(tmp_path, monkeypatch):
 def no_tcnn(monkeypatch):
     """tinycudann not importable (whatever is installed), messages not yet said."""
     monkeypatch.setitem(sys.modules, "tinycudann", None)
-    monkeypatch.setattr(nfa_tcnn, "_SAID", set())
+    monkeypatch.setattr(compat, "_SAID", set())
 
 
 def build(conditioning="equilibrate", metadata=LLFF_META, **overrides):
@@ -215,7 +215,7 @@ def test_falls_back_to_torch_without_tcnn_and_says_so_once(no_tcnn, capsys):
 
 
 def test_tcnn_installed_without_cuda_uses_torch(monkeypatch, capsys):
-    monkeypatch.setattr(nfa_tcnn, "_SAID", set())
+    monkeypatch.setattr(compat, "_SAID", set())
     fake = types.ModuleType("tinycudann")
     fake.__spec__ = importlib.machinery.ModuleSpec("tinycudann", None)
     monkeypatch.setitem(sys.modules, "tinycudann", fake)
@@ -260,7 +260,7 @@ class _StandInEncoding(nn.Module):
 
 def test_tcnn_path_swaps_only_the_grids(monkeypatch, capsys):
     """The CUDA path's wiring, on CPU, with a stand-in tinycudann module."""
-    monkeypatch.setattr(nfa_tcnn, "_SAID", set())
+    monkeypatch.setattr(compat, "_SAID", set())
     fake = types.ModuleType("tinycudann")
     fake.__spec__ = importlib.machinery.ModuleSpec("tinycudann", None)
     fake.Encoding = _StandInEncoding

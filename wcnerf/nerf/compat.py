@@ -221,3 +221,27 @@ def install() -> None:
     register_safe_globals()
     guard_nerfacc_cuda_jit()
     _INSTALLED = True
+
+
+_SAID: set = set()
+
+
+def say_once(message: str, style: str = "bold yellow") -> None:
+    """Print ``message`` on nerfstudio's console the first time it is given in this process."""
+    if message not in _SAID:
+        _SAID.add(message)
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        CONSOLE.print(f"[{style}]{message}", soft_wrap=True, highlight=False)
+
+
+def lpips_holder(explicit: Optional[Path] = None) -> list:
+    """``[metric]`` from :func:`build_lpips`, or ``[]`` after warning once why LPIPS is omitted.
+
+    A list, so a model can keep the metric out of its module tree (not in checkpoints, not
+    moved by ``.to()``) by storing the list rather than the module."""
+    lpips, why = build_lpips(explicit)
+    if lpips is None:
+        say_once(f"WARNING: LPIPS omitted from the metrics: {why}.")
+        return []
+    return [lpips]

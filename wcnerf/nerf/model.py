@@ -64,10 +64,9 @@ from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps, misc, writer
-from nerfstudio.utils.rich_utils import CONSOLE
 
 from wcnerf import conditioning as wc
-from wcnerf.nerf.compat import build_lpips
+from wcnerf.nerf.compat import lpips_holder, say_once
 from wcnerf.nerf.field import DensityActivation, ENeRFField
 from wcnerf.nerf.viewer_panel import ConditioningPanel
 
@@ -75,7 +74,6 @@ __all__ = ["ENeRFModel", "ENeRFModelConfig", "paper_encoding", "parse_options"]
 
 _CONDITIONERS = ", ".join(wc.available())
 _LOG2_2PI = math.log2(2.0 * math.pi)
-_WARNED: set = set()
 DEFAULT_PANEL_EVERY = 100  # analysis cadence offered in the viewer when the config has it off
 
 
@@ -108,9 +106,7 @@ def parse_options(options: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _warn_once(msg: str) -> None:
-    if msg not in _WARNED:
-        _WARNED.add(msg)
-        CONSOLE.print(f"[bold yellow]WARNING: {msg}", soft_wrap=True, highlight=False)
+    say_once(f"WARNING: {msg}")
 
 
 @dataclass
@@ -222,11 +218,7 @@ class ENeRFModel(Model):
         from torchmetrics.functional import structural_similarity_index_measure
 
         self.ssim = structural_similarity_index_measure
-        lpips, why = build_lpips(cfg.lpips_weights)
-        if lpips is None:
-            _warn_once(f"LPIPS omitted from the metrics: {why}.")
-        # Kept out of the module tree: not in checkpoints, not moved by .to(); see _lpips().
-        self._lpips_holder: List[Any] = [lpips] if lpips is not None else []
+        self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
 
     @property
     def has_lpips(self) -> bool:

@@ -56,9 +56,9 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from wcnerf import conditioning as wc
 from wcnerf.data.ndc import ndc_ray_mask, ndc_rays
-from wcnerf.nerf.compat import build_lpips
+from wcnerf.nerf.compat import lpips_holder
 from wcnerf.nerf.model import parse_options
-from wcnerf.nerfacto.tcnn import resolve_grid_implementation, say_once, use_tcnn_hash_grids
+from wcnerf.nerfacto.tcnn import resolve_grid_implementation, use_tcnn_hash_grids
 
 __all__ = ["ENerfactoModel", "ENerfactoModelConfig", "NDCCollider", "mlp_linears"]
 
@@ -225,11 +225,7 @@ class ENerfactoModel(NerfactoModel):
             use_tcnn_hash_grids(self.field)
             use_tcnn_hash_grids(self.proposal_networks)
 
-        lpips, why = build_lpips(cfg.lpips_weights)
-        if lpips is None:
-            say_once(f"WARNING: LPIPS omitted from the metrics: {why}.")
-        # Kept out of the module tree: not in checkpoints, not moved by .to().
-        self._lpips_holder: List[Any] = [lpips] if lpips is not None else []
+        self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
 
     @property
     def has_lpips(self) -> bool:

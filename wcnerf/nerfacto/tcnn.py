@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from nerfstudio.field_components.encodings import HashEncoding
-from nerfstudio.utils.rich_utils import CONSOLE
+from wcnerf.nerf.compat import say_once
 
 __all__ = [
     "FALLBACK_MESSAGE",
@@ -48,14 +48,6 @@ __all__ = [
 FALLBACK_MESSAGE = "tinycudann not found: hash grid and MLPs use nerfstudio's torch implementation"
 """Said once per process when tinycudann cannot be imported (``implementation="auto"``)."""
 
-_SAID: set = set()
-
-
-def say_once(message: str, style: str = "bold yellow") -> None:
-    """Print ``message`` on nerfstudio's console the first time it is given in this process."""
-    if message not in _SAID:
-        _SAID.add(message)
-        CONSOLE.print(f"[{style}]{message}", soft_wrap=True, highlight=False)
 
 
 def tcnn_status() -> Tuple[bool, str]:
