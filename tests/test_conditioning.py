@@ -22,9 +22,9 @@ from wcnerf.conditioning import (
 )
 from wcnerf.conditioning.standardize import CenteredWeightNorm, WeightStandardization
 
-NAMES = ["none", "equilibrate", "equilibrate-in", "equilibrate-both", "weight-norm",
+NAMES = ["none", "equilibrate", "equilibrate-out", "equilibrate-in", "equilibrate-both", "weight-norm",
          "weight-standardization", "centered-weight-norm", "equinorm", "enorm"]
-CONV_METHODS = ["equilibrate", "equilibrate-in", "equilibrate-both", "weight-norm",
+CONV_METHODS = ["equilibrate", "equilibrate-out", "equilibrate-in", "equilibrate-both", "weight-norm",
                 "weight-standardization", "centered-weight-norm"]
 D = torch.float64
 

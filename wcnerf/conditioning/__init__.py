@@ -1,7 +1,7 @@
 """Weight conditioners for any torch module (pure torch).
 
     from wcnerf.conditioning import condition, bake, available, post_step
-    model = condition(model, "equilibrate")          # unit-norm rows of every Linear
+    model = condition(model, "equilibrate")          # every Linear (see registry.py)
     ...
     optimizer.step(); post_step(model, optimizer)     # needed only for "enorm"
     plain = bake(model)                               # plain layers, same outputs
@@ -11,7 +11,7 @@ does and every choice its paper leaves open: ``equilibrate.py``, ``weight_norm.p
 ``standardize.py``, ``equinorm.py``, ``enorm.py``; the registry is ``registry.py``.
 """
 
-from .api import available, bake, condition, post_step
+from .api import available, bake, condition, left_plain, post_step
 from .enorm import ENorm, infer_pairs
 from .equilibrate import Equilibrate, equilibrate
 from .equinorm import EquiNormLinear, equinorm_weight
@@ -19,7 +19,7 @@ from .registry import REGISTRY, Conditioner, register
 from .standardize import CenteredWeightNorm, WeightStandardization, center_normalize, standardize
 
 __all__ = [
-    "available", "bake", "condition", "post_step",
+    "available", "bake", "condition", "left_plain", "post_step",
     "ENorm", "infer_pairs", "Equilibrate", "equilibrate", "EquiNormLinear", "equinorm_weight",
     "REGISTRY", "Conditioner", "register",
     "CenteredWeightNorm", "WeightStandardization", "center_normalize", "standardize",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from fnmatch import fnmatchcase
 from typing import Callable, Iterable, Union
 
@@ -16,6 +17,7 @@ from .registry import REGISTRY
 Selector = Union[None, Iterable[str], Callable[[str, nn.Module], bool]]
 
 _POST_STEP_ATTR = "_wcnerf_post_step"
+_LEFT_PLAIN_ATTR = "_wcnerf_left_plain"
 
 
 def available() -> dict[str, str]:
@@ -36,7 +38,7 @@ def _matches(name: str, module: nn.Module, selector) -> bool:
 
 
 def condition(module: nn.Module, method: str, *, include: Selector = None, exclude: Selector = None,
-              **options) -> nn.Module:
+              force_degenerate: bool = False, **options) -> nn.Module:
     """Condition, in place, every ``nn.Linear`` (and ``nn.Conv2d`` where the method applies)
     of ``module``, including ``module`` itself if it is one.
 
@@ -48,6 +50,11 @@ def condition(module: nn.Module, method: str, *, include: Selector = None, exclu
     ``momentum=0.1``). Returns the conditioned module: the same object unless ``module`` is
     itself a Linear replaced by ``equinorm``, so always use the return value.
     ``"none"`` returns ``module`` untouched (options ignored).
+
+    Layers the method would leave unable to train (its registry entry's ``degenerate``, e.g.
+    per-input equilibration of a ``Linear(n, 1)`` head, whose ``E(W)`` is ``sign(W)``) are left
+    plain, with one warning naming them and why; ``force_degenerate=True`` conditions them
+    anyway. ``left_plain(module)`` lists them afterwards.
     """
     if not isinstance(method, str) or method not in REGISTRY:
         raise ValueError(f"unknown conditioning method {method!r}; available: {', '.join(REGISTRY)}")
@@ -64,7 +71,26 @@ def condition(module: nn.Module, method: str, *, include: Selector = None, exclu
         kinds = "/".join(t.__name__ for t in cond.layer_types)
         raise ValueError(f"condition({method!r}): no {kinds} layer selected in {type(module).__name__} "
                          f"(include={include!r}, exclude={exclude!r})")
-    return cond.apply(module, targets, **options)
+    skipped = []
+    if cond.degenerate is not None and not force_degenerate:
+        reasons = [(name, cond.degenerate(m, **options)) for name, m in targets]
+        skipped = [(name or "<root>", why) for name, why in reasons if why]
+        targets = [(name, m) for (name, m), (_, why) in zip(targets, reasons) if not why]
+        if skipped:
+            listed = "; ".join(f"{name}: {why}" for name, why in skipped)
+            if not targets:
+                raise ValueError(f"condition({method!r}): every selected layer is degenerate for it ({listed}); "
+                                 "pass force_degenerate=True to condition them anyway")
+            warnings.warn(f"condition({method!r}) left {len(skipped)} layer(s) plain: {listed} "
+                          "(force_degenerate=True conditions them anyway)", stacklevel=2)
+    module = cond.apply(module, targets, **options)
+    module.__dict__[_LEFT_PLAIN_ATTR] = module.__dict__.get(_LEFT_PLAIN_ATTR, []) + skipped
+    return module
+
+
+def left_plain(module: nn.Module) -> list[tuple[str, str]]:
+    """``(layer name, reason)`` of the layers ``condition`` left plain as degenerate."""
+    return list(module.__dict__.get(_LEFT_PLAIN_ATTR, []))
 
 
 @torch.no_grad()

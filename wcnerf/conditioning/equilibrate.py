@@ -6,7 +6,7 @@ optimiser works on ``W`` while the layer always uses a well-scaled matrix.
 
 Modes, named by what they normalise in torch's ``(out, in)`` weight layout:
 
-``out`` (default)
+``out``
     each output neuron's incoming weights (the rows) get unit 2-norm: ``E(W) = D_r^{-1} W``
     with ``D_r = diag(||W[i, :]||)``. This is weight normalization with the gain fixed at 1.
 ``in``
@@ -19,14 +19,21 @@ Modes, named by what they normalise in torch's ``(out, in)`` weight layout:
     Default ``iters=8``: on 64..256-wide Gaussian matrices the column-norm max/min ratio is
     then below 1.01, and about 1.1 when rows and columns were scaled over 10^(+-3).
 
-Why ``out`` is the default. The paper writes a layer's matrix ``W_k`` as
-``(n_{k-1} x n_k)``, inputs by outputs, and equilibrates its rows; in its own notation a row
-is one *input* feature, i.e. a column of ``nn.Linear.weight``: that is our ``in``. A PyTorch
-reading of "row equilibration" of ``nn.Linear.weight`` gives ``out``. The two are not the
-same method. An early measurement on an occupancy fit (ReLU MLP, SGD with momentum, one
-seed) found ``out`` reaching IoU 0.83 at step 300 where the plain model had 0.46, and ``in``
-doing worse than plain; hence ``out`` is the default and ``in`` is kept for the paper's
-literal reading. One seed is weak evidence: re-measure before drawing conclusions.
+Which orientation is the paper's. The paper writes a layer's matrix ``W_k`` as
+``(n_{k-1} x n_k)``, inputs by outputs, and makes ``E_k`` an ``n_{k-1} x n_{k-1}`` diagonal of
+``1 / ||(W_k)_{i,:}||`` (Sec. 3): in its own notation each *input* unit's outgoing weights get
+unit norm, which is our ``in`` (registry name ``equilibrate-in``). A PyTorch reading of "row
+equilibration" of ``nn.Linear.weight`` gives ``out`` (``equilibrate-out``), which is weight
+normalization with the gain fixed at 1. The two are different methods; the paper's NeRF
+details are in a supplement we do not have, so which one its authors ran is unknown. The
+registry's ``equilibrate`` is an alias of the orientation chosen by measurement
+(``DEFAULT_MODE`` below); the study and its figures are in ``docs/results.md``.
+
+Degenerate shapes. Normalising vectors of length 1 leaves only their sign: ``in`` on a layer
+with one output (a density or occupancy head ``Linear(n, 1)``), ``out`` on a layer with one
+input, ``both`` on either, give ``E(W) = sign(W)``, whose gradient is zero: such a layer would
+never train. ``degenerate`` names these cases; ``condition`` leaves them plain (and says so)
+unless forced.
 
 What is guaranteed. For the 2-norm, van der Sluis: a matrix whose rows have equal norm is
 within ``sqrt(m)`` (m = number of rows scaled) of the best row scaling,
@@ -59,6 +66,10 @@ from torch.nn.utils import parametrize
 from ._common import as_matrix
 
 MODES = ("out", "in", "both")
+
+#: The orientation the registry's ``equilibrate`` (and so ``e-nerf``, ``e-nerfacto`` and the
+#: shape trainer's default) stands for; chosen by the orientation study (docs/results.md).
+DEFAULT_MODE = "out"
 
 
 def _norms(M: torch.Tensor, dim: int, eps: float, detach: bool) -> torch.Tensor:
@@ -103,16 +114,33 @@ class Equilibrate(nn.Module):
         return f"mode={self.mode!r}, detach={self.detach}{extra}"
 
 
-def make_apply(default_mode: str):
-    """Registry entry point for ``equilibrate`` (mode out) and its -in / -both variants."""
+def degenerate(layer: nn.Module, mode: str | None = None, **_options) -> str | None:
+    """Why ``E`` in this ``mode`` would freeze ``layer`` (vectors of length 1), or None."""
+    fan_out, fan_in = as_matrix(layer.weight).shape
+    mode = mode or DEFAULT_MODE
+    if mode in ("in", "both") and fan_out == 1:
+        return f"equilibrate mode {mode!r} on a single-output layer gives sign(W) (zero gradient)"
+    if mode in ("out", "both") and fan_in == 1:
+        return f"equilibrate mode {mode!r} on a single-input layer gives sign(W) (zero gradient)"
+    return None
+
+
+def make_apply(fixed_mode: str | None):
+    """Registry entry point: ``equilibrate-<fixed_mode>``, or (None) the ``equilibrate``
+    alias, which uses ``DEFAULT_MODE`` and accepts a ``mode`` option."""
 
     def apply(root, targets, *, mode: str | None = None, detach: bool = False, eps: float = 1e-12,
               iters: int = 8):
-        if mode is not None and mode != default_mode and default_mode != "out":
-            raise ValueError(f"equilibrate-{default_mode}: conflicting mode={mode!r}")
-        m = mode or default_mode
+        if fixed_mode is not None and mode is not None and mode != fixed_mode:
+            raise ValueError(f"equilibrate-{fixed_mode}: conflicting mode={mode!r}")
+        m = fixed_mode or mode or DEFAULT_MODE
         for _, layer in targets:
             parametrize.register_parametrization(layer, "weight", Equilibrate(m, detach, eps, iters))
         return root
 
     return apply
+
+
+def make_degenerate(fixed_mode: str | None):
+    """The ``degenerate`` check of a registry entry (see ``make_apply``)."""
+    return lambda layer, mode=None, **options: degenerate(layer, fixed_mode or mode, **options)

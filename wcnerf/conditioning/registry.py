@@ -3,17 +3,20 @@
 An entry's ``apply(root, targets, **options) -> module`` receives the root module and the
 ``(qualified_name, layer)`` pairs selected by ``condition`` (layers of ``layer_types``
 passing include/exclude) and returns the conditioned module (``root`` itself, unless the root
-had to be replaced).
+had to be replaced). Its optional ``degenerate(layer, **options) -> reason | None`` says when
+the conditioner would leave a layer of that shape unable to train (``condition`` then leaves
+the layer plain unless forced).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from torch import nn
 
 from . import enorm, equilibrate, equinorm, standardize, weight_norm
+from ._common import as_matrix
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,21 @@ class Conditioner:
     description: str
     apply: Callable[..., nn.Module]
     layer_types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
+    degenerate: Optional[Callable[..., Optional[str]]] = None
+
+
+def _fan_in(layer: nn.Module) -> int:
+    return as_matrix(layer.weight).shape[1]
+
+
+def _centred_degenerate(layer, **_options):
+    """A centred row of length <= 2 is 0 or +-(1, -1): no direction left to learn."""
+    n = _fan_in(layer)
+    return f"centring a row of {n} weight(s) leaves no free direction" if n <= 2 else None
+
+
+def _equinorm_degenerate(layer, **_options):
+    return "the per-output shift cancels a single input weight exactly" if _fan_in(layer) == 1 else None
 
 
 def _none(root, targets):
@@ -30,20 +48,29 @@ def _none(root, targets):
 
 _ENTRIES = [
     Conditioner("none", "no conditioning: the module is returned unchanged", _none),
-    Conditioner("equilibrate", "unit 2-norm rows (each output's incoming weights) of W, recomputed "
-                "every forward (paper's E, PyTorch reading; default)", equilibrate.make_apply("out")),
-    Conditioner("equilibrate-in", "unit 2-norm columns (each input's outgoing weights) of W "
-                "(paper's E in its own (in x out) notation)", equilibrate.make_apply("in")),
+    Conditioner("equilibrate", f"alias of equilibrate-{equilibrate.DEFAULT_MODE}, the orientation "
+                "chosen by the orientation study (docs/results.md); accepts mode=out|in|both",
+                equilibrate.make_apply(None), degenerate=equilibrate.make_degenerate(None)),
+    Conditioner("equilibrate-out", "per output: unit 2-norm rows of torch's (out, in) weight, each "
+                "neuron's incoming weights (the PyTorch reading of the paper's row equilibration; "
+                "weight norm with gain fixed at 1)", equilibrate.make_apply("out"),
+                degenerate=equilibrate.make_degenerate("out")),
+    Conditioner("equilibrate-in", "per input: unit 2-norm columns of torch's weight, each input's "
+                "outgoing weights (the paper's E as its (in x out) notation reads, Sec. 3)",
+                equilibrate.make_apply("in"), degenerate=equilibrate.make_degenerate("in")),
     Conditioner("equilibrate-both", "row-column equilibration: a few differentiable Ruiz "
-                "scalings, then unit rows", equilibrate.make_apply("both")),
+                "scalings, then unit rows", equilibrate.make_apply("both"),
+                degenerate=equilibrate.make_degenerate("both")),
     Conditioner("weight-norm", "weight normalization W = g V/||V|| per output (Salimans & Kingma; "
                 "torch's parametrization)", weight_norm.apply),
     Conditioner("weight-standardization", "per-output zero mean, unit std, learnable gain "
-                "initialised to keep the function scale (Qiao et al.; Brock et al.)", standardize.apply_ws),
+                "initialised to keep the function scale (Qiao et al.; Brock et al.)", standardize.apply_ws,
+                degenerate=_centred_degenerate),
     Conditioner("centered-weight-norm", "per-output centred, unit-norm weights with learnable "
-                "scale (Huang et al. 2017)", standardize.apply_cwn),
+                "scale (Huang et al. 2017)", standardize.apply_cwn, degenerate=_centred_degenerate),
     Conditioner("equinorm", "equilibrium normalization from the input's sums, running estimates "
-                "at eval (Defazio & Bottou); Linear only", equinorm.apply, (nn.Linear,)),
+                "at eval (Defazio & Bottou); Linear only", equinorm.apply, (nn.Linear,),
+                degenerate=_equinorm_degenerate),
     Conditioner("enorm", "after each optimizer step, rebalance consecutive Linear layers to "
                 "minimise the weights' norm (Stock et al. 2019); call post_step", enorm.apply,
                 (nn.Linear,)),
