@@ -114,6 +114,11 @@ def test_compare_writes_reports(tmp_path, small_mesh):
     assert data["methods"]["none"]["lr"] in (1e-3, 1e-2)
     assert set(data["methods"]["none"]["per_seed"]) == {"0", "1"}
     assert "| none |" in (out / "comparison.md").read_text()
+    # training speed (issue 11, part 4): early IoU per seed, and the steps-to-target of the plain
+    # field itself (its curve reaches its own final value at some step <= the last)
+    assert all(0 <= v["iou_early"] <= 1 for v in data["methods"]["none"]["per_seed"].values())
+    assert 0 < data["steps_to_target"]["none"] <= 1
+    assert "IoU @15%" in (out / "comparison.md").read_text()
 
 
 def test_default_mesh_is_in_repo():

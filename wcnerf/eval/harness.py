@@ -687,9 +687,15 @@ def write_reports(
     if protocol and protocol.description:
         summary = f"{protocol.description}\n\n{summary}"
     title = f"E-NeRF vs NeRF on LLFF ({protocol.name} protocol)" if protocol else "E-NeRF vs NeRF on LLFF"
-    write_text(out_dir / "table.md", table_markdown(records, title=title, protocol_summary=summary))
-    written["table.md"] = out_dir / "table.md"
     curves, views = _curves_and_views(records)
+    heldout: Dict[Tuple[str, str], List[Tuple[List[int], List[float]]]] = {}
+    for scene, method, _seed, data in curves:
+        held = data.get("heldout") or {}
+        if held.get("step"):
+            heldout.setdefault((scene, method), []).append((held["step"], held["psnr"]))
+    write_text(out_dir / "table.md",
+               table_markdown(records, title=title, protocol_summary=summary, heldout_curves=heldout))
+    written["table.md"] = out_dir / "table.md"
     try:
         from wcnerf.eval.plots import plot_curves
 

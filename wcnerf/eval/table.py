@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from wcnerf.analysis.curves import Curve, steps_to_target
 from wcnerf.atomic import write_text
 
 __all__ = [
@@ -236,11 +237,14 @@ def table_markdown(
     scenes: Optional[Sequence[str]] = None,
     methods: Optional[Sequence[str]] = None,
     baseline: str = BASELINE,
+    heldout_curves: Optional[Mapping[Tuple[str, str], Sequence[Curve]]] = None,
 ) -> str:
     """The paper's Table 4 layout: one table per metric, methods as rows, scenes as columns,
     the average last; mean ± std over seeds; the best method of each column in bold; a row
-    with the PSNR difference of every other method minus NeRF; then every run that did not
-    finish (failed, interrupted, running, pending) with its error."""
+    with the PSNR difference of every other method minus NeRF; with ``heldout_curves``
+    (``(scene, method) -> seed curves`` of held-out PSNR), the steps each method needs to reach
+    the plain model's final held-out PSNR (:mod:`wcnerf.analysis.curves`); then every run that
+    did not finish (failed, interrupted, running, pending) with its error."""
     scenes = list(scenes) if scenes is not None else order_scenes(r["scene"] for r in records)
     methods = list(methods) if methods is not None else order_methods(r["method"] for r in records)
     seeds = sorted({r.get("seed") for r in records}, key=lambda s: (str(type(s)), s))
@@ -306,6 +310,8 @@ def table_markdown(
                     row.append("–")
                 out.write("| " + " | ".join(row) + " |\n")
         out.write("\n")
+    if heldout_curves and baseline in methods:
+        out.write(steps_to_target_markdown(heldout_curves, scenes, methods, baseline))
     if any(
         c.scenes_covered < c.scenes_total
         for c in aggregate(records, "psnr", scenes, methods).values()
@@ -328,6 +334,51 @@ def table_markdown(
                 f"| {scene_display(str(r['scene']))} | {method_display(str(r['method']))} | {r.get('seed')} | "
                 f"{r.get('status')} | {_one_line(r.get('error')) or '–'} | `{r.get('run_dir', '')}` |\n"
             )
+    return out.getvalue()
+
+
+def steps_to_target_markdown(
+    heldout_curves: Mapping[Tuple[str, str], Sequence[Curve]],
+    scenes: Sequence[str],
+    methods: Sequence[str],
+    baseline: str = BASELINE,
+) -> str:
+    """The "steps to target" table: per method and scene, the fraction of the plain model's
+    steps at which the seed-averaged held-out PSNR first reaches the plain model's final value
+    (mean of its last 3 points); "not reached" otherwise. The average is over scenes where
+    every method was measured; lower is faster."""
+    per_scene = {
+        s: steps_to_target({m: heldout_curves.get((s, m), ()) for m in methods}, baseline) for s in scenes
+    }
+    out = io.StringIO()
+    out.write("## Steps to the plain model's final held-out PSNR ↓\n\n")
+    out.write(
+        f"Fraction of {method_display(baseline)}'s iterations after which the held-out PSNR curve "
+        "(mean over seeds) first reaches the final value of "
+        f"{method_display(baseline)}'s (mean of its last 3 points); {method_display(baseline)}'s own "
+        "row shows how early its noisy curve touches that value.\n\n"
+    )
+    out.write("| Method | " + " | ".join(scene_display(s) for s in scenes) + " | Average |\n")
+    out.write("|---|" + "---|" * (len(scenes) + 1) + "\n")
+    for m in methods:
+        row = [method_display(m)]
+        vals = []
+        for s in scenes:
+            if m not in per_scene[s]:
+                row.append("–")
+                continue
+            v = per_scene[s][m]
+            row.append("not reached" if v is None else f"{v:.2f}")
+            vals.append(v)
+        measured = len(vals) == len(scenes)
+        if measured and all(v is not None for v in vals):
+            row.append(f"{sum(vals) / len(vals):.2f}")
+        elif measured:
+            row.append(f"not reached on {sum(v is None for v in vals)}/{len(scenes)}")
+        else:
+            row.append("–")
+        out.write("| " + " | ".join(row) + " |\n")
+    out.write("\n")
     return out.getvalue()
 
 

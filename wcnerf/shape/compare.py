@@ -3,6 +3,10 @@
 Learning-rate selection is the same for every conditioner: each (conditioner, lr) is trained
 for every seed, and the lr with the lowest *final training loss* (mean of the last 5 % of
 steps, averaged over seeds) is kept. Test metrics (IoU, Chamfer) are not used to choose.
+
+Training speed, at each conditioner's chosen lr: the IoU curve's value at ``EARLY_FRACTION``
+of the steps, and the steps to reach the plain field's final IoU
+(:mod:`wcnerf.analysis.curves`; needs ``none`` among the conditioners).
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from typing import Optional
 
 import numpy as np
 
+from ..analysis.curves import steps_to_target, value_at_fraction
 from ..conditioning import available
 from .mesh import load_mesh
 from .plot import plot_curves
 from ..atomic import write_text
 from .train import DEFAULT_MESH, FitConfig, FitMonitor, fit
 
-REPORTED = ("iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step",
+EARLY_FRACTION = 0.15
+BASELINE = "none"
+REPORTED = ("iou_early", "iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step",
             "cpu_seconds_per_step")
 
 
@@ -75,11 +82,12 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
                           monitor=monitor, run_label=method)
                 results[method].setdefault(lr, []).append(res)
 
-    summary: dict = {"mesh": str(shape.path), "task": cfg.task, "optimizer": cfg.optimizer, "steps": cfg.steps,
+    summary: dict = {"mesh": str(shape.path), "task": cfg.task, "curve_points": cfg.curve_eval_points, "optimizer": cfg.optimizer, "steps": cfg.steps,
                      "batch_size": cfg.batch_size, "seeds": seeds, "lrs": lrs,
                      "lr_selection": "per conditioner, lowest final training loss (mean of last 5% of steps, mean over seeds)",
                      "methods": {}, "sweep": {}}
     best_curves = {}
+    best_iou_curves = {}
     for method in methods:
         scores = {}
         for lr, runs in results[method].items():
@@ -90,6 +98,9 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
                 "iou_points": _mean([r.metrics.get("iou_points") for r in runs])}
         best_lr = min(scores, key=lambda k: (scores[k], k))
         runs = results[method][best_lr]
+        best_iou_curves[method] = [(r.curves["eval_step"], r.curves["eval_iou"]) for r in runs]
+        for r, curve in zip(runs, best_iou_curves[method]):
+            r.metrics["iou_early"] = value_at_fraction(curve, EARLY_FRACTION, cfg.steps)
         entry = {"lr": best_lr, "final_loss": None if math.isinf(scores[best_lr]) else scores[best_lr],
                  "per_seed": {str(r.metrics["seed"]): {k: r.metrics.get(k) for k in REPORTED} for r in runs}}
         for k in REPORTED:
@@ -98,6 +109,8 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
         summary["methods"][method] = entry
         best_curves[f"{method} (lr {best_lr:g})"] = _mean_curves([r.curves for r in runs])
 
+    summary["early_fraction"] = EARLY_FRACTION
+    summary["steps_to_target"] = steps_to_target(best_iou_curves, BASELINE)
     write_text(out_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
     write_text(out_dir / "comparison.md", to_markdown(summary, shape.name))
     plot_curves(best_curves, out_dir / "comparison.png",
@@ -112,6 +125,7 @@ def _fmt(v, spec):
 
 def to_markdown(summary: dict, name: str) -> str:
     seeds = summary["seeds"]
+    early = summary.get("early_fraction", EARLY_FRACTION)
     lines = [f"# Conditioning comparison: {name}", "",
              f"Task {summary['task']}, optimizer {summary['optimizer']}, {summary['steps']} steps, "
              f"batch {summary['batch_size']}, seeds {seeds} (same seeds and same training points for every "
@@ -119,12 +133,19 @@ def to_markdown(summary: dict, name: str) -> str:
              "Metrics are means over seeds (± std); Chamfer-L1 is in the normalised [-1, 1]^3 frame.",
              "s/step is wall-clock (noisy on a shared machine); CPU s/step is the process's CPU time per "
              "step (all threads), a steadier cost measure.", "",
-             "| conditioner | lr | IoU (points) | IoU (grid) | Chamfer-L1 | normal cons. | F-score@1% | final loss "
-             "| s/step | CPU s/step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"IoU @{early:.0%}: the IoU curve (on {summary.get('curve_points', 'the curve')} points) at {early:.0%} of the "
+             "steps; steps to target: the fraction of the steps after which the seed-averaged IoU curve first "
+             f"reaches the plain field's final IoU (`{BASELINE}`'s own row shows the curve's noise).", "",
+             f"| conditioner | lr | IoU @{early:.0%} | steps to target | IoU (points) | IoU (grid) | Chamfer-L1 "
+             "| normal cons. | F-score@1% | final loss | s/step | CPU s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    targets = summary.get("steps_to_target") or {}
     for m, e in summary["methods"].items():
+        reach = targets.get(m, "–") if m in targets else "–"
+        reach = "not reached" if reach is None else reach if isinstance(reach, str) else f"{reach:.2f}"
         lines.append(
-            f"| {m} | {e['lr']:g} | {_fmt(e['iou_points'], '.4f')} ± {_fmt(e['iou_points_std'], '.4f')} | "
+            f"| {m} | {e['lr']:g} | {_fmt(e.get('iou_early'), '.4f')} ± {_fmt(e.get('iou_early_std'), '.4f')} | "
+            f"{reach} | {_fmt(e['iou_points'], '.4f')} ± {_fmt(e['iou_points_std'], '.4f')} | "
             f"{_fmt(e['iou_grid'], '.4f')} | {_fmt(e['chamfer_l1'], '.5f')} ± {_fmt(e['chamfer_l1_std'], '.5f')} | "
             f"{_fmt(e['normal_consistency'], '.4f')} | {_fmt(e['fscore'], '.4f')} | {_fmt(e['final_loss'], '.4g')} | "
             f"{_fmt(e['seconds_per_step'], '.4f')} | {_fmt(e['cpu_seconds_per_step'], '.4f')} |")
