@@ -378,3 +378,13 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
         compat.atomic_torch_save({"x": Boom()}, ckpt_dir / "step-000000002.ckpt")
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step-000000001.ckpt"]
     assert not any(".tmp" in p.name for p in (tmp_path / "run").iterdir())
+
+
+def test_per_input_equilibration_leaves_the_density_heads_plain():
+    """Issue 11, part 1: E-NeRF follows the degenerate-layer rule (Linear(n, 1) stays plain)."""
+    model = build("equilibrate-in")
+    for field in (model.field_coarse, model.field_fine):
+        assert not parametrize.is_parametrized(field.field_output_density.net)
+    single = [m for m in linears(model) if m.out_features == 1]
+    assert single and not any(parametrize.is_parametrized(m) for m in single)
+    assert all(parametrize.is_parametrized(m) for m in linears(model) if m.out_features > 1)

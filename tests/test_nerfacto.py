@@ -408,3 +408,12 @@ def test_train_on_nerfstudio_data(tmp_path):
     keys = _ckpt_keys(run_dirs[0])
     assert any("field.embedding_appearance" in k for k in keys)  # appearance embedding on off-LLFF
     assert any("field.mlp_head.layers.0.parametrizations" in k for k in keys)
+
+
+def test_per_input_equilibration_leaves_single_output_layers_plain():
+    """Issue 11, part 1: E-nerfacto follows the degenerate-layer rule."""
+    model = build("equilibrate-in")
+    lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    single = [m for m in lins if m.out_features == 1]
+    assert single and not any(parametrize.is_parametrized(m) for m in single)
+    assert any(parametrize.is_parametrized(m) for m in lins if m.out_features > 1)

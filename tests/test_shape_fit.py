@@ -196,3 +196,23 @@ def test_cli_parses_and_reports_errors_cleanly(tmp_path, capsys):
     assert "nope.obj: file not found" in capsys.readouterr().err
     assert script.main(FitConfig(mesh=path, compare="none,bogus", output_dir=tmp_path / "out")) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_per_input_equilibration_trains_the_occupancy_output():
+    """Issue 11, part 1: the shape field's Linear(width, 1) output stays plain under
+    equilibrate-in (its E(W) would be sign(W), frozen) and changes after a step."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    from wcnerf.shape.field import FieldConfig, build_field
+
+    field = build_field(FieldConfig(width=16, depth=2), "equilibrate-in", 0)
+    lins = [m for m in field.modules() if isinstance(m, torch.nn.Linear)]
+    head = lins[-1]
+    assert head.out_features == 1 and not parametrize.is_parametrized(head)
+    assert all(parametrize.is_parametrized(m) for m in lins[:-1])
+    before = head.weight.detach().clone()
+    opt = torch.optim.SGD(field.parameters(), lr=0.1)
+    field(torch.rand(64, 3) * 2 - 1).pow(2).mean().backward()
+    opt.step()
+    assert not torch.equal(head.weight.detach(), before)

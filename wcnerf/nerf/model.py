@@ -1,8 +1,10 @@
 """E-NeRF: the NeRF paper's LLFF model with weight-conditioned MLPs, as a nerfstudio model.
 
 One model class serves both methods: ``conditioning="equilibrate"`` is E-NeRF (Saratchandran,
-Wang & Lucey, ECCV 2024: every ``nn.Linear`` of both fields equilibrated), ``"none"`` is the
-NeRF baseline, and any other name of :mod:`wcnerf.conditioning` works the same way.
+Wang & Lucey, ECCV 2024: every ``nn.Linear`` of both fields equilibrated, in the orientation
+the registry's ``equilibrate`` alias stands for; ``equilibrate-out`` / ``equilibrate-in`` name
+one explicitly, and layers an orientation would freeze stay plain), ``"none"`` is the NeRF
+baseline, and any other name of :mod:`wcnerf.conditioning` works the same way.
 
 The network is the NeRF paper's (Mildenhall et al. 2020), built from nerfstudio parts:
 
