@@ -19,15 +19,16 @@ Modes, named by what they normalise in torch's ``(out, in)`` weight layout:
     Default ``iters=8``: on 64..256-wide Gaussian matrices the column-norm max/min ratio is
     then below 1.01, and about 1.1 when rows and columns were scaled over 10^(+-3).
 
-Which orientation is the paper's. The paper writes a layer's matrix ``W_k`` as
-``(n_{k-1} x n_k)``, inputs by outputs, and makes ``E_k`` an ``n_{k-1} x n_{k-1}`` diagonal of
-``1 / ||(W_k)_{i,:}||`` (Sec. 3): in its own notation each *input* unit's outgoing weights get
-unit norm, which is our ``in`` (registry name ``equilibrate-in``). A PyTorch reading of "row
-equilibration" of ``nn.Linear.weight`` gives ``out`` (``equilibrate-out``), which is weight
-normalization with the gain fixed at 1. The two are different methods; the paper's NeRF
-details are in a supplement we do not have, so which one its authors ran is unknown. The
-registry's ``equilibrate`` is an alias of the orientation chosen by measurement
-(``DEFAULT_MODE`` below); the study and its figures are in ``docs/results.md``.
+Which orientation is the paper's. The paper (arXiv:2409.03424, its definition of weight
+conditioning) writes a layer's matrix ``W_k`` as ``(n_{k-1} x n_k)``, inputs by outputs, and
+makes ``E_k`` an ``n_{k-1} x n_{k-1}`` diagonal of ``1 / ||(W_k)_{i,:}||``: in its own notation
+each *input* unit's outgoing weights get unit norm, which is our ``in`` (registry name
+``equilibrate-in``). A PyTorch reading of "row equilibration" of ``nn.Linear.weight`` gives
+``out`` (``equilibrate-out``), which is weight normalization with the gain fixed at 1. The two
+are different methods; the paper's NeRF details are in a supplement we do not have, so which
+one its authors ran is unknown. The registry's ``equilibrate`` is an alias of the orientation
+chosen by measurement (``DEFAULT_MODE`` below); the study and its figures are in
+``docs/results.md``.
 
 Degenerate shapes. Normalising vectors of length 1 leaves only their sign: ``in`` on a layer
 with one output (a density or occupancy head ``Linear(n, 1)``), ``out`` on a layer with one

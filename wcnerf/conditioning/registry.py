@@ -56,7 +56,7 @@ _ENTRIES = [
                 "weight norm with gain fixed at 1)", equilibrate.make_apply("out"),
                 degenerate=equilibrate.make_degenerate("out")),
     Conditioner("equilibrate-in", "per input: unit 2-norm columns of torch's weight, each input's "
-                "outgoing weights (the paper's E as its (in x out) notation reads, Sec. 3)",
+                "outgoing weights (the paper's E as its (in x out) notation reads, arXiv:2409.03424)",
                 equilibrate.make_apply("in"), degenerate=equilibrate.make_degenerate("in")),
     Conditioner("equilibrate-both", "row-column equilibration: a few differentiable Ruiz "
                 "scalings, then unit rows", equilibrate.make_apply("both"),
