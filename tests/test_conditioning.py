@@ -201,7 +201,8 @@ def test_centered_weight_norm_invariant_and_init():
     C = center_normalize(W)
     torch.testing.assert_close(C.mean(1), torch.zeros(6, dtype=D), atol=1e-12, rtol=0)
     torch.testing.assert_close(C.norm(dim=1), torch.ones(6, dtype=D))
-    p = CenteredWeightNorm(W)
+    torch.testing.assert_close(CenteredWeightNorm(W)(W), C)  # gain 1 (Huang et al.)
+    p = CenteredWeightNorm(W, gain_init="row-norm")
     torch.testing.assert_close(p(W), W - W.mean(1, keepdim=True))
 
 

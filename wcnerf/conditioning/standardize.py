@@ -13,10 +13,19 @@ weight-standardization (Qiao et al., 2019)
     initialised to the original row's standard deviation: the initial effective weight is
     ``W - row mean``, i.e. the original layer's function scale (only the row means, usually
     near zero at initialisation, are lost).
-centered-weight-norm (Huang et al., 2017)
-    ``W_hat[i] = g_i * C[i] / ||C[i]||`` with ``C[i] = W[i] - mean(W[i])``; norms clamped
-    below by ``eps = 1e-12``; ``g`` initialised to the original centred row norm, so the
-    initial effective weight is again ``W - row mean``.
+centered-weight-norm (Huang et al., "Centered weight normalization in accelerating training of
+deep neural networks", ICCV 2017: Sec. 3, "Centered Weight Normalization", the centred
+re-parameterization and its learnable scale; section number from memory, see below)
+    ``W_hat[i] = g_i * C[i] / ||C[i]||`` with ``C[i] = W[i] - mean(W[i])`` (the paper's
+    ``w = g (v - 1 1^T v / d) / ||v - 1 1^T v / d||``, ``d`` = fan-in); norms clamped below by
+    ``eps = 1e-12``. ``gain_init="one"`` (default): ``g = 1`` at conditioning time, as in the
+    paper, so every effective row starts with zero mean and unit 2-norm. (The paper's text was
+    not retrievable while writing this; the authors' code agrees: ``module/WeightNorm_Center.lua``
+    in github.com/huangleiBuaa/CenteredWN fills the learnable ``g`` with 1, its row-norm
+    initialisation commented out, and its ``Linear_Weight_CenteredBN_Row`` has no scale at all.)
+    ``gain_init="row-norm"``: the project's earlier start, ``g`` = the original centred row
+    norm (about 0.58 for torch's default Linear init), so the initial effective weight is
+    ``W - row mean`` (the original layer's scale, row means dropped).
 
 The invariants (zero mean and unit std, resp. zero mean and unit norm) hold for the
 normalised weight *before* the gain: see ``standardize`` and ``center_normalize``.
@@ -65,16 +74,26 @@ class WeightStandardization(nn.Module):
         return self.gain.reshape(_row_gain_shape(W)) * standardize(W, self.eps)
 
 
-class CenteredWeightNorm(nn.Module):
-    """Parametrization ``W -> g * center_normalize(W)``; ``g`` initialised from ``weight``."""
+CWN_GAIN_INITS = ("one", "row-norm")
 
-    def __init__(self, weight: torch.Tensor, eps: float = 1e-12):
+
+class CenteredWeightNorm(nn.Module):
+    """Parametrization ``W -> g * center_normalize(W)``; ``g`` initialised to 1 (Huang et al.
+    2017) or, with ``gain_init="row-norm"``, to the centred row norms of ``weight``."""
+
+    def __init__(self, weight: torch.Tensor, eps: float = 1e-12, gain_init: str = "one"):
         super().__init__()
-        self.eps = float(eps)
+        if gain_init not in CWN_GAIN_INITS:
+            raise ValueError(f"centered-weight-norm: gain_init must be one of {CWN_GAIN_INITS}, "
+                             f"got {gain_init!r}")
+        self.eps, self.gain_init = float(eps), gain_init
         with torch.no_grad():
             M = as_matrix(weight)
-            norm = torch.linalg.vector_norm(M - M.mean(dim=1, keepdim=True), dim=1)
-        self.gain = nn.Parameter(norm.clone())
+            if gain_init == "one":
+                g = torch.ones(M.shape[0], dtype=M.dtype, device=M.device)
+            else:
+                g = torch.linalg.vector_norm(M - M.mean(dim=1, keepdim=True), dim=1)
+        self.gain = nn.Parameter(g.clone())
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
         return self.gain.reshape(_row_gain_shape(W)) * center_normalize(W, self.eps)
@@ -86,7 +105,8 @@ def apply_ws(root, targets, *, eps: float = 1e-8):
     return root
 
 
-def apply_cwn(root, targets, *, eps: float = 1e-12):
+def apply_cwn(root, targets, *, eps: float = 1e-12, gain_init: str = "one"):
     for _, layer in targets:
-        parametrize.register_parametrization(layer, "weight", CenteredWeightNorm(layer.weight, eps))
+        cwn = CenteredWeightNorm(layer.weight, eps, gain_init)
+        parametrize.register_parametrization(layer, "weight", cwn)
     return root
