@@ -74,7 +74,9 @@ SMALL: Dict[str, Any] = dict(
         head_mlp_layer_width=32,
         num_coarse_samples=32,
         num_importance_samples=32,
-        eval_num_rays_per_chunk=8192,
+        # On a CPU, chunks of 8192 rays spend most of the render in the kernel (large
+        # temporary tensors are mmap'd and page-faulted anew for every chunk); 512 does not.
+        eval_num_rays_per_chunk=512,
         analysis_every=500,
     ),
     steps_per_eval_batch=100,
