@@ -223,7 +223,7 @@ def time_isolated_overhead(v: Variant, device: torch.device, reps: int = 15) -> 
     ``post_step``. Minimum over ``reps`` (contention only adds time). ``None`` when part of
     the conditioner's cost depends on the batch (EquiNorm computes its weight from the input)."""
     model = v.train_model
-    if any(type(m).__name__ == "EquiNormLinear" for m in model.modules()):
+    if any(type(m).__name__ in ("EquiNormLinear", "EquiNormConv2d") for m in model.modules()):
         return None
     layers = [m for m in model.modules() if parametrize.is_parametrized(m)]
     best = math.inf

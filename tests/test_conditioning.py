@@ -287,6 +287,21 @@ def test_bake_conv2d(method):
     assert (bake(m)(x) - y).abs().max() < 1e-6
 
 
+def test_equinorm_conditions_and_bakes_conv2d():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 1)).to(D)
+    m = condition(net, "equinorm")
+    assert type(m[2]).__name__ == "EquiNormConv2d"
+    x = torch.randn(2, 2, 6, 6, dtype=D)
+    m.train()
+    m(x)  # running estimates
+    m.eval()
+    y = m(x).detach()
+    baked = bake(m)
+    assert type(baked[2]) is nn.Conv2d
+    assert (baked(x) - y).abs().max() < 1e-6
+
+
 @pytest.mark.parametrize("method", NAMES)
 def test_state_dict_round_trip(method):
     m1 = condition(mlp(seed=0), method)

@@ -14,13 +14,13 @@ does and every choice its paper leaves open: ``equilibrate.py``, ``weight_norm.p
 from .api import available, bake, condition, left_plain, post_step
 from .enorm import ENorm, infer_pairs
 from .equilibrate import Equilibrate, equilibrate
-from .equinorm import EquiNormLinear, equinorm_weight
+from .equinorm import EquiNormConv2d, EquiNormLinear, equinorm_weight
 from .registry import REGISTRY, Conditioner, register
 from .standardize import CenteredWeightNorm, WeightStandardization, center_normalize, standardize
 
 __all__ = [
     "available", "bake", "condition", "left_plain", "post_step",
-    "ENorm", "infer_pairs", "Equilibrate", "equilibrate", "EquiNormLinear", "equinorm_weight",
+    "ENorm", "infer_pairs", "Equilibrate", "equilibrate", "EquiNormConv2d", "EquiNormLinear", "equinorm_weight",
     "REGISTRY", "Conditioner", "register",
     "CenteredWeightNorm", "WeightStandardization", "center_normalize", "standardize",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._common import set_submodule
-from .equinorm import EquiNormLinear
+from .equinorm import EQUINORM_LAYERS
 from .registry import REGISTRY
 
 Selector = Union[None, Iterable[str], Callable[[str, nn.Module], bool]]
@@ -96,7 +96,7 @@ def left_plain(module: nn.Module) -> list[tuple[str, str]]:
 @torch.no_grad()
 def bake(module: nn.Module) -> nn.Module:
     """Fold every conditioner into plain layers: remove all parametrizations (keeping the
-    effective weights), replace EquiNorm layers by ``nn.Linear`` with their eval-time weight,
+    effective weights), replace EquiNorm layers by plain ``nn.Linear`` / ``nn.Conv2d`` with their eval-time weight,
     detach post-step conditioners. Same outputs (EquiNorm: its eval-mode outputs), no
     overhead. In place; returns the module (a new one if ``module`` itself was EquiNorm)."""
     for m in list(module.modules()):
@@ -109,11 +109,11 @@ def bake(module: nn.Module) -> nn.Module:
             for tensor_name in list(m.parametrizations.keys()):
                 parametrize.remove_parametrizations(m, tensor_name, leave_parametrized=True)
     for name, m in list(module.named_modules()):
-        if isinstance(m, EquiNormLinear):
+        if isinstance(m, EQUINORM_LAYERS):
             if name == "":
-                module = m.to_linear()
+                module = m.to_plain()
             else:
-                set_submodule(module, name, m.to_linear())
+                set_submodule(module, name, m.to_plain())
     for m in module.modules():
         m.__dict__.pop(_POST_STEP_ATTR, None)
     return module

@@ -68,8 +68,9 @@ _ENTRIES = [
                 degenerate=_centred_degenerate),
     Conditioner("centered-weight-norm", "per-output centred, unit-norm weights with learnable "
                 "scale (Huang et al. 2017)", standardize.apply_cwn, degenerate=_centred_degenerate),
-    Conditioner("equinorm", "equilibrium normalization from the input's sums, running estimates "
-                "at eval (Defazio & Bottou); Linear only", equinorm.apply, (nn.Linear,),
+    Conditioner("equinorm", "equilibrium normalization (Defazio & Bottou): per-output shift and scale "
+                "of the weights from the batch's input sums, running estimates at eval; assumes "
+                "non-negative inputs (exclude layers fed signed inputs)", equinorm.apply,
                 degenerate=_equinorm_degenerate),
     Conditioner("enorm", "after each optimizer step, rebalance consecutive Linear layers to "
                 "minimise the weights' norm (Stock et al. 2019); call post_step", enorm.apply,
