@@ -62,6 +62,7 @@ class CompareLLFF:
         import os
 
         from rich.console import Console
+        from rich.markup import escape
 
         from wcnerf.eval import harness
         from wcnerf.eval.ns_runner import NerfstudioRunner
@@ -83,13 +84,14 @@ class CompareLLFF:
         runner = NerfstudioRunner(threads=self.threads)
         console.print(f"[bold]{protocol.summary()}[/]")
         for sc in scenes:
-            console.print(f"  scene {sc.label}: {sc.path if sc.error is None else '[red]' + sc.error.splitlines()[0]}")
+            console.print(f"  scene {sc.label}: " + (escape(str(sc.path)) if sc.error is None else "[red]" + escape(sc.error)))
         out_dir = self.output_root / protocol.name
         if self.dry_run:
             for spec in harness.plan_runs(protocol, scenes, methods, seeds, out_dir):
                 state = harness.run_state(spec.run_dir)
                 cmd = runner.train_command(spec) if spec.scene.path else ["(scene not found)"]
-                console.print(f"[{state}] {spec.scene.label} {spec.method.label} seed {spec.seed}: {' '.join(cmd)}", soft_wrap=True)
+                console.print(escape(f"[{state}] {spec.scene.label} {spec.method.label} seed {spec.seed}: {' '.join(cmd)}"),
+                              soft_wrap=True)
             return 0
         if self.report_only:
             plan = harness.plan_runs(protocol, scenes, methods, seeds, out_dir) if self.scenes else []
