@@ -17,7 +17,10 @@ from wcnerf.analysis import (
     analyze_layers,
     generalized_condition_numbers,
     linear_layers,
+    nonzero_condition_number,
+    unit_activity,
 )
+from wcnerf.analysis.spectral import default_rel_tol, numerical_rank
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -213,8 +216,11 @@ def test_key_scheme_qualified_names_and_multiple_fields():
     per_layer = sorted(k.split("/", 2)[2] for k in m if k.startswith("cond/fine.mlp.2/"))
     assert per_layer == sorted(
         ["sigma_max_w", "sigma_min_w", "kappa_w", "sigma_max_grad_w", "domination"]
-        + [f"{g}/{s}" for g in ("input", "output_grad", "fim") for s in ("lambda_max", "kappa_p100", "kappa_p90", "kappa_p50")]
+        + [f"{g}/{s}" for g in ("input", "output_grad", "fim")
+           for s in ("lambda_max", "kappa_p100", "kappa_p90", "kappa_p50", "kappa_nz", "rank")]
+        + ["dead_units", "saturated_units"]  # _mlp: every hidden Linear feeds an nn.Tanh
     )
+    assert "dead_units" not in {k.rsplit("/", 1)[1] for k in m if k.startswith("cond/fine.mlp.4/")}  # linear head
     assert all(isinstance(v, float) for v in m.values())
     # A layer called on two chunks accumulates both calls: same result as one call on the whole batch.
     chunked = analyze(model, lambda: model(x[:40]).pow(2).sum() + model(x[40:]).pow(2).sum(), loss_reduction="sum")
@@ -286,15 +292,19 @@ def test_hooks_removed_on_exception_and_errors():
 
 
 def test_analysis_does_not_import_nerfstudio():
-    """wcnerf.analysis is pure torch: its sources import only the stdlib, torch and itself."""
+    """No module of wcnerf.analysis imports nerfstudio (or any other wcnerf package); the
+    conditioning analysis itself (layerwise, spectral, the package __init__) is pure
+    torch: it imports only the stdlib, torch and itself. (curves.py, the held-out-curve helper
+    added in d2c66bf, uses numpy: allowed there, not in the conditioning analysis.)"""
     import ast
     from pathlib import Path
 
     import wcnerf.analysis
 
-    allowed = {"torch", "math", "collections", "dataclasses", "typing", "__future__"}
+    pure = {"__init__.py", "layerwise.py", "spectral.py"}
+    allowed = {"torch", "math", "weakref", "collections", "dataclasses", "typing", "__future__"}
     files = sorted(Path(wcnerf.analysis.__file__).parent.glob("*.py"))
-    assert files
+    assert pure <= {f.name for f in files}
     for f in files:
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Import):
@@ -303,4 +313,134 @@ def test_analysis_does_not_import_nerfstudio():
                 roots = set() if node.level else {(node.module or "").split(".")[0]}
             else:
                 continue
-            assert roots <= allowed, f"{f.name} imports {roots - allowed}"
+            assert not roots & {"nerfstudio", "wcnerf"}, f"{f.name} imports {roots & {'nerfstudio', 'wcnerf'}}"
+            if f.name in pure:
+                assert roots <= allowed, f"{f.name} imports {roots - allowed}"
+
+
+# --------------------------------------------------------------------------- nonzero spectrum, dead units
+def test_kappa_over_nonzero_eigenvalues_with_a_known_zero_eigenvalue():
+    """Σx = Q diag(4, 2, 0.5, 0) Q^T: kappa_p100 = inf, kappa_nz = 4 / 0.5 = 8, rank 3."""
+    gen = torch.Generator().manual_seed(10)
+    n, d = 2000, 4
+    lam = torch.tensor([4.0, 2.0, 0.5, 0.0], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    x = (_whitened(n, d, gen) * lam.sqrt()) @ q.T  # (1/n) X^T X = Q diag(lam) Q^T, one exact null direction
+    layer = nn.Linear(d, 3, dtype=torch.float64)
+    lc = analyze_layers(layer, lambda: layer(x).pow(2).mean(), max_samples=None)["root"]
+    assert lc.input.kappa[1.0] == math.inf
+    assert lc.input.kappa_nz == pytest.approx(8.0, rel=1e-9)
+    assert lc.input.rank == 3
+    assert lc.input.kappa[0.5] == pytest.approx(2.0, rel=1e-9)  # k = ceil(0.5 * 4) = 2 -> lambda_2 = 2
+    m = lc.metrics()
+    assert m["root/input/kappa_nz"] == pytest.approx(8.0, rel=1e-9) and m["root/input/rank"] == 3.0
+    # The FIM estimate's nonzero spectrum is the product of the nonzero spectra.
+    assert lc.fim.kappa_nz == pytest.approx(lc.input.kappa_nz * lc.output_grad.kappa_nz, rel=1e-9)
+    assert lc.fim.rank == lc.input.rank * lc.output_grad.rank
+
+    # Tolerance rule: an eigenvalue counts as nonzero iff it is above rel_tol * lambda_1,
+    # rel_tol = d * eps(float64) by default.
+    ev = torch.tensor([4.0, 2.0, 0.5, 1e-20], dtype=torch.float64)
+    assert default_rel_tol(4) == 4 * torch.finfo(torch.float64).eps
+    assert nonzero_condition_number(ev) == pytest.approx(8.0)
+    assert numerical_rank(ev) == 3
+    assert nonzero_condition_number(ev, rel_tol=1e-22) == pytest.approx(4e20)
+    assert numerical_rank(ev, rel_tol=1e-22) == 4
+    tiny_but_real = torch.tensor([4.0, 4.0 * 5 * torch.finfo(torch.float64).eps], dtype=torch.float64)
+    assert nonzero_condition_number(tiny_but_real) == pytest.approx(1.0 / (5 * torch.finfo(torch.float64).eps))
+    assert math.isnan(nonzero_condition_number(torch.zeros(3)))
+
+
+def test_dead_and_saturated_units_of_constructed_layers():
+    """ReLU layer with 2 dead units (zero weights, negative bias) and one unit alive on a single
+    row; tanh layer with 2 units pinned in the flat region; counts, and the next layer's input rank."""
+    d_in, width, n = 3, 6, 50
+    x = torch.rand(n, d_in, dtype=torch.float64)  # inputs in [0, 1)
+    x[0] = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)  # the only row with x_0 = 1
+    model = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, 4), nn.Tanh(), nn.Linear(4, 1))
+    model.double()
+    with torch.no_grad():
+        l0, l2 = model[0], model[2]
+        l0.weight.copy_(torch.rand(width, d_in, dtype=torch.float64) + 0.1)
+        l0.bias.fill_(0.0)
+        for dead in (1, 4):  # output relu(0 * x - 1) = 0 on every row
+            l0.weight[dead].zero_()
+            l0.bias[dead] = -1.0
+        l0.weight[5] = torch.tensor([1.0, 0.0, 0.0])  # h = x_0 - 0.9999: positive on row 0 only
+        l0.bias[5] = -0.9999
+        l2.weight.mul_(0.01)
+        l2.bias.copy_(torch.tensor([10.0, -10.0, 0.0, 0.5]))  # units 0, 1: |h| ~ 10 > 2.99 always
+    x[1:, 0] = x[1:, 0].clamp(max=0.99)
+    res = analyze_layers(model, lambda: model(x).pow(2).mean(), max_samples=None)
+    assert res["0"].activation == "relu"
+    assert res["0"].dead_units == 2 and res["0"].saturated_units == 2  # unit 5 lives (on one row)
+    assert res["2"].activation == "tanh"
+    assert res["2"].dead_units == 0 and res["2"].saturated_units == 2
+    assert res["4"].activation is None and res["4"].dead_units is None
+    # The two dead ReLUs are two zero features of layer 2's input: rank 6 - 2, kappa_p100 = inf.
+    assert res["2"].input.rank == width - 2 and res["2"].input.kappa[1.0] == math.inf
+    assert math.isfinite(res["2"].input.kappa_nz)
+    m = analyze(model, lambda: model(x).pow(2).mean(), max_samples=8)  # counts use all rows anyway
+    assert m["0/dead_units"] == 2.0 and m["2/saturated_units"] == 2.0 and "4/dead_units" not in m
+    assert _hook_count(model) == 0
+
+    # A functional activation is not seen; `activations=` names it.
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = model[0]
+            self.head = nn.Linear(width, 1, dtype=torch.float64)
+
+        def forward(self, z):
+            return self.head(torch.relu(self.lin(z)))
+
+    f = Functional()
+    assert analyze_layers(f, lambda: f(x).sum())["lin"].dead_units is None
+    lc = analyze_layers(f, lambda: f(x).sum(), activations={"lin": "relu"})["lin"]
+    assert lc.dead_units == 2 and lc.activation == "relu"
+    with pytest.raises(ValueError, match="unknown activation"):
+        LayerwiseAnalyzer(f, activations={"lin": "swish"})
+
+
+def test_unit_activity_flat_regions():
+    h = torch.tensor([[-1.0, 0.0, 3.5, -7.0, 0.2], [-2.0, 0.0, 4.0, -6.5, 0.1]])
+    alive, live = unit_activity("relu", h)
+    assert alive.tolist() == [0, 0, 2, 0, 2] and live.tolist() == alive.tolist()
+    alive, live = unit_activity("tanh", h)  # 1 - tanh^2 < 0.01 iff |h| > 2.993
+    assert alive.tolist() == [2, 0, 2, 2, 2] and live.tolist() == [2, 2, 0, 0, 2]
+    alive, live = unit_activity("sigmoid", h)  # 4 s (1 - s) < 0.01 iff |h| > 5.99
+    assert alive.tolist() == [2] * 5 and live.tolist() == [2, 2, 2, 0, 2]
+    alive, live = unit_activity("leaky_relu", h, negative_slope=0.001)
+    assert alive.tolist() == [2, 0, 2, 2, 2] and live.tolist() == [0, 2, 2, 0, 2]
+    _, live = unit_activity("leaky_relu", h, negative_slope=0.2)
+    assert live.tolist() == [2] * 5
+    _, live = unit_activity("softplus", h)  # sigmoid(h) < 0.01 iff h < -4.6
+    assert live.tolist() == [2, 2, 2, 0, 2]
+
+
+def test_enerf_model_writes_kappa_nz_and_dead_units(monkeypatch, tmp_path):
+    """The E-NeRF model's analysis callback sends kappa_nz and the dead / saturated unit counts
+    (per layer and per-field totals) to nerfstudio's writer, and the panel tables show them."""
+    pytest.importorskip("nerfstudio")
+    from test_nerf_model import _callbacks, _train_step, build  # first: nerfstudio's import order
+
+    from nerfstudio.utils import writer
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no LPIPS weights (as test_nerf_model)
+    logged = {}
+    monkeypatch.setattr(writer, "put_scalar", lambda name, scalar, step: logged.__setitem__(name, scalar))
+    model = build(analysis_every=1, analysis_max_samples=64)
+    model.train()
+    callbacks, opts = _callbacks(model)
+    _train_step(model, callbacks, opts, 0)
+    for field in ("coarse", "fine"):
+        assert f"analysis/{field}/mlp_base.layers.1/input/kappa_nz" in logged
+        assert f"analysis/{field}/mlp_base.layers.0/dead_units" in logged  # nn.ReLU after it
+        assert f"analysis/{field}/field_heads.0.net/saturated_units" in logged  # nn.Sigmoid rgb head
+        assert "analysis/{}/field_output_density.net/dead_units".format(field) not in logged  # functional
+        per_layer = sum(v for k, v in logged.items() if k.startswith(f"analysis/{field}/") and k.endswith("/dead_units")
+                        and "/total/" not in k)
+        assert logged[f"analysis/{field}/total/dead_units"] == per_layer
+    table = model.conditioning_panel.tables["coarse"]
+    assert table.splitlines()[0].endswith("| κ₊(Σx) | κ₊(Σδ) | dead | sat. |")
+    assert all(isinstance(v, float) for v in logged.values())

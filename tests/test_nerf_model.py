@@ -329,10 +329,13 @@ def test_layer_table_formats_the_analysis_metrics():
 
     table = format_layer_table({"mlp_base.layers.0/kappa_w": 12.345, "mlp_base.layers.0/input/kappa_p90": float("inf"),
                                 "mlp_base.layers.0/output_grad/kappa_p90": 2.5e6, "mlp_base.layers.0/input/kappa_p100": 3.0,
+                                "mlp_base.layers.0/input/kappa_nz": 41.0, "mlp_base.layers.0/output_grad/kappa_nz": 7.25e5,
+                                "mlp_base.layers.0/dead_units": 3.0, "mlp_base.layers.0/saturated_units": 3.0,
                                 "head/kappa_w": 1.0})
     lines = table.splitlines()
-    assert lines[2] == "| base.0 | 12.3 | ∞ | 2.5e+06 |"
-    assert lines[3] == "| head | 1 | – | – |"
+    assert lines[0] == "| layer | κ(W) | κ₉₀(Σx) | κ₉₀(Σδ) | κ₊(Σx) | κ₊(Σδ) | dead | sat. |"
+    assert lines[2] == "| base.0 | 12.3 | ∞ | 2.5e+06 | 41 | 7.2e+05 | 3 | 3 |"
+    assert lines[3] == "| head | 1 | – | – | – | – | – | – |"
 
 
 def test_post_step_called_after_every_step_with_the_optimizers(monkeypatch):

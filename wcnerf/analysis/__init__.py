@@ -12,22 +12,33 @@ Quick use::
     metrics = a.compute(prefix="cond/")
 
 Per ``nn.Linear`` (qualified module name ``L``) the keys are ``L/sigma_max_w``, ``L/sigma_min_w``,
-``L/kappa_w``, ``L/{input,output_grad,fim}/{lambda_max,kappa_p100,kappa_p90,kappa_p50}``,
-``L/sigma_max_grad_w`` and ``L/domination``. Definitions (uncentred second moments, δ = N·dL/dh
+``L/kappa_w``, ``L/{input,output_grad,fim}/{lambda_max,kappa_p100,kappa_p90,kappa_p50,kappa_nz,rank}``,
+``L/sigma_max_grad_w``, ``L/domination`` and, for layers followed by a recognised activation
+module, ``L/dead_units`` and ``L/saturated_units``. Definitions (uncentred second moments, δ = N·dL/dh
 for a batch-mean loss, ...) are in :mod:`wcnerf.analysis.layerwise`.
 """
 
 from .layerwise import (
+    ACTIVATION_KINDS,
     LayerConditioning,
     LayerwiseAnalyzer,
     SpectrumStats,
     analyze,
     analyze_layers,
     linear_layers,
+    unit_activity,
 )
-from .spectral import DEFAULT_PS, generalized_condition_numbers, kronecker_spectrum, p_key
+from .spectral import (
+    DEFAULT_PS,
+    generalized_condition_numbers,
+    kronecker_spectrum,
+    nonzero_condition_number,
+    numerical_rank,
+    p_key,
+)
 
 __all__ = [
+    "ACTIVATION_KINDS",
     "DEFAULT_PS",
     "LayerConditioning",
     "LayerwiseAnalyzer",
@@ -37,5 +48,8 @@ __all__ = [
     "generalized_condition_numbers",
     "kronecker_spectrum",
     "linear_layers",
+    "nonzero_condition_number",
+    "numerical_rank",
     "p_key",
+    "unit_activity",
 ]

@@ -25,7 +25,41 @@ Definitions used here (all spectra in float64):
   ``kappa_p100`` equals ``kappa_p100(Σx) · kappa_p100(Σδ)`` exactly, ``kappa_p90``/``kappa_p50``
   are read off the product spectrum with the same rank rule.
 - ``kappa_p = λ_1 / λ_k``, ``k = ceil(p · d)`` in descending order (``p`` = 100 %, 90 %, 50 %
-  by default); eigenvalues ``<= rel_tol · λ_1`` count as zero and give ``inf``.
+  by default); eigenvalues ``<= rel_tol · λ_1`` count as zero and give ``inf``. The default
+  ``rel_tol`` is ``d · eps(float64)`` (``d`` = matrix size), LAPACK's / ``numpy``'s rank rule.
+- ``kappa_nz = λ_1 / λ_r`` over the **nonzero** eigenvalues (``λ_r`` the smallest one above
+  ``rel_tol · λ_1``) and ``rank = r``, reported next to the ``kappa_p``: the condition number
+  of the matrix on its range. Huang et al. (Sec. 1) leave the zero-eigenvalue directions of an
+  over-parameterised model out of the analysis ("whether the direction with respect to
+  small/zero eigenvalues contributes to the optimization progress is unclear"); a zero
+  eigenvalue of ``Σx`` is an input feature that is zero on every sample (e.g. a dead ReLU of
+  the previous layer), along which the loss does not change, and it makes ``kappa_p100``
+  infinite without saying anything about how well the rest is conditioned. (Their released
+  code, ``LayerwiseCA/Cifar/module/Linear_AllMode.lua``, instead adds 1e-100 to every
+  eigenvalue before taking ``λ_max / λ_min``, which turns a singular matrix into ~1e100.)
+  For the FIM estimate ``Σx ⊗ Σδ`` the nonzero eigenvalues are the products of nonzero ones,
+  so ``kappa_nz(FIM) = kappa_nz(Σx) · kappa_nz(Σδ)`` and ``rank(FIM) = rank(Σx) · rank(Σδ)``.
+- **dead / saturated units** of a layer, counted on *all* rows of the capture (not subsampled),
+  for the activation applied to the layer's output (its units = ``out_features``):
+
+  * ``dead_units``: units whose activation *output* is zero for every row ("dying ReLU": a
+    ReLU unit whose pre-activation is ``<= 0`` on every sample, Lu, Shin, Su & Karniadakis,
+    "Dying ReLU and initialization", 2019/2020). Only ReLU (``h <= 0``) and leaky ReLU / tanh
+    (``h == 0`` exactly) can have one; sigmoid and softplus outputs are never exactly zero.
+  * ``saturated_units``: units that are in the activation's *flat region* for every row, i.e.
+    whose activation derivative is below ``saturation_tol`` (default 0.01) times its maximum
+    on every sample, so no gradient reaches the unit's incoming weights from any sample:
+    ReLU ``h <= 0`` (for ReLU the flat region is where it outputs zero, so saturated = dead:
+    the dying neurons); leaky ReLU ``h < 0`` only if its slope ``< saturation_tol``; tanh
+    ``1 - tanh²(h) < tol`` (``|h| > 2.99`` at tol 0.01); sigmoid ``4 σ(h)(1 - σ(h)) < tol``
+    (``|h| > 5.99``); softplus ``σ(β h) < tol``.
+
+  The activation is found automatically: an ``nn.ReLU`` / ``nn.LeakyReLU`` / ``nn.Tanh`` /
+  ``nn.Sigmoid`` / ``nn.Softplus`` *module* inside the analyzed module whose input is the very
+  tensor the layer returned (as in nerfstudio's ``MLP`` and field heads, or an
+  ``nn.Sequential``). A functional activation (``torch.relu(h)``), or one applied after other
+  operations, is not seen: pass ``activations={layer name: kind}`` for those. Layers with no
+  known activation (linear heads) get no ``dead_units`` / ``saturated_units`` keys.
 - **weight**: singular values of ``W`` (``min(out, in)`` of them); ``kappa_w = σ_max / σ_min``.
   A layer whose effective weight is not ``layer.weight`` (e.g. ``wcnerf.conditioning``'s
   ``EquiNormLinear``, which computes it from the batch inside ``forward``) needs ``weight_fn``
@@ -41,18 +75,22 @@ module is itself a Linear) and an optional ``prefix``::
 
     {prefix}{L}/sigma_max_w          {prefix}{L}/sigma_min_w        {prefix}{L}/kappa_w
     {prefix}{L}/input/lambda_max     {prefix}{L}/input/kappa_p100   .../input/kappa_p90   .../input/kappa_p50
-    {prefix}{L}/output_grad/lambda_max   {prefix}{L}/output_grad/kappa_p100 ...
-    {prefix}{L}/fim/lambda_max       {prefix}{L}/fim/kappa_p100     ...
+    {prefix}{L}/input/kappa_nz       {prefix}{L}/input/rank
+    {prefix}{L}/output_grad/lambda_max   {prefix}{L}/output_grad/kappa_p100 ...  .../output_grad/kappa_nz  .../rank
+    {prefix}{L}/fim/lambda_max       {prefix}{L}/fim/kappa_p100     ...  .../fim/kappa_nz  .../fim/rank
     {prefix}{L}/sigma_max_grad_w     {prefix}{L}/domination
+    {prefix}{L}/dead_units           {prefix}{L}/saturated_units
 
 ``output_grad/*``, ``fim/*``, ``sigma_max_grad_w`` and ``domination`` are present only for
-layers that received a gradient in the capture.
+layers that received a gradient in the capture; ``dead_units`` / ``saturated_units`` only for
+layers whose activation is known (see above).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,6 +102,8 @@ from .spectral import (
     clean_spectrum,
     generalized_condition_numbers,
     kronecker_spectrum,
+    nonzero_condition_number,
+    numerical_rank,
     p_key,
     second_moment_eigvals,
 )
@@ -73,12 +113,14 @@ LayerFilter = Callable[[str, nn.Module], bool]
 WeightFn = Callable[[nn.Module], Tensor]
 
 __all__ = [
+    "ACTIVATION_KINDS",
     "LayerwiseAnalyzer",
     "LayerConditioning",
     "SpectrumStats",
     "analyze",
     "analyze_layers",
     "linear_layers",
+    "unit_activity",
 ]
 
 
@@ -102,6 +144,65 @@ def linear_layers(module: nn.Module, include: LayerFilter | None = None) -> dict
     return out
 
 
+# --------------------------------------------------------------------------- activations
+ACTIVATION_KINDS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+"""Activations whose dead / saturated units are counted (see the module docstring)."""
+
+DEFAULT_SATURATION_TOL = 1e-2
+
+
+def _activation_of(module: nn.Module) -> tuple[str, dict[str, float]] | None:
+    """``(kind, parameters)`` of a recognised activation module, else ``None``."""
+    if isinstance(module, nn.ReLU):
+        return "relu", {}
+    if isinstance(module, nn.LeakyReLU):
+        return "leaky_relu", {"negative_slope": float(module.negative_slope)}
+    if isinstance(module, nn.Tanh):
+        return "tanh", {}
+    if isinstance(module, nn.Sigmoid):
+        return "sigmoid", {}
+    if isinstance(module, nn.Softplus):
+        return "softplus", {"beta": float(module.beta), "threshold": float(module.threshold)}
+    return None
+
+
+def unit_activity(
+    kind: str, h: Tensor, *, saturation_tol: float = DEFAULT_SATURATION_TOL, **params: float
+) -> tuple[Tensor, Tensor]:
+    """Per-unit counts of rows on which a unit is *alive* and *not flat*, for pre-activations ``h``.
+
+    ``h`` is ``(rows, units)`` (float). Returns two int64 tensors of length ``units``: the
+    number of rows whose activation output is nonzero, and the number of rows whose activation
+    derivative is at least ``saturation_tol`` times the activation's maximal derivative. A unit
+    with a zero first count is *dead*, one with a zero second count is *saturated* (definitions
+    in the module docstring). ``params``: ``negative_slope`` (leaky ReLU), ``beta`` /
+    ``threshold`` (softplus).
+    """
+    h = h.detach()
+    if kind == "relu":
+        alive = h > 0
+        live_grad = alive
+    elif kind == "leaky_relu":
+        alive = h != 0
+        slope = abs(params.get("negative_slope", 0.01))
+        live_grad = torch.ones_like(alive) if slope >= saturation_tol else h >= 0
+    elif kind == "tanh":
+        alive = h != 0
+        live_grad = 1.0 - torch.tanh(h.double()).square() >= saturation_tol
+    elif kind == "sigmoid":
+        alive = torch.ones_like(h, dtype=torch.bool)
+        sg = torch.sigmoid(h.double())
+        live_grad = 4.0 * sg * (1.0 - sg) >= saturation_tol
+    elif kind == "softplus":
+        alive = torch.ones_like(h, dtype=torch.bool)
+        bh = params.get("beta", 1.0) * h.double()
+        # torch's softplus is linear (derivative 1) above ``threshold``; sigmoid(bh) ~ 1 there too.
+        live_grad = torch.sigmoid(bh) >= saturation_tol
+    else:
+        raise ValueError(f"unknown activation kind {kind!r}; known: {ACTIVATION_KINDS}")
+    return alive.sum(0, dtype=torch.int64), live_grad.sum(0, dtype=torch.int64)
+
+
 def _f64(t: Tensor) -> Tensor:
     """float64 copy, on the tensor's device where float64 is supported (not MPS)."""
     if t.device.type == "mps":
@@ -116,17 +217,27 @@ class SpectrumStats:
     eigvals: Tensor
     lambda_max: float
     kappa: dict[float, float]  # p -> kappa_p
+    kappa_nz: float = math.nan  # over the nonzero eigenvalues
+    rank: int = 0  # number of nonzero eigenvalues
 
     @classmethod
     def from_eigvals(cls, ev: Tensor, ps: Sequence[float], *, cleaned: bool = False, rel_tol: float | None = None) -> SpectrumStats:
         ev = ev if cleaned else clean_spectrum(ev, rel_tol)
         lam = ev[0].item() if ev.numel() else math.nan
-        return cls(eigvals=ev, lambda_max=lam, kappa=generalized_condition_numbers(ev, ps, cleaned=True))
+        return cls(
+            eigvals=ev,
+            lambda_max=lam,
+            kappa=generalized_condition_numbers(ev, ps, cleaned=True),
+            kappa_nz=nonzero_condition_number(ev, cleaned=True),
+            rank=numerical_rank(ev, cleaned=True),
+        )
 
     def metrics(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}/lambda_max": float(self.lambda_max)}
         for p, k in self.kappa.items():
             out[f"{prefix}/{p_key(p)}"] = float(k)
+        out[f"{prefix}/kappa_nz"] = float(self.kappa_nz)
+        out[f"{prefix}/rank"] = float(self.rank)
         return out
 
 
@@ -148,6 +259,9 @@ class LayerConditioning:
     fim: SpectrumStats | None = None
     sigma_max_grad_w: float | None = None
     domination: float | None = None
+    activation: str | None = None  # kind of the activation applied to the output, if known
+    dead_units: int | None = None
+    saturated_units: int | None = None
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         base = f"{prefix}{self.name}"
@@ -165,6 +279,10 @@ class LayerConditioning:
             out[f"{base}/sigma_max_grad_w"] = float(self.sigma_max_grad_w)
         if self.domination is not None:
             out[f"{base}/domination"] = float(self.domination)
+        if self.dead_units is not None:
+            out[f"{base}/dead_units"] = float(self.dead_units)
+        if self.saturated_units is not None:
+            out[f"{base}/saturated_units"] = float(self.saturated_units)
         return out
 
 
@@ -182,6 +300,9 @@ class _Accumulator:
     g_sum: Tensor | None = None
     g_count: int = 0
     grad_w: Tensor | None = None
+    act_kind: str | None = None
+    act_alive: Tensor | None = None  # per unit: rows with a nonzero activation output
+    act_live_grad: Tensor | None = None  # per unit: rows outside the activation's flat region
 
     @staticmethod
     def _add(acc: Tensor | None, val: Tensor) -> Tensor:
@@ -199,6 +320,17 @@ class _Accumulator:
         self.g_count += gs.shape[0]
         self.g_rows += n_rows
         self.grad_w = self._add(self.grad_w, grad_w)
+
+    def add_activity(self, kind: str, alive: Tensor, live_grad: Tensor) -> None:
+        if self.act_kind is not None and self.act_kind != kind:
+            # Outputs of one layer fed to different activations: no single definition applies.
+            self.act_kind = "mixed"
+            return
+        if self.act_kind == "mixed":
+            return
+        self.act_kind = kind
+        self.act_alive = self._add(self.act_alive, alive)
+        self.act_live_grad = self._add(self.act_live_grad, live_grad)
 
 
 class LayerwiseAnalyzer:
@@ -229,6 +361,11 @@ class LayerwiseAnalyzer:
         seed: seed of the row sampler (a private CPU generator; global RNG untouched).
         include: optional ``(name, layer) -> bool`` filter on qualified layer names.
         weight_fn: ``layer -> effective weight``; default ``layer.weight``.
+        activations: ``{layer name: kind}`` (kinds in :data:`ACTIVATION_KINDS`, or ``"none"``)
+            for layers whose activation is not an activation module fed with the layer's output
+            (functional activations); overrides the automatic detection for those layers.
+        saturation_tol: a unit is in the activation's flat region on a row when the derivative
+            there is below ``saturation_tol`` times the activation's maximal derivative.
     """
 
     def __init__(
@@ -243,7 +380,14 @@ class LayerwiseAnalyzer:
         seed: int = 0,
         include: LayerFilter | None = None,
         weight_fn: WeightFn | None = None,
+        activations: Mapping[str, str] | None = None,
+        saturation_tol: float = DEFAULT_SATURATION_TOL,
     ) -> None:
+        bad = {k: v for k, v in (activations or {}).items() if v not in ACTIVATION_KINDS + ("none",)}
+        if bad:
+            raise ValueError(f"unknown activation kinds {bad}; known: {ACTIVATION_KINDS + ('none',)}")
+        if not 0.0 < saturation_tol < 1.0:
+            raise ValueError(f"saturation_tol must be in (0, 1), got {saturation_tol}")
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if max_samples is not None and max_samples < 1:
@@ -257,8 +401,13 @@ class LayerwiseAnalyzer:
         self.seed = seed
         self.include = include
         self.weight_fn = weight_fn or _default_weight_fn
+        self.activations = dict(activations or {})
+        self.saturation_tol = float(saturation_tol)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._stats: dict[str, _Accumulator] = {}
+        # id(layer output) -> (weak reference to it, its accumulator): lets an activation
+        # module's pre-hook recognise its input as the output of an analyzed layer.
+        self._outputs: dict[int, tuple[weakref.ref, _Accumulator]] = {}
         self._gen = torch.Generator(device="cpu")
         self._gen.manual_seed(seed)
 
@@ -268,7 +417,8 @@ class LayerwiseAnalyzer:
         return bool(self._handles)
 
     def attach(self) -> LayerwiseAnalyzer:
-        """Register a forward hook on every analyzed Linear (no-op if already attached)."""
+        """Register a forward hook on every analyzed Linear and a forward pre-hook on every
+        recognised activation module (no-op if already attached)."""
         if self._handles:
             return self
         layers = linear_layers(self.module, self.include)
@@ -277,6 +427,13 @@ class LayerwiseAnalyzer:
         for name, layer in layers.items():
             h = layer.register_forward_hook(self._make_forward_hook(name), with_kwargs=True)
             self._handles.append(h)
+        seen: set[int] = set()
+        for m in self.module.modules():
+            act = _activation_of(m)
+            if act is None or id(m) in seen:
+                continue
+            seen.add(id(m))
+            self._handles.append(m.register_forward_pre_hook(self._make_activation_hook(*act), with_kwargs=True))
         return self
 
     def detach(self) -> None:
@@ -284,10 +441,12 @@ class LayerwiseAnalyzer:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._outputs.clear()
 
     def reset(self) -> None:
         """Forget captured statistics (and restart the row sampler from ``seed``)."""
         self._stats = {}
+        self._outputs.clear()
         self._gen.manual_seed(self.seed)
 
     def __enter__(self) -> LayerwiseAnalyzer:
@@ -318,8 +477,31 @@ class LayerwiseAnalyzer:
                 st.add_input(_f64(xs), x2.shape[0])
                 if st.weight is None:
                     st.weight = _f64(self.weight_fn(layer).detach()).clone()
+                kind = self.activations.get(name)
+                if kind is None:  # automatic: an activation module fed with this very tensor
+                    self._outputs[id(output)] = (weakref.ref(output), st)
+                elif kind != "none":
+                    h2 = output.detach().reshape(-1, output.shape[-1])
+                    st.add_activity(kind, *unit_activity(kind, h2, saturation_tol=self.saturation_tol))
             if output.requires_grad:
                 output.register_hook(self._make_grad_hook(st, x2, idx))
+            return None
+
+        return hook
+
+    def _make_activation_hook(self, kind: str, params: dict[str, float]):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            x = args[0] if args else kwargs.get("input")
+            if not isinstance(x, Tensor):
+                return None
+            entry = self._outputs.get(id(x))
+            if entry is None or entry[0]() is not x:
+                return None
+            del self._outputs[id(x)]  # counted once, even if fed to a second activation
+            st = entry[1]
+            with torch.no_grad():
+                h2 = x.detach().reshape(-1, x.shape[-1])
+                st.add_activity(kind, *unit_activity(kind, h2, saturation_tol=self.saturation_tol, **params))
             return None
 
         return hook
@@ -373,6 +555,11 @@ class LayerwiseAnalyzer:
             kappa_w=kappa_w,
             input=in_stats,
         )
+        if st.act_kind is not None and st.act_kind != "mixed":
+            assert st.act_alive is not None and st.act_live_grad is not None
+            lc.activation = st.act_kind
+            lc.dead_units = int((st.act_alive == 0).sum().item())
+            lc.saturated_units = int((st.act_live_grad == 0).sum().item())
         if st.g_count > 0:
             assert st.g_gram is not None and st.g_sum is not None and st.grad_w is not None
             scale = float(st.g_rows) ** 2 if self.loss_reduction == "mean" else 1.0
@@ -429,7 +616,8 @@ def analyze(
     hooks remain afterwards. The forward runs in the module's current mode, so in train mode
     layers such as BatchNorm / EquiNorm update their running statistics as in any forward.
     Other keyword arguments go to :class:`LayerwiseAnalyzer` (``ps``, ``centered``,
-    ``loss_reduction``, ``rel_tol``, ``seed``, ``include``, ``weight_fn``).
+    ``loss_reduction``, ``rel_tol``, ``seed``, ``include``, ``weight_fn``, ``activations``,
+    ``saturation_tol``).
     """
     layers = analyze_layers(module, loss_fn, max_samples=max_samples, **kwargs)
     out: dict[str, float] = {}

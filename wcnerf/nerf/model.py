@@ -37,7 +37,10 @@ locally (see :func:`wcnerf.nerf.compat.build_lpips`), otherwise omitted with a w
 Layer-wise conditioning analysis (:mod:`wcnerf.analysis`) of both fields runs during the
 ordinary training step every ``analysis_every`` steps (hooks attached before the step,
 removed after it; nothing is attached on other steps) and is written with
-``nerfstudio.utils.writer.put_scalar`` as ``analysis/{coarse,fine}/<layer>/<metric>``. The
+``nerfstudio.utils.writer.put_scalar`` as ``analysis/{coarse,fine}/<layer>/<metric>`` (among
+them ``.../kappa_nz``, the kappa over the nonzero eigenvalues, and ``<layer>/dead_units`` /
+``<layer>/saturated_units``), plus the field totals ``analysis/{coarse,fine}/total/dead_units``
+and ``.../total/saturated_units`` over the layers whose activation the analysis sees. The
 web viewer's "Weight conditioning" panel (:mod:`wcnerf.nerf.viewer_panel`) shows the latest
 per-layer condition numbers and switches the analysis on or off during training.
 """
@@ -277,6 +280,10 @@ class ENeRFModel(Model):
                     a.reset()
                 for key, value in results[name].items():
                     writer.put_scalar(name=f"analysis/{name}/{key}", scalar=float(value), step=step)
+                for count in ("dead_units", "saturated_units"):
+                    per_layer = [v for k, v in results[name].items() if k.endswith("/" + count)]
+                    if per_layer:
+                        writer.put_scalar(name=f"analysis/{name}/total/{count}", scalar=float(sum(per_layer)), step=step)
             panel.show(step, results)
 
         callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], attach))

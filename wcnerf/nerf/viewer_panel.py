@@ -8,8 +8,10 @@ a small folder of viser widgets:
 - a checkbox that switches the layer-wise conditioning analysis (:mod:`wcnerf.analysis`) on
   or off while training runs, and its cadence in steps;
 - per-layer condition numbers of the coarse and fine fields from the last analysis: kappa of
-  the effective weight (the one the forward pass multiplies by, i.e. after conditioning) and
-  the generalised kappa_90 of the layer-input and output-gradient second moments (Huang et al.).
+  the effective weight (the one the forward pass multiplies by, i.e. after conditioning), the
+  generalised kappa_90 of the layer-input and output-gradient second moments (Huang et al.),
+  the kappa of the same second moments over their nonzero eigenvalues (κ₊), and the numbers of
+  dead and saturated units of the layer (definitions in :mod:`wcnerf.analysis.layerwise`).
 
 The panel holds only the switch and the last numbers; :class:`wcnerf.nerf.model.ENeRFModel`
 asks :meth:`ConditioningPanel.due` before each step and attaches the analysis hooks only on
@@ -28,9 +30,22 @@ from nerfstudio.viewer.viewer_elements import ViewerElement
 __all__ = ["ConditioningPanel", "format_layer_table"]
 
 # (column title, metric suffix of wcnerf.analysis) shown per layer. The covariances use Huang et
-# al.'s generalised kappa_90 (largest over the 90th-percentile eigenvalue): ReLU layers have dead
-# units, so their full kappa is often infinite and says nothing more.
-COLUMNS = (("κ(W)", "kappa_w"), ("κ₉₀(Σx)", "input/kappa_p90"), ("κ₉₀(Σδ)", "output_grad/kappa_p90"))
+# al.'s generalised kappa_90 (largest over the 90th-percentile eigenvalue) and the kappa over the
+# nonzero eigenvalues (κ₊): ReLU layers have dead units, so their full kappa is often infinite and
+# says nothing more. "dead" / "sat." count the layer's units whose activation output is zero /
+# whose activation is flat on every sample ("–": no activation module seen after the layer).
+COLUMNS = (
+    ("κ(W)", "kappa_w"),
+    ("κ₉₀(Σx)", "input/kappa_p90"),
+    ("κ₉₀(Σδ)", "output_grad/kappa_p90"),
+    ("κ₊(Σx)", "input/kappa_nz"),
+    ("κ₊(Σδ)", "output_grad/kappa_nz"),
+    ("dead", "dead_units"),
+    ("sat.", "saturated_units"),
+)
+LEGEND = ("κ₊: over the nonzero eigenvalues (λ > d·eps·λ_max). dead: units whose activation output is "
+          "zero on every sample; sat.: units in the activation's flat region on every sample "
+          "(for ReLU the same units).")
 
 
 class ConditioningPanel(ViewerElement[bool]):
@@ -74,6 +89,7 @@ class ConditioningPanel(ViewerElement[bool]):
             h["status"] = gui.add_markdown("")
             h["coarse"] = gui.add_markdown("")
             h["fine"] = gui.add_markdown("")
+            h["legend"] = gui.add_markdown("")
         h["enabled"].on_update(lambda _: self._set_enabled(bool(h["enabled"].value)))
         h["every"].on_update(lambda _: self._set_every(h["every"].value))
         self.gui_handle = h["enabled"]
@@ -102,6 +118,7 @@ class ConditioningPanel(ViewerElement[bool]):
             for name in ("coarse", "fine"):
                 table = self.tables.get(name)
                 h[name].content = f"**{name} field**\n\n{table}" if table else ""
+            h["legend"].content = f"*{LEGEND}*" if self.tables else ""
 
 
 def format_layer_table(metrics: Mapping[str, float]) -> str:
