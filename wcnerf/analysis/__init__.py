@@ -16,8 +16,20 @@ Per ``nn.Linear`` (qualified module name ``L``) the keys are ``L/sigma_max_w``, 
 ``L/sigma_max_grad_w``, ``L/domination`` and, for layers followed by a recognised activation
 module, ``L/dead_units`` and ``L/saturated_units``. Definitions (uncentred second moments, δ = N·dL/dh
 for a batch-mean loss, ...) are in :mod:`wcnerf.analysis.layerwise`.
+
+The full loss Hessian of a small model w.r.t. its stored parameters and the spectrum of an
+indefinite matrix (``kappa`` over the nonzero ``|λ|``, negative count, ...) are in
+:mod:`wcnerf.analysis.hessian` (``loss_hessian``, ``gauss_newton``, ``hessian_spectrum``).
 """
 
+from .hessian import (
+    HessianSpectrum,
+    flat_parameters,
+    gauss_newton,
+    hessian_spectrum,
+    loss_gradient,
+    loss_hessian,
+)
 from .layerwise import (
     ACTIVATION_KINDS,
     LayerConditioning,
@@ -40,14 +52,20 @@ from .spectral import (
 __all__ = [
     "ACTIVATION_KINDS",
     "DEFAULT_PS",
+    "HessianSpectrum",
     "LayerConditioning",
     "LayerwiseAnalyzer",
     "SpectrumStats",
     "analyze",
     "analyze_layers",
+    "flat_parameters",
+    "gauss_newton",
     "generalized_condition_numbers",
+    "hessian_spectrum",
     "kronecker_spectrum",
     "linear_layers",
+    "loss_gradient",
+    "loss_hessian",
     "nonzero_condition_number",
     "numerical_rank",
     "p_key",
