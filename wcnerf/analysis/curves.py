@@ -17,9 +17,8 @@ better) first reaches the plain model's final value:
 from __future__ import annotations
 
 import math
+from statistics import fmean
 from typing import Dict, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
 
 Curve = Tuple[Sequence[int], Sequence[float]]
 
@@ -34,7 +33,7 @@ def mean_curve(curves: Sequence[Curve]) -> Curve:
             if v is not None and math.isfinite(float(v)):
                 per_step.setdefault(int(s), []).append(float(v))
     steps = sorted(s for s, vs in per_step.items() if len(vs) == len(curves))
-    return steps, [float(np.mean(per_step[s])) for s in steps]
+    return steps, [fmean(per_step[s]) for s in steps]
 
 
 def value_at_fraction(curve: Curve, fraction: float, total_steps: int) -> Optional[float]:
@@ -43,7 +42,7 @@ def value_at_fraction(curve: Curve, fraction: float, total_steps: int) -> Option
     if not steps:
         return None
     target = fraction * total_steps
-    i = int(np.argmin([abs(s - target) for s in steps]))
+    i = min(range(len(steps)), key=lambda k: abs(steps[k] - target))
     return float(values[i])
 
 
@@ -66,7 +65,7 @@ def steps_to_target(curves: Mapping[str, Sequence[Curve]], baseline: str, *, win
     base = mean_curve(curves[baseline])
     if not base[0]:
         return {}
-    target = float(np.mean(base[1][-window:]))
+    target = fmean(base[1][-window:])
     last = base[0][-1]
     out: Dict[str, Optional[float]] = {}
     for method, seed_curves in curves.items():
