@@ -415,21 +415,21 @@ def test_unit_activity_flat_regions():
     assert live.tolist() == [2, 2, 2, 0, 2]
 
 
-def test_enerf_model_writes_kappa_nz_and_dead_units(monkeypatch, tmp_path):
+def test_enerf_model_writes_kappa_nz_and_dead_units(monkeypatch, request):
     """The E-NeRF model's analysis callback sends kappa_nz and the dead / saturated unit counts
     (per layer and per-field totals) to nerfstudio's writer, and the panel tables show them."""
     pytest.importorskip("nerfstudio")
-    from test_nerf_model import _callbacks, _train_step, build  # first: nerfstudio's import order
+    from nerf_helpers import build, callback_train_step, training_callbacks  # first: nerfstudio's import order
 
     from nerfstudio.utils import writer
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no LPIPS weights (as test_nerf_model)
+    request.getfixturevalue("offline_hub")  # no LPIPS weights (conftest.py), once nerfstudio is there
     logged = {}
     monkeypatch.setattr(writer, "put_scalar", lambda name, scalar, step: logged.__setitem__(name, scalar))
     model = build(analysis_every=1, analysis_max_samples=64)
     model.train()
-    callbacks, opts = _callbacks(model)
-    _train_step(model, callbacks, opts, 0)
+    callbacks, opts = training_callbacks(model)
+    callback_train_step(model, callbacks, opts, 0)
     for field in ("coarse", "fine"):
         assert f"analysis/{field}/mlp_base.layers.1/input/kappa_nz" in logged
         assert f"analysis/{field}/mlp_base.layers.0/dead_units" in logged  # nn.ReLU after it

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FERN = REPO / "data" / "llff" / "fern"
+from helpers import REPO
 
 TINY = """\
 name: tiny
@@ -37,14 +36,14 @@ timeout_minutes: 10
 """
 
 
-def _tiny_fern(root: Path) -> Path:
-    """fern in nerf_llff_data layout with images_32/ (126 x 94) made from the repo's images_8/."""
+def _tiny_fern(root: Path, fern: Path) -> Path:
+    """fern in nerf_llff_data layout with images_32/ (126 x 94) made from ``fern``'s images_8/."""
     from PIL import Image
 
     scene = root / "fern"
     (scene / "images_32").mkdir(parents=True)
-    (scene / "poses_bounds.npy").write_bytes((FERN / "poses_bounds.npy").read_bytes())
-    for p in sorted((FERN / "images_8").iterdir()):
+    (scene / "poses_bounds.npy").write_bytes((fern / "poses_bounds.npy").read_bytes())
+    for p in sorted((fern / "images_8").iterdir()):
         with Image.open(p) as im:
             im.convert("RGB").resize((126, 94), Image.BOX).save(scene / "images_32" / f"{p.stem}.png")
     return scene
@@ -59,9 +58,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (FERN / "images_8").is_dir(), reason="the repo's data/llff/fern is missing")
-def test_tiny_real_sweep_and_resume(tmp_path):
-    scene = _tiny_fern(tmp_path / "data")
+def test_tiny_real_sweep_and_resume(tmp_path, fern):
+    scene = _tiny_fern(tmp_path / "data", fern)
     proto = tmp_path / "tiny.yaml"
     proto.write_text(TINY.format(iterations=6))
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ from wcnerf.eval.harness import MethodSpec, RunFailed, RunResult, SceneSpec, run
 from wcnerf.eval.protocols import Protocol, ProtocolError, load_protocol
 from wcnerf.eval.table import read_results_csv
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def proto(**kw) -> Protocol:

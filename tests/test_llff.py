@@ -1,4 +1,5 @@
-"""The LLFF dataparser on the real fern scene (repo copy: images_8; shared copy: images_4).
+"""The LLFF dataparser on the real fern scene (fixtures ``fern``: images_8, e.g. the repo copy;
+``fern4``: images_4, e.g. the shared copy; ``repo_fern``: the repo copy; see conftest.py).
 
 The geometry is checked against a direct transcription of the NeRF reference loader
 (``load_llff.py`` of bmild/nerf / yenchenlin/nerf-pytorch: axes, bd_factor, recenter).
@@ -6,36 +7,14 @@ The geometry is checked against a direct transcription of the NeRF reference loa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import wcnerf
 from wcnerf.data.llff import LLFF, LLFFDataParserConfig, llff_dataparser
 from wcnerf.data.ndc import ndc_rays
-
-REPO_FERN = Path(wcnerf.__file__).resolve().parents[1] / "data" / "llff" / "fern"
-# The shared data folder (has images_4): /work/shared, or shared/ beside the checkout (CI).
-SHARED_FERNS = [Path("/work/shared/data/llff/fern"), REPO_FERN.parents[3] / "shared" / "data" / "llff" / "fern"]
-_ENV_FERNS = [Path(p) / "llff" / "fern" for p in os.environ.get("WCNERF_DATA", "").split(os.pathsep) if p]
-FERN4 = next(
-    (
-        p
-        for p in [REPO_FERN, *_ENV_FERNS, *SHARED_FERNS]
-        if (p / "images_4").is_dir() and (p / "poses_bounds.npy").is_file()
-    ),
-    None,
-)
-
-needs_fern = pytest.mark.skipif(
-    not (REPO_FERN / "poses_bounds.npy").is_file() or not (REPO_FERN / "images_8").is_dir(),
-    reason="data/llff/fern (poses_bounds.npy + images_8) not present",
-)
-needs_fern4 = pytest.mark.skipif(FERN4 is None, reason="no fern copy with images_4 found")
-
 
 # ---------------------------------------------------------------------------------------
 # Direct transcription of the reference loader's pose processing (numpy, float32 as there)
@@ -108,8 +87,8 @@ def _parser(**kw) -> LLFF:
 
 
 @pytest.fixture(scope="module")
-def fern_outputs():
-    parser = _parser(data=REPO_FERN)
+def fern_outputs(fern):
+    parser = _parser(data=fern)
     return parser, parser.get_dataparser_outputs("train"), parser.get_dataparser_outputs("test")
 
 
@@ -124,7 +103,6 @@ def test_entry_point_registered():
     assert cfg.data == Path("llff/fern") and cfg.downscale_factor == 8 and cfg.holdout_every == 8 and cfg.ndc
 
 
-@needs_fern
 def test_fern_split_17_train_3_eval(fern_outputs):
     _, train, test = fern_outputs
     assert len(train.image_filenames) == 17 and len(train.cameras) == 17
@@ -137,10 +115,9 @@ def test_fern_split_17_train_3_eval(fern_outputs):
     assert parser.get_dataparser_outputs("val").image_filenames == test.image_filenames
 
 
-@needs_fern
-def test_fern_intrinsics_scaled_by_factor(fern_outputs):
+def test_fern_intrinsics_scaled_by_factor(fern_outputs, fern):
     _, train, _ = fern_outputs
-    pb = np.load(REPO_FERN / "poses_bounds.npy")
+    pb = np.load(fern / "poses_bounds.npy")
     full_h, full_w, full_f = pb[0, 4], pb[0, 9], pb[0, 14]
     assert (full_h, full_w) == (3024, 4032)
     cams = train.cameras
@@ -158,7 +135,6 @@ def test_fern_intrinsics_scaled_by_factor(fern_outputs):
         assert im.size == (504, 378)
 
 
-@needs_fern
 def test_fern_rotations_orthonormal(fern_outputs):
     _, train, test = fern_outputs
     for cams in (train.cameras, test.cameras):
@@ -168,10 +144,9 @@ def test_fern_rotations_orthonormal(fern_outputs):
         assert torch.allclose(torch.linalg.det(R), torch.ones(len(R), dtype=torch.float64), atol=1e-5)
 
 
-@needs_fern
-def test_fern_matches_reference_loader(fern_outputs):
+def test_fern_matches_reference_loader(fern_outputs, fern):
     parser, train, test = fern_outputs
-    ref_poses, ref_bds = reference_load_llff_poses(REPO_FERN, 8, (378, 504))
+    ref_poses, ref_bds = reference_load_llff_poses(fern, 8, (378, 504))
     i_train, i_test = reference_split(20)
     # Same axis convention (OpenGL) on both sides: poses equal.
     np.testing.assert_allclose(train.cameras.camera_to_worlds.numpy(), ref_poses[i_train, :3, :4], atol=2e-5)
@@ -186,10 +161,9 @@ def test_fern_matches_reference_loader(fern_outputs):
     np.testing.assert_allclose(poses_avg(scene.poses), np.eye(4)[:3], atol=1e-9)
 
 
-@needs_fern
-def test_fern_dataparser_transform_maps_back(fern_outputs):
+def test_fern_dataparser_transform_maps_back(fern_outputs, fern):
     _, train, _ = fern_outputs
-    pb = np.load(REPO_FERN / "poses_bounds.npy")
+    pb = np.load(fern / "poses_bounds.npy")
     raw = pb[:, :15].reshape(-1, 3, 5)[:, :, :4]
     orig = np.concatenate([raw[:, :, 1:2], -raw[:, :, 0:1], raw[:, :, 2:4]], 2)  # OpenGL axes
     i_train, _ = reference_split(20)
@@ -206,7 +180,6 @@ def test_fern_dataparser_transform_maps_back(fern_outputs):
     np.testing.assert_allclose(back.numpy(), orig[i_train], atol=1e-4 * np.abs(orig[:, :, 3]).max())
 
 
-@needs_fern
 def test_fern_centre_pixel_ndc_ray(fern_outputs):
     _, train, test = fern_outputs
     meta = train.metadata["llff"]
@@ -232,7 +205,6 @@ def test_fern_centre_pixel_ndc_ray(fern_outputs):
     assert torch.equal(train.scene_box.aabb, torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
 
 
-@needs_fern
 def test_fern_all_pixels_of_training_views_inside_ndc_cube(fern_outputs):
     _, train, _ = fern_outputs
     meta = train.metadata["llff"]
@@ -243,7 +215,6 @@ def test_fern_all_pixels_of_training_views_inside_ndc_cube(fern_outputs):
     assert torch.all(bundle.directions[:, 2] < 0)
 
 
-@needs_fern
 def test_fern_images_load_through_nerfstudio_dataset(fern_outputs):
     from nerfstudio.data.datasets.base_dataset import InputDataset
 
@@ -254,14 +225,13 @@ def test_fern_images_load_through_nerfstudio_dataset(fern_outputs):
     assert ds.metadata["llff"]["focal"] == train.metadata["llff"]["focal"]
 
 
-@needs_fern
-def test_fern_world_mode_and_holdout_zero():
-    parser = _parser(data=REPO_FERN, ndc=False, holdout_every=0)
+def test_fern_world_mode_and_holdout_zero(fern):
+    parser = _parser(data=fern, ndc=False, holdout_every=0)
     out = parser.get_dataparser_outputs("train")
     assert len(out.image_filenames) == 20
     assert len(parser.get_dataparser_outputs("test").image_filenames) == 20
     meta = out.metadata["llff"]
-    pb = np.load(REPO_FERN / "poses_bounds.npy")
+    pb = np.load(fern / "poses_bounds.npy")
     sc = 1 / (pb[:, 15:].min() * 0.75)
     assert meta["ndc"] is False
     assert meta["near"] == pytest.approx(pb[:, 15:].min() * sc * 0.9)  # = 1.2
@@ -270,37 +240,35 @@ def test_fern_world_mode_and_holdout_zero():
     aabb = out.scene_box.aabb
     assert torch.all(aabb[1] >= meta["far"]) and torch.allclose(aabb[0], -aabb[1])
     # Cameras are the same in both modes.
-    ndc_out = _parser(data=REPO_FERN, holdout_every=0).get_dataparser_outputs("train")
+    ndc_out = _parser(data=fern, holdout_every=0).get_dataparser_outputs("train")
     assert torch.equal(ndc_out.cameras.camera_to_worlds, out.cameras.camera_to_worlds)
 
 
-@needs_fern
-def test_fern_relative_data_path_found_in_repo(monkeypatch, tmp_path):
+def test_fern_relative_data_path_found_in_repo(monkeypatch, tmp_path, repo_fern):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WCNERF_DATA", raising=False)
     out = _parser().get_dataparser_outputs("train")  # default data = llff/fern
-    assert out.image_filenames[0].parent == REPO_FERN / "images_8"
+    assert out.image_filenames[0].parent == repo_fern / "images_8"
 
 
-@needs_fern4
-def test_fern_factor_4():
-    parser = _parser(data=FERN4, downscale_factor=4)
+def test_fern_factor_4(fern4):
+    parser = _parser(data=fern4, downscale_factor=4)
     train = parser.get_dataparser_outputs("train")
     test = parser.get_dataparser_outputs("test")
     assert len(train.image_filenames) == 17 and len(test.image_filenames) == 3
     assert all(p.parent.name == "images_4" for p in train.image_filenames)
-    pb = np.load(FERN4 / "poses_bounds.npy")
+    pb = np.load(fern4 / "poses_bounds.npy")
     meta = train.metadata["llff"]
     assert (meta["width"], meta["height"]) == (1008, 756)
     assert meta["focal"] == pytest.approx(pb[0, 14] / 4)
     torch.testing.assert_close(train.cameras.fx, torch.full_like(train.cameras.fx, pb[0, 14] / 4))
     assert torch.allclose(train.cameras.cx, torch.tensor(504.0))
-    ref_poses, _ = reference_load_llff_poses(FERN4, 4, (756, 1008))
+    ref_poses, _ = reference_load_llff_poses(fern4, 4, (756, 1008))
     i_train, _ = reference_split(20)
     np.testing.assert_allclose(train.cameras.camera_to_worlds.numpy(), ref_poses[i_train, :3, :4], atol=2e-5)
 
 
-@needs_fern
+@pytest.mark.usefixtures("repo_fern")  # data=llff/fern found in the repo's data/
 def test_fern_through_nerfstudio_datamanager(tmp_path, monkeypatch):
     """ns-train's path: --data sets datamanager.data, copied into the dataparser's data."""
     from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,67 +16,19 @@ import pytest
 
 pytest.importorskip("nerfstudio")
 
-import wcnerf  # noqa: E402
-
-REPO = Path(wcnerf.__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-FERN_CANDIDATES = [
-    REPO / "data" / "llff" / "fern",
-    *[Path(p) / "llff" / "fern" for p in os.environ.get("WCNERF_DATA", "").split(os.pathsep) if p],
-    REPO.parent / "shared" / "data" / "llff" / "fern",
-]
-FERN = next((p for p in FERN_CANDIDATES if (p / "poses_bounds.npy").is_file() and (p / "images_8").is_dir()), None)
-
-TINY = [
-    "--vis", "tensorboard",
-    "--steps-per-eval-batch", "3",
-    "--steps-per-eval-image", "0",
-    "--steps-per-eval-all-images", "0",
-    "--logging.steps-per-log", "1",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.datamanager.eval-num-rays-per-batch", "64",
-    "--pipeline.model.base-mlp-num-layers", "3",
-    "--pipeline.model.base-mlp-layer-width", "16",
-    "--pipeline.model.skip-connections", "1",
-    "--pipeline.model.head-mlp-layer-width", "8",
-    "--pipeline.model.num-coarse-samples", "8",
-    "--pipeline.model.num-importance-samples", "8",
-    "--pipeline.model.eval-num-rays-per-chunk", "16384",
-    "--pipeline.model.analysis-every", "2",
-    "--pipeline.model.analysis-max-samples", "64",
-]
-
-
-def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    env["TORCH_HOME"] = str(tmp_path / "torch_home")  # empty hub cache: LPIPS must be omitted
-    env.pop("WCNERF_LPIPS_WEIGHTS", None)
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
+from helpers import BIN, NERF_TINY_ARGS, offline_env, tb_scalars  # noqa: E402
 
 
 def _steps(ckpt_dir: Path) -> list:
     return sorted(int(m.group(1)) for p in ckpt_dir.glob("step-*.ckpt") if (m := re.match(r"step-(\d+)\.ckpt$", p.name)))
 
 
-def _scalars(run_dir: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags: dict = {}
-    for events in run_dir.glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            tags.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
-    return tags
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(FERN is None, reason="fern (images_8) not found")
+@pytest.mark.usefixtures("fern")  # skipped without fern (ns-train looks up llff/fern itself)
 def test_train_kill_resume_eval(tmp_path):
-    env = _env(tmp_path)
+    env = offline_env(tmp_path)
     out = tmp_path / "outputs"
-    common = ["--data", "llff/fern", "--output-dir", str(out), *TINY]
+    common = ["--data", "llff/fern", "--output-dir", str(out), *NERF_TINY_ARGS]
     log1 = tmp_path / "train1.log"
 
     # 1. A long run, killed (SIGKILL) once it has written a checkpoint past step 2.
@@ -125,7 +76,7 @@ def test_train_kill_resume_eval(tmp_path):
     run2 = out / "fern" / "e-nerf" / "resumed"
     assert _steps(run2 / "nerfstudio_models") == [total - 1]
 
-    tags = _scalars(run2)
+    tags = tb_scalars(run2)
     assert sorted(set(tags["Train Loss"])) == list(range(killed_at + 1, total))
     assert "Train Metrics Dict/psnr" in tags and "Eval Metrics Dict/psnr" in tags
     assert "analysis/coarse/mlp_base.layers.0/kappa_w" in tags

@@ -17,59 +17,18 @@ from torch.nn.utils import parametrize
 pytest.importorskip("nerfstudio")
 
 from nerfstudio.cameras.cameras import Cameras, CameraType  # noqa: E402
-from nerfstudio.cameras.rays import RayBundle  # noqa: E402
 from nerfstudio.data.scene_box import SceneBox  # noqa: E402
-from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation  # noqa: E402
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers  # noqa: E402
 
 from wcnerf.nerf import compat  # noqa: E402
-from wcnerf.nerf.methods import PAPER, _differences, e_nerf, e_nerf_small, nerf, nerf_small  # noqa: E402
-from wcnerf.nerf.model import ENeRFModelConfig, paper_encoding, parse_options  # noqa: E402
+from wcnerf.nerf.methods import PAPER, e_nerf, e_nerf_small, nerf, nerf_small  # noqa: E402
+from wcnerf.nerf.model import paper_encoding, parse_options  # noqa: E402
 from wcnerf.nerf.trainer import RunExponentialDecaySchedulerConfig  # noqa: E402
 
-LLFF_META = {"llff": {"ndc": True, "near": 1.0, "far": 1.0, "focal": 407.0, "width": 63, "height": 47}}
-TINY = dict(
-    base_mlp_num_layers=3,
-    base_mlp_layer_width=16,
-    skip_connections=(1,),
-    head_mlp_layer_width=8,
-    num_coarse_samples=8,
-    num_importance_samples=8,
-    position_frequencies=4,
-    direction_frequencies=2,
-    eval_num_rays_per_chunk=256,
-)
+from helpers import differences  # noqa: E402
+from nerf_helpers import LLFF_META, build, callback_train_step, rays, training_callbacks  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _offline_hub(tmp_path, monkeypatch):
-    """No LPIPS weights anywhere: an empty torch hub dir, no env override."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(compat.LPIPS_ENV, raising=False)
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
-    yield
-    torch.hub.set_dir(old)
-
-
-def build(conditioning="equilibrate", metadata=LLFF_META, **overrides):
-    cfg = ENeRFModelConfig(conditioning=conditioning, **{**TINY, **overrides})
-    scene_box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
-    return cfg.setup(scene_box=scene_box, num_train_data=4, metadata=metadata)
-
-
-def rays(n=64, seed=0, backwards=0):
-    g = torch.Generator().manual_seed(seed)
-    origins = torch.randn(n, 3, generator=g) * 0.1
-    dirs = torch.randn(n, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -1.0])
-    dirs[:backwards, 2] = torch.rand(backwards, generator=g)  # looking sideways/backwards
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    return RayBundle(
-        origins=origins,
-        directions=dirs,
-        pixel_area=torch.ones(n, 1),
-        camera_indices=torch.zeros(n, 1, dtype=torch.long),
-    )
+pytestmark = pytest.mark.usefixtures("offline_hub")  # no LPIPS weights anywhere (conftest.py)
 
 
 def linears(model):
@@ -82,7 +41,7 @@ def test_methods_differ_only_in_conditioning(pair):
     a, b = (spec.config for spec in pair)
     assert a.pipeline.model.conditioning == "equilibrate"
     assert b.pipeline.model.conditioning == "none"
-    assert _differences(a, b) == ["method_name", "pipeline.model.conditioning"]
+    assert differences(a, b) == ["method_name", "pipeline.model.conditioning"]
     masked = [dataclasses.replace(c.pipeline.model, conditioning="masked") for c in (a, b)]
     assert masked[0] == masked[1]
     for f in dataclasses.fields(a):
@@ -254,27 +213,6 @@ def test_world_mode_without_ndc_and_without_llff_metadata():
 
 
 # ----------------------------------------------------------------------------- callbacks
-def _callbacks(model):
-    opts = Optimizers({"fields": {"optimizer": AdamOptimizerConfig(lr=1e-3), "scheduler": None}},
-                      model.get_param_groups())
-    attrs = TrainingCallbackAttributes(optimizers=opts, grad_scaler=None, pipeline=None, trainer=None)
-    return model.get_training_callbacks(attrs), opts
-
-
-def _train_step(model, callbacks, opts, step):
-    for cb in callbacks:
-        cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-    hooked = sum(len(m._forward_hooks) for m in model.modules())
-    out = model(rays(64, seed=step))
-    loss = sum(model.get_loss_dict(out, {"image": torch.rand(64, 3)}).values())
-    opts.zero_grad_all()
-    loss.backward()
-    opts.optimizer_step_all()
-    for cb in callbacks:
-        cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-    return hooked
-
-
 def test_analysis_logged_every_n_steps_and_free_otherwise(monkeypatch):
     from nerfstudio.utils import writer
 
@@ -282,8 +220,8 @@ def test_analysis_logged_every_n_steps_and_free_otherwise(monkeypatch):
     monkeypatch.setattr(writer, "put_scalar", lambda name, scalar, step: logged.append((name, scalar, step)))
     model = build(analysis_every=2, analysis_max_samples=64)
     model.train()
-    callbacks, opts = _callbacks(model)
-    hooks = [_train_step(model, callbacks, opts, step) for step in range(4)]
+    callbacks, opts = training_callbacks(model)
+    hooks = [callback_train_step(model, callbacks, opts, step) for step in range(4)]
     assert hooks[1] == hooks[3] == 0 and hooks[0] > 0 and hooks[2] > 0
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
     steps = {s for _, _, s in logged}
@@ -294,9 +232,9 @@ def test_analysis_logged_every_n_steps_and_free_otherwise(monkeypatch):
     assert all(isinstance(v, float) for _, v, _ in logged)
 
     model_off = build(analysis_every=0)
-    callbacks_off, opts_off = _callbacks(model_off)
+    callbacks_off, opts_off = training_callbacks(model_off)
     assert not model_off.conditioning_panel.enabled
-    assert _train_step(model_off, callbacks_off, opts_off, 0) == 0
+    assert callback_train_step(model_off, callbacks_off, opts_off, 0) == 0
 
 
 def test_viewer_panel_switches_the_analysis_during_training(monkeypatch):
@@ -309,11 +247,11 @@ def test_viewer_panel_switches_the_analysis_during_training(monkeypatch):
     model.train()
     panel = model.conditioning_panel
     assert panel.conditioner == "equilibrate" and not panel.enabled and panel.every == 100
-    callbacks, opts = _callbacks(model)
-    assert _train_step(model, callbacks, opts, 0) == 0 and panel.step is None
+    callbacks, opts = training_callbacks(model)
+    assert callback_train_step(model, callbacks, opts, 0) == 0 and panel.step is None
     panel._set_enabled(True)
     panel._set_every(3)
-    hooks = [_train_step(model, callbacks, opts, step) for step in range(1, 7)]
+    hooks = [callback_train_step(model, callbacks, opts, step) for step in range(1, 7)]
     assert [h > 0 for h in hooks] == [False, False, True, False, False, True]  # steps 3 and 6
     assert panel.step == 6
     coarse = panel.tables["coarse"]
@@ -321,7 +259,7 @@ def test_viewer_panel_switches_the_analysis_during_training(monkeypatch):
     assert "| base.0 |" in coarse and "| rgb |" in coarse and len(coarse.splitlines()) == 2 + len(
         [m for m in model.field_coarse.modules() if isinstance(m, torch.nn.Linear)])
     panel._set_enabled(False)
-    assert _train_step(model, callbacks, opts, 9) == 0
+    assert callback_train_step(model, callbacks, opts, 9) == 0
 
 
 def test_layer_table_formats_the_analysis_metrics():
@@ -345,13 +283,13 @@ def test_post_step_called_after_every_step_with_the_optimizers(monkeypatch):
     real = wc.post_step
     monkeypatch.setattr(wc, "post_step", lambda module, optimizers=None: calls.append((module, optimizers)))
     model = build("enorm")
-    callbacks, opts = _callbacks(model)
+    callbacks, opts = training_callbacks(model)
     for step in range(3):
-        _train_step(model, callbacks, opts, step)
+        callback_train_step(model, callbacks, opts, step)
     assert len(calls) == 3 and all(m is model for m, _ in calls)
     assert calls[0][1] == [opts.optimizers["fields"]]
     monkeypatch.setattr(wc, "post_step", real)
-    _train_step(model, callbacks, opts, 3)  # the real ENorm rebalancing runs
+    callback_train_step(model, callbacks, opts, 3)  # the real ENorm rebalancing runs
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -14,8 +14,10 @@ import urllib.request
 
 import pytest
 
-from browser import Browser, find_chromium, free_port, keep_screenshot
-from test_nerf_e2e import BIN, FERN, TINY, _env, _scalars
+pytest.importorskip("nerfstudio")
+
+from browser import Browser, find_chromium, free_port, keep_screenshot  # noqa: E402
+from helpers import BIN, NERF_TINY_ARGS, offline_env, tb_scalars  # noqa: E402
 
 CHROMIUM = find_chromium()
 
@@ -47,11 +49,11 @@ def _has(text: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(FERN is None, reason="fern (images_8) not found")
+@pytest.mark.usefixtures("fern")  # skipped without fern (ns-train looks up llff/fern itself)
 def test_viewer_panel_switches_analysis_and_shows_kappa(tmp_path):
     port = free_port()
     out = tmp_path / "outputs"
-    tiny = list(TINY)
+    tiny = list(NERF_TINY_ARGS)
     tiny[tiny.index("--vis") + 1] = "viewer+tensorboard"
     tiny[tiny.index("--pipeline.model.analysis-every") + 1] = "0"  # off: the browser switches it on
     log = tmp_path / "train.log"
@@ -60,7 +62,7 @@ def test_viewer_panel_switches_analysis_and_shows_kappa(tmp_path):
             [str(BIN / "ns-train"), "e-nerf-small", "--data", "llff/fern", "--output-dir", str(out),
              "--timestamp", "viewer", "--max-num-iterations", "1000000", "--steps-per-save", "1000000",
              "--viewer.websocket-port", str(port), *tiny],
-            cwd=tmp_path, env=_env(tmp_path), stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=tmp_path, env=offline_env(tmp_path), stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
         )
     run_dir = out / "fern" / "e-nerf-small" / "viewer"
     try:
@@ -92,7 +94,7 @@ def test_viewer_panel_switches_analysis_and_shows_kappa(tmp_path):
             assert "coarse field" in text and "κ(W)" in text and "κ₉₀(Σx)" in text and "κ₉₀(Σδ)" in text
             assert "base.0" in text and "Analysis on, every 2 steps" in text
             # ... and the model rendered the browser's camera meanwhile.
-            assert _wait_for(lambda: "Vis Rays / Sec" in _scalars(run_dir), 300, proc), log.read_text()[-3000:]
+            assert _wait_for(lambda: "Vis Rays / Sec" in tb_scalars(run_dir), 300, proc), log.read_text()[-3000:]
             b.evaluate("[...document.querySelectorAll('*')].find(e => e.childElementCount === 0 "
                        "&& e.textContent.trim() === 'Weight conditioning').scrollIntoView()")
             time.sleep(2)

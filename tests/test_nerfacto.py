@@ -21,7 +21,6 @@ from torch.nn.utils import parametrize
 
 pytest.importorskip("nerfstudio")
 
-from nerfstudio.cameras.rays import RayBundle  # noqa: E402
 from nerfstudio.data.scene_box import SceneBox  # noqa: E402
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes  # noqa: E402
 from nerfstudio.field_components.encodings import HashEncoding  # noqa: E402
@@ -29,7 +28,6 @@ from nerfstudio.field_components.encodings import HashEncoding  # noqa: E402
 from wcnerf import conditioning as wc  # noqa: E402
 from wcnerf.data.ndc import ndc_rays  # noqa: E402
 from wcnerf.nerf import compat  # noqa: E402
-from wcnerf.nerf.methods import _differences  # noqa: E402
 from wcnerf.nerfacto import tcnn as nfa_tcnn  # noqa: E402
 from wcnerf.nerfacto.methods import (  # noqa: E402
     e_nerfacto,
@@ -39,7 +37,8 @@ from wcnerf.nerfacto.methods import (  # noqa: E402
 )
 from wcnerf.nerfacto.model import ENerfactoModelConfig, NDCCollider, mlp_linears  # noqa: E402
 
-from test_nerf_e2e import BIN, FERN, _env  # noqa: E402
+from helpers import BIN, differences, offline_env  # noqa: E402
+from nerf_helpers import rays  # noqa: E402
 
 LLFF_META = {"llff": {"ndc": True, "near": 1.0, "far": 1.0, "focal": 407.0, "width": 504, "height": 378}}
 SMALL_MODEL = dict(
@@ -71,15 +70,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _offline_hub(tmp_path, monkeypatch):
-    """No LPIPS weights anywhere: an empty torch hub dir, no env override."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(compat.LPIPS_ENV, raising=False)
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))
-    yield
-    torch.hub.set_dir(old)
+pytestmark = pytest.mark.usefixtures("offline_hub")  # no LPIPS weights anywhere (conftest.py)
 
 
 @pytest.fixture
@@ -93,18 +84,6 @@ def build(conditioning="equilibrate", metadata=LLFF_META, **overrides):
     cfg = ENerfactoModelConfig(conditioning=conditioning, **{**SMALL_MODEL, **overrides})
     scene_box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
     return cfg.setup(scene_box=scene_box, num_train_data=4, metadata=metadata)
-
-
-def rays(n=64, seed=0, backwards=0):
-    g = torch.Generator().manual_seed(seed)
-    origins = torch.randn(n, 3, generator=g) * 0.1
-    dirs = torch.randn(n, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -1.0])
-    dirs[:backwards, 2] = torch.rand(backwards, generator=g)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    return RayBundle(
-        origins=origins, directions=dirs, pixel_area=torch.ones(n, 1),
-        camera_indices=torch.zeros(n, 1, dtype=torch.long),
-    )
 
 
 def train_step(model, optimizers, n=64, seed=0):
@@ -128,7 +107,7 @@ def train_step(model, optimizers, n=64, seed=0):
 def test_pairs_differ_only_in_conditioning(pair):
     a, b = (spec.config for spec in pair)
     assert a.pipeline.model.conditioning == "equilibrate" and b.pipeline.model.conditioning == "none"
-    assert sorted(_differences(a, b)) == ["method_name", "pipeline.model.conditioning"]
+    assert sorted(differences(a, b)) == ["method_name", "pipeline.model.conditioning"]
     assert set(a.optimizers) == {"proposal_networks", "fields", "camera_opt"}
     assert a.pipeline.model.implementation == "auto"  # no flag needed for tinycudann
     assert type(a.pipeline.datamanager.dataparser).__name__ == "LLFFDataParserConfig"
@@ -331,9 +310,9 @@ def _ckpt_keys(run: Path) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(FERN is None, reason="fern (images_8) not found")
+@pytest.mark.usefixtures("fern")  # skipped without fern (ns-train looks up llff/fern itself)
 def test_train_on_fern_cpu_then_eval(tmp_path):
-    env = _env(tmp_path)
+    env = offline_env(tmp_path)
     env["OMP_NUM_THREADS"] = "1"
     out = tmp_path / "outputs"
     runs = {}
@@ -369,13 +348,13 @@ def test_train_on_fern_cpu_then_eval(tmp_path):
     assert 5.0 < results["psnr"] < 60.0
 
 
-def _nerfstudio_scene(root: Path) -> Path:
+def _nerfstudio_scene(root: Path, fern: Path) -> Path:
     """fern in nerfstudio's format (transforms.json, OpenGL camera-to-world, pixels)."""
     import numpy as np
 
     from wcnerf.data.llff_scene import load_llff_scene
 
-    scene = load_llff_scene(FERN, 8)
+    scene = load_llff_scene(fern, 8)
     root.mkdir()
     frames = []
     for i, (path, pose) in enumerate(zip(scene.image_paths, scene.poses)):
@@ -390,10 +369,9 @@ def _nerfstudio_scene(root: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(FERN is None, reason="fern (images_8) not found")
-def test_train_on_nerfstudio_data(tmp_path):
-    data = _nerfstudio_scene(tmp_path / "fern-ns")
-    env = _env(tmp_path)
+def test_train_on_nerfstudio_data(tmp_path, fern):
+    data = _nerfstudio_scene(tmp_path / "fern-ns", fern)
+    env = offline_env(tmp_path)
     env["OMP_NUM_THREADS"] = "1"
     res = subprocess.run(
         [str(BIN / "ns-train"), "e-nerfacto-small", "--output-dir", str(tmp_path / "outputs"), "--timestamp", "t",

@@ -14,7 +14,7 @@ import tyro
 from wcnerf.shape.mesh import MeshLoadError, load_mesh
 from wcnerf.shape.train import DEFAULT_MESH, FitConfig, fit
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def tiny(tmp_path: Path, mesh: Path, **kw) -> FitConfig:
@@ -23,17 +23,6 @@ def tiny(tmp_path: Path, mesh: Path, **kw) -> FitConfig:
                 curve_eval_points=2000, ckpt_every=10, progress=False, output_dir=tmp_path / "out", threads=1)
     base.update(kw)
     return FitConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def small_mesh(tmp_path_factory) -> Path:
-    """An off-centre, scaled ellipsoid: checks that outputs come back in input coordinates."""
-    m = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
-    m.apply_scale([3.0, 2.0, 1.5])
-    m.apply_translation([10.0, -4.0, 2.0])
-    path = tmp_path_factory.mktemp("mesh") / "blob.obj"
-    m.export(path)
-    return path
 
 
 def _weights(run_dir: Path) -> dict:

@@ -1,7 +1,6 @@
 """Winding-number occupancy / signed-distance labels on shapes whose inside is known."""
 
 import numpy as np
-import pytest
 import trimesh
 
 from wcnerf.shape.mesh import load_mesh
@@ -13,18 +12,13 @@ from wcnerf.shape.sampling import (
     signed_distance,
 )
 
-R = 0.5
+from helpers import SPHERE_RADIUS as R  # radius of the sphere fixture (conftest.py)
 
 
 def _shell_points(rng, n, r_lo, r_hi):
     d = rng.normal(size=(n, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     return d * rng.uniform(r_lo, r_hi, size=(n, 1))
-
-
-@pytest.fixture(scope="module")
-def sphere():
-    return trimesh.creation.icosphere(subdivisions=4, radius=R)
 
 
 def test_sphere_inside_outside(sphere):

@@ -25,8 +25,8 @@ import torch
 import trimesh
 
 from browser import Browser, find_chromium, free_port, keep_screenshot
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = find_chromium()
 
 
