@@ -18,7 +18,6 @@ ends (``--viewer.quit-on-train-completion False`` keeps the viewer up).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Dict, Optional
 
 import torch
@@ -153,23 +152,3 @@ nerf_small = MethodSpecification(
     config=make_config("nerf-small", "none", SMALL),
     description="CPU-sized NeRF baseline, identical to e-nerf-small but unconditioned.",
 )
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list:
-    """Dataclass fields that differ between two configs (for tests and docs)."""
-    if (
-        dataclasses.is_dataclass(a)
-        and not isinstance(a, type)
-        and dataclasses.is_dataclass(b)
-        and type(a) is type(b)
-    ):
-        out = []
-        for f in dataclasses.fields(a):
-            out += _differences(getattr(a, f.name), getattr(b, f.name), f"{prefix}{f.name}.")
-        return out
-    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-        out = []
-        for k in a:
-            out += _differences(a[k], b[k], f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
