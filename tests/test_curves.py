@@ -37,6 +37,7 @@ def test_steps_to_target_fraction_of_plain_steps():
     assert res["slow"] is None
     assert target == 9.0
     assert steps_to_target({"fast": fast}, "nerf") == {}
+    assert "unmeasured" not in steps_to_target({"nerf": plain, "unmeasured": []}, "nerf")
 
 
 def test_table_has_a_steps_to_target_row_per_method():

@@ -58,8 +58,8 @@ def steps_to_target(curves: Mapping[str, Sequence[Curve]], baseline: str, *, win
                     ) -> Dict[str, Optional[float]]:
     """``{method: fraction of the baseline's steps to reach its final value, or None}``.
 
-    ``curves``: method -> the seed curves of one scene / mesh. Empty if the baseline has no
-    curve."""
+    ``curves``: method -> the seed curves of one scene / mesh. Methods without curves are left
+    out; empty if the baseline has no curve."""
     if baseline not in curves or not curves[baseline]:
         return {}
     base = mean_curve(curves[baseline])
@@ -69,6 +69,8 @@ def steps_to_target(curves: Mapping[str, Sequence[Curve]], baseline: str, *, win
     last = base[0][-1]
     out: Dict[str, Optional[float]] = {}
     for method, seed_curves in curves.items():
-        step = first_reach(mean_curve(seed_curves), target) if seed_curves else None
+        if not seed_curves:  # not measured: absent, not "not reached"
+            continue
+        step = first_reach(mean_curve(seed_curves), target)
         out[method] = None if step is None else step / last
     return out
