@@ -136,14 +136,15 @@ def nerf_section(study: Study) -> List[str]:
     csv = study.out / "cpu" / "results.csv"
     if not csv.is_file():
         return ["_NeRF: no results yet._", ""]
-    records = [r for r in read_results_csv(csv) if r.get("status") == "done"]
+    seeds = {int(x) for x in study.seeds.split(",")}
+    records = [r for r in read_results_csv(csv) if r.get("status") == "done" and int(r["seed"]) in seeds]
     labels = {c: ("nerf" if c == "none" else c) for c in study.conditioners}
     rows = {c: [c] for c in study.conditioners}
     for scene in study.scenes:
         curves = {}
         for c in study.conditioners:
             rs = [r for r in records if r["scene"] == scene and r["method"] == labels[c]]
-            rows[c].append(_cell(*_ms(r["psnr"] for r in rs), 2) + (f" (n={len(rs)})" if len(rs) != 3 else ""))
+            rows[c].append(_cell(*_ms(r["psnr"] for r in rs), 2) + (f" (n={len(rs)})" if len(rs) != len(seeds) else ""))
             curves[c] = []
             for r in rs:
                 data = read_json(study.out / "cpu" / r["run_dir"] / CURVES_FILE) or {}
@@ -187,7 +188,8 @@ def shape_section(study: Study) -> List[str]:
                            _cell(*_ms(v.get("iou_points") for v in per_seed), 3)]
             _bold_best(rows, 2)
             _bold_best(rows, 4)
-            lines += [f"### {name}, {opt.upper()} (lr grid {', '.join(f'{x:g}' for x in data['lrs'])})", "",
+            lines += [f"### {name}, {opt.upper()} (lr grid {', '.join(f'{x:g}' for x in data['lrs'])}; "
+                      f"seeds {', '.join(str(x) for x in data['seeds'])})", "",
                       "| conditioner | lr | IoU @15% | steps to target | final IoU |", "|---|---|---|---|---|"]
             lines += ["| " + " | ".join(r) + " |" for r in rows.values()] + [""]
     return lines
@@ -197,7 +199,8 @@ def study_markdown(study: Study) -> str:
     lines = ["# Equilibration orientation study", "",
              "`equilibrate-out`: unit rows of torch's weight (per output neuron); `equilibrate-in`: unit columns "
              "(per input, the paper's notation; single-output heads left plain); `weight-norm` for reference. "
-             f"Seeds {study.seeds}. Command: `python scripts/orientation_study.py`. Best mean per column in bold.", ""]
+             f"NeRF seeds {study.seeds}; each shape table names its seeds. Command: `python scripts/orientation_study.py`. "
+             "Best mean per column in bold.", ""]
     return "\n".join(lines + nerf_section(study) + shape_section(study)) + "\n"
 
 

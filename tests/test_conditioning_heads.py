@@ -106,3 +106,27 @@ def test_names_say_which_orientation():
     # no description calls a mode "the paper's E" without saying which reading
     for name, text in d.items():
         assert "paper's E" not in text or "reads" in text, name
+
+
+def test_default_orientation_is_the_one_the_study_chose():
+    """Issue 11, part 3: `equilibrate` (and so e-nerf, e-nerfacto, shape_fit.py) is the
+    orientation the results page states, and the README says the same."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    stated = f"Default: `equilibrate` = `equilibrate-{DEFAULT_MODE}`"
+    assert stated in (repo / "docs" / "results.md").read_text()
+    assert f"alias of the default orientation, `equilibrate-{DEFAULT_MODE}`" in (repo / "README.md").read_text()
+    assert REGISTRY["equilibrate"].description.startswith(f"alias of equilibrate-{DEFAULT_MODE}")
+
+
+def test_every_conditioned_default_uses_the_equilibrate_alias():
+    """e-nerf, e-nerfacto (and their -small variants) and the shape trainer name `equilibrate`,
+    so all follow DEFAULT_MODE."""
+    from wcnerf.nerf.methods import e_nerf, e_nerf_small
+    from wcnerf.nerfacto.methods import e_nerfacto, e_nerfacto_small
+    from wcnerf.shape.train import FitConfig
+
+    for spec in (e_nerf, e_nerf_small, e_nerfacto, e_nerfacto_small):
+        assert spec.config.pipeline.model.conditioning == "equilibrate"
+    assert FitConfig().conditioning == "equilibrate"
