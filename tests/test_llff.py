@@ -13,43 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+import llff_reference
+
 from wcnerf.data.llff import LLFF, LLFFDataParserConfig, llff_dataparser
 from wcnerf.data.ndc import ndc_rays
 
 # ---------------------------------------------------------------------------------------
 # Direct transcription of the reference loader's pose processing (numpy, float32 as there)
 # ---------------------------------------------------------------------------------------
-
-
-def _ref_normalize(x):
-    return x / np.linalg.norm(x)
-
-
-def _ref_viewmatrix(z, up, pos):
-    vec2 = _ref_normalize(z)
-    vec0 = _ref_normalize(np.cross(up, vec2))
-    vec1 = _ref_normalize(np.cross(vec2, vec0))
-    return np.stack([vec0, vec1, vec2, pos], 1)
-
-
-def _ref_poses_avg(poses):
-    hwf = poses[0, :3, -1:]
-    center = poses[:, :3, 3].mean(0)
-    vec2 = _ref_normalize(poses[:, :3, 2].sum(0))
-    up = poses[:, :3, 1].sum(0)
-    return np.concatenate([_ref_viewmatrix(vec2, up, center), hwf], 1)
-
-
-def _ref_recenter_poses(poses):
-    poses_ = poses + 0
-    bottom = np.reshape([0, 0, 0, 1.0], [1, 4])
-    c2w = _ref_poses_avg(poses)
-    c2w = np.concatenate([c2w[:3, :4], bottom], -2)
-    bottom = np.tile(np.reshape(bottom, [1, 1, 4]), [poses.shape[0], 1, 1])
-    poses = np.concatenate([poses[:, :3, :4], bottom], -2)
-    poses = np.linalg.inv(c2w) @ poses
-    poses_[:, :3, :4] = poses[:, :3, :4]
-    return poses_
 
 
 def reference_load_llff_poses(basedir, factor, img_hw, bd_factor=0.75):
@@ -69,7 +40,7 @@ def reference_load_llff_poses(basedir, factor, img_hw, bd_factor=0.75):
     sc = 1.0 / (bds.min() * bd_factor)
     poses[:, :3, 3] *= sc
     bds *= sc
-    poses = _ref_recenter_poses(poses)
+    poses = llff_reference.recenter_poses(poses)
     return poses.astype(np.float32), bds
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import llff_reference
 from helpers import BIN, REPO
 from tiny_runs import tiny_env, tiny_fern, train_tiny
 
@@ -35,34 +36,6 @@ from wcnerf.data.spiral import (
 
 
 # ----------------------------------------------------------------------------- reference
-def _unit(v):
-    return v / np.linalg.norm(v)
-
-
-def _ref_viewmatrix(z, up, pos):
-    vec2 = _unit(z)
-    vec0 = _unit(np.cross(up, vec2))
-    vec1 = _unit(np.cross(vec2, vec0))
-    return np.stack([vec0, vec1, vec2, pos], 1)
-
-
-def _ref_poses_avg(poses):
-    hwf = poses[0, :3, -1:]
-    center = poses[:, :3, 3].mean(0)
-    return np.concatenate([_ref_viewmatrix(_unit(poses[:, :3, 2].sum(0)), poses[:, :3, 1].sum(0), center), hwf], 1)
-
-
-def _ref_render_path_spiral(c2w, up, rads, focal, zdelta, zrate, rots, N):
-    render_poses = []
-    rads = np.array(list(rads) + [1.0])
-    hwf = c2w[:, 4:5]
-    for theta in np.linspace(0.0, 2.0 * np.pi * rots, N + 1)[:-1]:
-        c = np.dot(c2w[:3, :4], np.array([np.cos(theta), -np.sin(theta), -np.sin(theta * zrate), 1.0]) * rads)
-        z = _unit(c - np.dot(c2w[:3, :4], np.array([0, 0, -focal, 1.0])))
-        render_poses.append(np.concatenate([_ref_viewmatrix(z, up, c), hwf], 1))
-    return render_poses
-
-
 def _reference_spiral(poses_bounds: np.ndarray, bd_factor=0.75, n_views=120):
     """``load_llff_data(recenter=True, spherify=False, path_zflat=False)``'s render_poses, in
     float64 (the reference runs in float32), from the raw ``N x 17`` array."""
@@ -74,22 +47,16 @@ def _reference_spiral(poses_bounds: np.ndarray, bd_factor=0.75, n_views=120):
     sc = 1.0 / (bds.min() * bd_factor)
     poses[:, :3, 3] *= sc
     bds *= sc
-    # recenter_poses
-    poses_ = poses + 0
-    bottom = np.reshape([0, 0, 0, 1.0], [1, 4])
-    c2w = np.concatenate([_ref_poses_avg(poses)[:3, :4], bottom], -2)
-    bottom = np.tile(np.reshape(bottom, [1, 1, 4]), [poses.shape[0], 1, 1])
-    poses_[:, :3, :4] = (np.linalg.inv(c2w) @ np.concatenate([poses[:, :3, :4], bottom], -2))[:, :3, :4]
-    poses = poses_
+    poses = llff_reference.recenter_poses(poses)
     # the spiral
-    c2w = _ref_poses_avg(poses)
-    up = _unit(poses[:, :3, 1].sum(0))
+    c2w = llff_reference.poses_avg(poses)
+    up = llff_reference.normalize(poses[:, :3, 1].sum(0))
     close_depth, inf_depth = bds.min() * 0.9, bds.max() * 5.0
     dt = 0.75
     focal = 1.0 / ((1.0 - dt) / close_depth + dt / inf_depth)
     zdelta = close_depth * 0.2
     rads = np.percentile(np.abs(poses[:, :3, 3]), 90, 0)
-    render = _ref_render_path_spiral(c2w, up, rads, focal, zdelta, zrate=0.5, rots=2, N=n_views)
+    render = llff_reference.render_path_spiral(c2w, up, rads, focal, zdelta, zrate=0.5, rots=2, N=n_views)
     return np.array(render)[:, :3, :4], focal, rads
 
 
@@ -121,11 +88,11 @@ def test_spiral_cameras_look_at_the_scene(fern):
     focus = spiral_focus_depth(scene.bounds)
     target = np.array([0.0, 0.0, -focus])  # the average pose is the identity after recentring
     for m in path:
-        to_target = _unit(target - m[:, 3])
+        to_target = llff_reference.normalize(target - m[:, 3])
         assert np.dot(-m[:, 2], to_target) == pytest.approx(1.0, abs=1e-9)
     # viewing directions within the training cameras' spread (a few degrees), positions within their extent
     train_dirs = -scene.poses[:, :, 2]
-    mean_dir = _unit(train_dirs.sum(0))
+    mean_dir = llff_reference.normalize(train_dirs.sum(0))
     spread = np.degrees(np.arccos(np.clip(train_dirs @ mean_dir, -1, 1))).max()
     ours = np.degrees(np.arccos(np.clip(-path[:, :, 2] @ mean_dir, -1, 1))).max()
     assert ours <= max(spread, 1.0) * 1.5, (ours, spread)
