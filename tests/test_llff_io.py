@@ -20,6 +20,8 @@ from wcnerf.data.llff_scene import (
     downsample_images,
     load_llff_scene,
     resolve_data_path,
+    scene_candidates,
+    scene_problem,
 )
 
 REPO_DATA = Path(wcnerf.__file__).resolve().parents[1] / "data"
@@ -290,6 +292,36 @@ def test_lookup_error_lists_every_place(tmp_path, monkeypatch):
     monkeypatch.delenv("WCNERF_DATA")
     with pytest.raises(LLFFDataError, match="WCNERF_DATA"):
         resolve_data_path("llff/nope")
+
+
+def test_lookup_rule_name_and_llff_subfolder(tmp_path, monkeypatch):
+    """One rule for ``--data NAME`` and ``--scenes NAME``: as given, then per root
+    ``<root>/NAME`` and ``<root>/llff/NAME``."""
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "rootA", tmp_path / "rootB"
+    monkeypatch.setenv("WCNERF_DATA", os.pathsep.join([str(a), str(b)]))
+    assert scene_candidates("sc") == [
+        Path("sc"), REPO_DATA / "sc", REPO_DATA / "llff" / "sc", a / "sc", a / "llff" / "sc", b / "sc", b / "llff" / "sc"
+    ]
+    assert scene_candidates(tmp_path / "abs") == [tmp_path / "abs"]
+    make_scene(b / "llff" / "sc")
+    assert resolve_data_path("sc", 8) == b / "llff" / "sc"
+    make_scene(b / "sc")  # the same root: <root>/NAME comes before <root>/llff/NAME
+    assert resolve_data_path("sc", 8) == b / "sc"
+    if (REPO_DATA / "llff" / "fern" / "poses_bounds.npy").is_file():
+        assert resolve_data_path("fern", 8) == REPO_DATA / "llff" / "fern"  # ns-train ... llff --data fern
+
+
+def test_scene_problem(tmp_path):
+    assert scene_problem(tmp_path / "none") == f"{tmp_path / 'none'}: not a folder"
+    (tmp_path / "empty").mkdir()
+    assert "no poses_bounds.npy" in scene_problem(tmp_path / "empty")
+    root = make_scene(tmp_path / "s")  # images_8 only
+    assert scene_problem(root) is None and scene_problem(root, 8) is None
+    assert scene_problem(root, 4) == f"{root}: neither images_4/ nor images/ to build it from"
+    assert scene_problem(root, 1) == f"{root}: no images/ folder"
+    (root / "images").mkdir()
+    assert scene_problem(root, 4) is None  # images_4/ can be made from images/
 
 
 def test_lookup_error_through_dataparser(tmp_path, monkeypatch):

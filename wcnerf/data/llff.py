@@ -57,8 +57,9 @@ class LLFFDataParserConfig(DataParserConfig):
     """Target class to instantiate."""
     data: Path = Path("llff/fern")
     """Scene folder (``poses_bounds.npy`` + ``images_<factor>/`` or ``images/``). A path that
-    does not exist is looked up under the repo's ``data/`` and under each entry of
-    ``$WCNERF_DATA``."""
+    does not exist is looked up as ``<root>/<data>`` and ``<root>/llff/<data>`` under the repo's
+    ``data/`` and under each entry of ``$WCNERF_DATA`` (``wcnerf.data.llff_scene.scene_candidates``,
+    the same lookup as the comparison's ``--scenes``)."""
     downscale_factor: int = 8
     """Load ``images_<factor>/`` (made from ``images/`` and cached if missing); 4 is the
     NeRF paper's protocol, 8 is quicker. 1 means ``images/`` itself."""

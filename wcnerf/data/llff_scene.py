@@ -32,6 +32,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "POSES_FILE",
     "data_search_roots",
+    "scene_candidates",
+    "scene_problem",
     "resolve_data_path",
     "load_poses_bounds",
     "list_images",
@@ -73,21 +75,53 @@ def data_search_roots() -> List[Path]:
     return roots
 
 
-def _has_images_for(folder: Path, downscale_factor: Optional[int]) -> bool:
+def scene_candidates(data: PathLike) -> List[Path]:
+    """Every place the scene ``data`` is looked for, in order (the one lookup rule).
+
+    ``data`` as given (absolute, or relative to the working directory); then, for a relative
+    path, under each of :func:`data_search_roots` both ``<root>/<data>`` and
+    ``<root>/llff/<data>`` (the repository keeps its scenes in ``data/llff/``; a
+    ``$WCNERF_DATA`` entry may be a ``nerf_llff_data`` folder itself or hold one as ``llff/``).
+    So ``ns-train ... llff --data fern`` and ``compare_llff --scenes fern`` find the same folder.
+    """
+    given = Path(data).expanduser()
+    places = [given]
+    if not given.is_absolute():
+        for root in data_search_roots():
+            places += [root / given, root / "llff" / given]
+    return places
+
+
+def scene_problem(folder: PathLike, downscale_factor: Optional[int] = None) -> Optional[str]:
+    """Why ``folder`` is not a usable LLFF scene (for ``downscale_factor``, if given), or None.
+
+    A usable scene is a folder with ``poses_bounds.npy`` and either ``images_<factor>/`` or
+    ``images/`` (from which :func:`load_llff_scene` makes ``images_<factor>/``). The message
+    starts with the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: not a folder"
     if not (folder / POSES_FILE).is_file():
-        return False
+        return f"{folder}: no {POSES_FILE} (not an LLFF / nerf_llff_data scene folder)"
     if downscale_factor is None:
-        return True
-    return image_dir_for(folder, downscale_factor).is_dir() or (folder / "images").is_dir()
+        return None
+    wanted = image_dir_for(folder, downscale_factor)
+    if wanted.is_dir() or (folder / "images").is_dir():
+        return None
+    if wanted.name == "images":
+        return f"{folder}: no images/ folder"
+    return f"{folder}: neither {wanted.name}/ nor images/ to build it from"
 
 
 def resolve_data_path(data: PathLike, downscale_factor: Optional[int] = None) -> Path:
-    """Find an LLFF scene folder.
+    """Find an LLFF scene folder (the dataparser's ``--data`` and the comparison's scenes).
 
     A path that exists is used as given (a path to ``poses_bounds.npy`` itself means its
-    folder). Otherwise the relative path is looked up under :func:`data_search_roots`; among
-    the places where it exists, the first one that has ``poses_bounds.npy`` and images for
-    ``downscale_factor`` (``images_<factor>/`` or ``images/``) wins, else the first one.
+    folder). Otherwise it is looked up at the places of :func:`scene_candidates`; among the
+    folders found there, the first one that has ``poses_bounds.npy`` and images for
+    ``downscale_factor`` (``images_<factor>/`` or ``images/``, see :func:`scene_problem`) wins,
+    else the first one (:func:`load_llff_scene` then says what is missing).
     Raises :class:`LLFFDataError` listing every place looked at when none exists.
     """
     given = Path(data).expanduser()
@@ -95,30 +129,22 @@ def resolve_data_path(data: PathLike, downscale_factor: Optional[int] = None) ->
         if given.is_file() and given.name == POSES_FILE:
             return given.parent
         return given
-    tried = [given.absolute()]
-    found: List[Path] = []
-    if not given.is_absolute():
-        for root in data_search_roots():
-            candidate = root / given
-            tried.append(candidate)
-            if candidate.is_dir():
-                found.append(candidate)
+    places = scene_candidates(data)[1:]
+    found = [p for p in places if p.is_dir()]
     if found:
         for candidate in found:
-            if _has_images_for(candidate, downscale_factor):
+            if scene_problem(candidate, downscale_factor) is None:
                 return candidate
         return found[0]
+    tried = [given.absolute(), *places]
     env = os.environ.get("WCNERF_DATA")
     hint = (
-        f" ($WCNERF_DATA={env!r})"
+        f"($WCNERF_DATA={env!r})"
         if env
-        else " (set $WCNERF_DATA to folders holding scenes, os.pathsep-separated, to look there too)"
+        else "(set $WCNERF_DATA to folders holding scenes, os.pathsep-separated, to look there too)"
     )
     raise LLFFDataError(
-        f"{data}: LLFF scene folder not found. Looked in:\n"
-        + "\n".join(f"  - {p}" for p in tried)
-        + "\n"
-        + hint.strip()
+        f"{data}: LLFF scene folder not found. Looked in:\n" + "\n".join(f"  - {p}" for p in tried) + "\n" + hint
     )
 
 
