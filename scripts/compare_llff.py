@@ -64,7 +64,9 @@ class CompareLLFF:
         from rich.console import Console
         from rich.markup import escape
 
-        from wcnerf.eval import harness
+        from wcnerf.eval.reports import collect_records, write_reports
+        from wcnerf.eval.runs import run_state
+        from wcnerf.eval.sweep import parse_list, plan_runs, resolve_methods, resolve_scenes, run_sweep
         from wcnerf.eval.ns_runner import NerfstudioRunner
         from wcnerf.eval.protocols import load_protocol
 
@@ -78,32 +80,32 @@ class CompareLLFF:
             protocol = protocol.with_overrides(
                 name=f"{protocol.name}-{self.max_num_iterations}it", max_num_iterations=self.max_num_iterations
             )
-        scenes = harness.resolve_scenes(harness.parse_list(self.scenes) or protocol.scenes, protocol.downscale_factor)
-        methods = harness.resolve_methods(self.methods, protocol)
-        seeds = [int(s) for s in harness.parse_list(self.seeds)] or list(protocol.seeds)
+        scenes = resolve_scenes(parse_list(self.scenes) or protocol.scenes, protocol.downscale_factor)
+        methods = resolve_methods(self.methods, protocol)
+        seeds = [int(s) for s in parse_list(self.seeds)] or list(protocol.seeds)
         runner = NerfstudioRunner(threads=self.threads)
         console.print(f"[bold]{protocol.summary()}[/]")
         for sc in scenes:
             console.print(f"  scene {sc.label}: " + (escape(str(sc.path)) if sc.error is None else "[red]" + escape(sc.error)))
         out_dir = self.output_root / protocol.name
         if self.dry_run:
-            for spec in harness.plan_runs(protocol, scenes, methods, seeds, out_dir):
-                state = harness.run_state(spec.run_dir)
+            for spec in plan_runs(protocol, scenes, methods, seeds, out_dir):
+                state = run_state(spec.run_dir)
                 cmd = runner.train_command(spec) if spec.scene.path else ["(scene not found)"]
                 console.print(escape(f"[{state}] {spec.scene.label} {spec.method.label} seed {spec.seed}: {' '.join(cmd)}"),
                               soft_wrap=True)
             return 0
         if self.report_only:
-            plan = harness.plan_runs(protocol, scenes, methods, seeds, out_dir) if self.scenes else []
-            records = harness.collect_records(out_dir, plan)
-            harness.write_reports(out_dir, records, protocol, console=console)
+            plan = plan_runs(protocol, scenes, methods, seeds, out_dir) if self.scenes else []
+            records = collect_records(out_dir, plan)
+            write_reports(out_dir, records, protocol, console=console)
             return 1 if any(r["status"] == "failed" for r in records) else 0
 
         def _sigterm(signum, frame):  # `kill PID`: stop like Ctrl-C (status + reports written)
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, _sigterm)
-        summary = harness.run_sweep(
+        summary = run_sweep(
             protocol,
             scenes,
             methods,

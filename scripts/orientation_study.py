@@ -130,7 +130,7 @@ def _bold_best(rows: dict, col: int, higher: bool = True) -> None:
 
 def nerf_section(study: Study) -> List[str]:
     from wcnerf.analysis.curves import steps_to_target
-    from wcnerf.eval.harness import CURVES_FILE, read_json
+    from wcnerf.eval.runs import CURVES_FILE, read_json
     from wcnerf.eval.table import read_results_csv
 
     csv = study.out / "cpu" / "results.csv"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from wcnerf.atomic import write_json
-from wcnerf.eval import harness
-from wcnerf.eval.harness import MethodSpec, RunFailed, RunResult, SceneSpec, run_state, run_sweep
 from wcnerf.eval.protocols import Protocol, ProtocolError, load_protocol
+from wcnerf.eval.runs import MethodSpec, RunFailed, RunResult, SceneSpec, run_state
+from wcnerf.eval.sweep import resolve_methods, resolve_scenes, run_sweep
 from wcnerf.eval.table import read_results_csv
 
 from helpers import REPO
@@ -191,12 +191,12 @@ def test_unknown_scene_is_a_failed_run(tmp_path):
 
 def test_resolve_methods_and_aliases():
     p = load_protocol("cpu")
-    ms = harness.resolve_methods(["nerf,e-nerf", "weight-norm", "none", "equilibrate"], p)
+    ms = resolve_methods(["nerf,e-nerf", "weight-norm", "none", "equilibrate"], p)
     assert [m.label for m in ms] == ["nerf", "e-nerf", "weight-norm"]
     assert ms[0] == MethodSpec("nerf", "nerf-small") and ms[1] == MethodSpec("e-nerf", "e-nerf-small")
     assert ms[2] == MethodSpec("weight-norm", "nerf-small", "weight-norm")
     with pytest.raises(ValueError, match="unknown method"):
-        harness.resolve_methods(["mip-nerf"], p)
+        resolve_methods(["mip-nerf"], p)
 
 
 def test_resolve_scenes(tmp_path, monkeypatch):
@@ -204,13 +204,13 @@ def test_resolve_scenes(tmp_path, monkeypatch):
     (scene / "images_8").mkdir(parents=True)
     np.save(scene / "poses_bounds.npy", np.zeros((2, 17)))
     monkeypatch.setenv("WCNERF_DATA", str(tmp_path / "root"))
-    fern, mine, missing = harness.resolve_scenes(["fern,myscene", str(scene), "nope"], 8)  # myscene twice: once
+    fern, mine, missing = resolve_scenes(["fern,myscene", str(scene), "nope"], 8)  # myscene twice: once
     assert fern.error is None and fern.path == (REPO / "data/llff/fern").resolve()
     assert mine.error is None and mine.path == scene.resolve() and mine.label == "myscene"
-    (byp,) = harness.resolve_scenes([str(scene)], 8)
+    (byp,) = resolve_scenes([str(scene)], 8)
     assert byp == mine
     assert missing.path is None and "not found" in missing.error and "WCNERF_DATA" in missing.error
-    (bad,) = harness.resolve_scenes([str(scene)], 4)  # no images_4, no images/
+    (bad,) = resolve_scenes([str(scene)], 4)  # no images_4, no images/
     assert bad.error and "images_4" in bad.error
 
 

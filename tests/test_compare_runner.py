@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wcnerf.eval.harness import MethodSpec, RunSpec, SceneSpec
+from wcnerf.eval.runs import MethodSpec, RunSpec, SceneSpec
 from wcnerf.eval.ns_runner import NerfstudioRunner, extract_curves, latest_checkpoint, read_scalars, split_eval_image
 from wcnerf.eval.plots import compose_views
 from wcnerf.eval.protocols import load_protocol

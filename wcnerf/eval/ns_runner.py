@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from wcnerf.atomic import write_json
-from wcnerf.eval.harness import CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
+from wcnerf.data.llff_scene import image_dir_for, list_images
+from wcnerf.eval.runs import CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
 from wcnerf.eval.image_metrics import psnr_from_mse
 
 __all__ = [
@@ -450,9 +451,9 @@ class NerfstudioRunner:
 
         combined = np.asarray(iio.imread(renders[0]))
         width = 0
-        img_dir = spec.scene.path / f"images_{spec.protocol.downscale_factor}"
+        img_dir = image_dir_for(spec.scene.path, spec.protocol.downscale_factor)  # the dataparser's images
         if img_dir.is_dir():
-            files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            files = list_images(img_dir)
             if files:
                 width = int(iio.improps(files[0]).shape[1])
         parts = split_eval_image(combined, width) if width else None

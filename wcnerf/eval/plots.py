@@ -1,7 +1,7 @@
 """Figures of a comparison sweep: PSNR curves (paper Fig. 7) and side-by-side held-out renders.
 
 Inputs are plain data (curves as step/value lists, renders as image files) so that these
-work on any run folder that follows the harness' layout (``curves.json``,
+work on any run folder laid out as in :mod:`wcnerf.eval.runs` (``curves.json``,
 ``heldout/gt_0000.png``, ``heldout/pred_0000.png``).
 """
 

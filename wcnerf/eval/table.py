@@ -3,7 +3,7 @@
 Both are built from *records*: one mapping per (scene, method, seed) run with at least the
 keys ``scene``, ``method``, ``seed``, ``status`` (``done``, ``failed``, ``running``,
 ``interrupted``, ``pending``) and, for finished runs, ``psnr`` / ``ssim`` / ``lpips`` (``None``
-when not measured). Nothing here trains or reads run folders; see :mod:`wcnerf.eval.harness`.
+when not measured). Nothing here trains or reads run folders; see :mod:`wcnerf.eval.reports`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,278 @@
+"""Run state and execution: one (scene, method, seed) run of the comparison and its folder.
+
+Layout of a run folder ``<output_root>/<protocol>/runs/<scene>/<method>/seed-<seed>/``::
+
+    status.json     # written atomically at every change: pending/running/done/failed/interrupted
+    metrics.json    # written atomically last: its existence is what "finished" means
+    curves.json     # train / held-out PSNR against iterations (optional)
+    heldout/gt_0000.png, heldout/pred_0000.png   # the first held-out view (optional)
+    ...             # whatever the runner keeps (nerfstudio outputs, logs)
+
+The step "train and evaluate one run" is a replaceable callable (:data:`Runner`): the real
+one is :class:`wcnerf.eval.ns_runner.NerfstudioRunner` (which depends on this module only);
+tests inject fakes. :func:`execute` runs one spec through a runner and records its status,
+result or error. Planning and the sweep are :mod:`wcnerf.eval.sweep`; the reports
+:mod:`wcnerf.eval.reports`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from wcnerf.atomic import write_json
+from wcnerf.eval.protocols import Protocol
+
+__all__ = [
+    "STATUS_FILE",
+    "METRICS_FILE",
+    "CURVES_FILE",
+    "HELDOUT_DIR",
+    "MethodSpec",
+    "SceneSpec",
+    "RunSpec",
+    "RunResult",
+    "RunFailed",
+    "Runner",
+    "read_json",
+    "run_dir_for",
+    "run_state",
+    "execute",
+]
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.json"
+HELDOUT_DIR = "heldout"
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    label: str
+    """Name in folders, results.csv and the table (``nerf``, ``e-nerf``, ``weight-norm``)."""
+    ns_method: str
+    """Registered nerfstudio method trained for it."""
+    conditioning: Optional[str] = None
+    """Passed as ``--pipeline.model.conditioning`` (None: the method's own default)."""
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    label: str
+    """Name in folders and the table (the scene folder's name)."""
+    path: Optional[Path]
+    """The scene folder, or None when it could not be found."""
+    error: Optional[str] = None
+    """Why the scene cannot be used (its runs are recorded as failed with this error)."""
+
+
+@dataclass
+class RunSpec:
+    """One (scene, method, seed) run as handed to a :data:`Runner`."""
+
+    protocol: Protocol
+    scene: SceneSpec
+    method: MethodSpec
+    seed: int
+    run_dir: Path
+    report: Callable[..., None] = field(default=lambda *a, **k: None, repr=False, compare=False)
+    """``report(stage, step=None, total=None)``: progress for the console (optional to call)."""
+
+    @property
+    def iterations(self) -> int:
+        return self.protocol.max_num_iterations
+
+    @property
+    def key(self) -> Tuple[str, str, int]:
+        return (self.scene.label, self.method.label, self.seed)
+
+    def settings(self) -> Dict[str, Any]:
+        """What the run's numbers depend on (recorded in status.json and metrics.json)."""
+        p = self.protocol
+        return {
+            "protocol": p.name,
+            "scene": self.scene.label,
+            "scene_path": str(self.scene.path) if self.scene.path else None,
+            "method": self.method.label,
+            "ns_method": self.method.ns_method,
+            "conditioning": self.method.conditioning,
+            "seed": self.seed,
+            "max_num_iterations": p.max_num_iterations,
+            "downscale_factor": p.downscale_factor,
+            "holdout_every": p.holdout_every,
+            "train_args": list(p.train_args),
+            "dataparser_args": list(p.dataparser_args),
+        }
+
+
+@dataclass
+class RunResult:
+    """What a runner returns for a finished run (metrics over every held-out image)."""
+
+    psnr: float
+    ssim: Optional[float] = None
+    lpips: Optional[float] = None
+    iterations: Optional[int] = None
+    sec_per_iter: Optional[float] = None
+    train_seconds: Optional[float] = None
+    eval_seconds: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class RunFailed(RuntimeError):
+    """A run that did not produce metrics; ``str(exc)`` is shown, ``log_tail`` kept in full."""
+
+    def __init__(self, message: str, log_tail: str = "", log_path: Optional[Path] = None):
+        super().__init__(message)
+        self.log_tail = log_tail
+        self.log_path = log_path
+
+
+Runner = Callable[[RunSpec], RunResult]
+
+
+def run_dir_for(out_dir: Path, scene: str, method: str, seed: int) -> Path:
+    return Path(out_dir) / "runs" / scene / method / f"seed-{seed}"
+
+
+# --------------------------------------------------------------------------------------
+# Run state on disk
+# --------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        pid = int(pid)
+        if pid <= 0 or pid == os.getpid():
+            return False
+        os.kill(pid, 0)
+        return True
+    except (ValueError, TypeError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+
+
+def run_state(run_dir: Path) -> str:
+    """``done`` (metrics.json exists), ``running`` (another live process on this host holds it),
+    ``failed``, ``interrupted`` (a kill left it running/unfinished) or ``pending`` (never started)."""
+    run_dir = Path(run_dir)
+    if read_json(run_dir / METRICS_FILE) is not None:
+        return "done"
+    status = read_json(run_dir / STATUS_FILE)
+    if status is None:
+        return "pending"
+    state = status.get("status")
+    if state == "running":
+        if status.get("host") == socket.gethostname() and _pid_alive(status.get("pid")):
+            return "running"
+        return "interrupted"
+    if state in ("failed", "interrupted"):
+        return state
+    return "pending"
+
+
+def _set_status(run_dir: Path, **fields: Any) -> Dict[str, Any]:
+    path = Path(run_dir) / STATUS_FILE
+    status = read_json(path) or {}
+    status.update(fields)
+    status["updated"] = _now()
+    write_json(path, status)
+    return status
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, RunFailed):
+        text = str(exc)
+        if exc.log_tail:
+            text += "\n" + exc.log_tail
+        return text
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip() + "\n" + "".join(
+        traceback.format_tb(exc.__traceback__)[-3:]
+    )
+
+
+def execute(spec: RunSpec, runner: Runner) -> Tuple[str, Optional[str]]:
+    """Run one spec through the runner, recording status; returns (status, error)."""
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_json(run_dir / STATUS_FILE) or {}
+    attempt = int(previous.get("attempts", 0)) + 1
+    history = list(previous.get("history", []))
+    if previous.get("status") in ("failed", "running", "interrupted"):
+        entry = {k: previous.get(k) for k in ("status", "stage", "error", "started", "updated", "attempts") if k in previous}
+        if entry.get("status") == "running":  # its process died without a word (kill -9, power loss)
+            entry.update(status="interrupted", error="process ended while running (killed)")
+        history.append(entry)
+    _set_status(
+        run_dir,
+        status="running",
+        stage="starting",
+        attempts=attempt,
+        started=_now(),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        error=None,
+        settings=spec.settings(),
+        history=history[-10:],
+    )
+    if spec.scene.error:
+        err = spec.scene.error
+        _set_status(run_dir, status="failed", stage="scene", error=err, finished=_now())
+        return "failed", err
+    outer_report = spec.report
+
+    def report(stage: str, step: Optional[int] = None, total: Optional[int] = None) -> None:
+        if stage != getattr(report, "_last", None):
+            report._last = stage  # type: ignore[attr-defined]
+            try:
+                _set_status(run_dir, stage=stage)
+            except OSError:
+                pass
+        outer_report(stage, step, total)
+
+    spec.report = report
+    try:
+        result = runner(spec)
+        if not isinstance(result, RunResult):
+            raise TypeError(f"runner returned {type(result).__name__}, not RunResult")
+    except KeyboardInterrupt:
+        _set_status(run_dir, status="interrupted", error="interrupted (Ctrl-C or kill); continues on the next invocation", finished=_now())
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is fatal to the sweep
+        err = _error_text(exc)
+        extra = {"log": str(exc.log_path)} if isinstance(exc, RunFailed) and exc.log_path else {}
+        _set_status(run_dir, status="failed", error=err, finished=_now(), **extra)
+        return "failed", err
+    finally:
+        spec.report = outer_report
+    metrics = {
+        **spec.settings(),
+        **asdict(result),
+        "finished": _now(),
+        "attempts": attempt,
+    }
+    write_json(run_dir / METRICS_FILE, metrics)
+    _set_status(run_dir, status="done", stage="done", error=None, finished=metrics["finished"])
+    return "done", None

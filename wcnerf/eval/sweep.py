@@ -1,0 +1,301 @@
+"""The NeRF vs E-NeRF comparison sweep: scenes x methods x seeds under a protocol.
+
+Outputs go to ``<output_root>/<protocol>/`` (default ``outputs/compare/<protocol>/``)::
+
+    results.csv  table.md  curves.png  renders/<scene>.png     (wcnerf.eval.reports)
+    runs/<scene>/<method>/seed-<seed>/                         (wcnerf.eval.runs)
+
+This module turns names into what is swept (:func:`resolve_methods`, :func:`resolve_scenes`
+with the one LLFF scene lookup of :mod:`wcnerf.data.llff_scene`), plans the runs and runs the
+sweep: skipping finished runs, retrying failed ones, showing progress, then writing the reports.
+The step "train and evaluate one run" is a :data:`wcnerf.eval.runs.Runner`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
+
+from rich.markup import escape
+
+from wcnerf.data.llff_scene import LLFFDataError, resolve_data_path, scene_problem
+from wcnerf.eval.protocols import Protocol
+from wcnerf.eval.reports import collect_records, default_console, write_reports
+from wcnerf.eval.runs import METRICS_FILE, MethodSpec, RunSpec, Runner, SceneSpec, execute, read_json, run_dir_for, run_state
+
+__all__ = [
+    "SweepSummary",
+    "known_conditioners",
+    "parse_list",
+    "resolve_methods",
+    "resolve_scenes",
+    "plan_runs",
+    "run_sweep",
+]
+
+# Bare conditioner names that are the two named methods.
+_ALIASES = {"none": "nerf", "equilibrate": "e-nerf"}
+
+T = TypeVar("T")
+
+
+def parse_list(values: Iterable[Any], cast: Callable[[str], T] = str) -> List[T]:
+    """``("fern,flower", "room")`` -> ``["fern", "flower", "room"]``: every item split at commas,
+    stripped, empty parts dropped, each part ``cast`` (``int`` for seeds), order kept, duplicates
+    dropped. Command lines take typed tuples (``--seeds 0 1 2``); a comma-joined item
+    (``--seeds 0,1,2``) is split here."""
+    out: List[T] = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            item = cast(part)
+            if item not in out:
+                out.append(item)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# What is swept
+# --------------------------------------------------------------------------------------
+
+
+def known_conditioners() -> List[str]:
+    """Conditioner names of :mod:`wcnerf.conditioning`: each is also a method of the sweep."""
+    from wcnerf.conditioning import available
+
+    return list(available())
+
+
+def resolve_methods(names: Sequence[str], protocol: Protocol) -> List[MethodSpec]:
+    """Sweep labels -> methods. ``nerf`` / ``e-nerf`` (any key of ``protocol.methods``) are the
+    registered methods; any other conditioner name runs ``protocol.base_method`` with that
+    conditioning (``none`` and ``equilibrate`` are the same as ``nerf`` and ``e-nerf``)."""
+    conditioners = known_conditioners()
+    specs: List[MethodSpec] = []
+    for raw in parse_list(names):
+        name = _ALIASES.get(raw, raw) if raw not in protocol.methods else raw
+        if name in protocol.methods:
+            spec = MethodSpec(name, protocol.methods[name])
+        elif name in conditioners:
+            spec = MethodSpec(name, protocol.base_method, conditioning=name)
+        else:
+            raise ValueError(
+                f"unknown method {raw!r}: use one of {sorted(protocol.methods)} or a conditioner name "
+                f"({', '.join(conditioners)})"
+            )
+        if spec.label not in [s.label for s in specs]:
+            specs.append(spec)
+    if not specs:
+        raise ValueError("no methods to run")
+    return specs
+
+
+def resolve_scenes(names: Sequence[str], downscale_factor: int) -> List[SceneSpec]:
+    """Scene names or paths -> folders, by the one LLFF lookup rule that ``ns-train ... llff
+    --data NAME`` also follows (:func:`wcnerf.data.llff_scene.resolve_data_path`): a path that
+    exists is used as given, else ``<root>/<name>`` then ``<root>/llff/<name>`` under the
+    repository's ``data/`` and each ``$WCNERF_DATA`` entry; the first folder with
+    ``poses_bounds.npy`` and images for the protocol's factor wins. A scene that cannot be
+    found or used is kept, with its error (naming every place looked at), so that its runs are
+    reported as failed."""
+    specs: List[SceneSpec] = []
+    for raw in parse_list(names):
+        try:
+            path = resolve_data_path(raw, downscale_factor).resolve()
+        except LLFFDataError as exc:
+            spec = SceneSpec(Path(raw).expanduser().name, None, str(exc))
+        else:
+            spec = SceneSpec(path.name, path, scene_problem(path, downscale_factor))
+        clash = [s for s in specs if s.label == spec.label and s.path != spec.path]
+        if clash:
+            raise ValueError(f"two scenes named {spec.label!r}: {clash[0].path} and {spec.path}")
+        if spec.label not in [s.label for s in specs]:
+            specs.append(spec)
+    return specs
+
+
+def plan_runs(
+    protocol: Protocol,
+    scenes: Sequence[SceneSpec],
+    methods: Sequence[MethodSpec],
+    seeds: Sequence[int],
+    out_dir: Path,
+) -> List[RunSpec]:
+    """Every (scene, method, seed), scene-major so a scene's comparison completes early."""
+    return [
+        RunSpec(protocol, sc, m, int(seed), run_dir_for(out_dir, sc.label, m.label, int(seed)))
+        for sc in scenes
+        for seed in seeds
+        for m in methods
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepSummary:
+    out_dir: Path
+    planned: int = 0
+    skipped_done: int = 0
+    ran: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped_failed: int = 0
+    skipped_running: int = 0
+    interrupted: bool = False
+    records: List[Dict[str, Any]] = field(default_factory=list)
+    reports: Dict[str, Optional[Path]] = field(default_factory=dict)
+
+    @property
+    def n_failed_total(self) -> int:
+        return sum(1 for r in self.records if r.get("status") == "failed")
+
+
+def run_sweep(
+    protocol: Protocol,
+    scenes: Sequence[SceneSpec],
+    methods: Sequence[MethodSpec],
+    seeds: Sequence[int],
+    *,
+    runner: Runner,
+    output_root: Path = Path("outputs/compare"),
+    retry_failed: bool = True,
+    redo: bool = False,
+    console: Any = None,
+    show_progress: bool = True,
+    write_report: bool = True,
+) -> SweepSummary:
+    """Run every planned (scene, method, seed) that has not finished, then write the reports.
+
+    Finished runs (``metrics.json`` present) are never redone (unless ``redo``, which deletes
+    the run folders of the planned runs first); failed and interrupted runs are run again
+    (failed ones only when ``retry_failed``); runs held by another live process are left alone.
+    Ctrl-C marks the current run interrupted and still writes the reports.
+    """
+    console = default_console(console)
+    out_dir = Path(output_root) / protocol.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_runs(protocol, scenes, methods, seeds, out_dir)
+    summary = SweepSummary(out_dir=out_dir, planned=len(plan))
+    todo: List[RunSpec] = []
+    for spec in plan:
+        state = run_state(spec.run_dir)
+        if redo and state != "running" and spec.run_dir.exists():
+            shutil.rmtree(spec.run_dir)
+            state = "pending"
+        if state == "done":
+            summary.skipped_done += 1
+            _warn_if_settings_changed(spec, console)
+        elif state == "running":
+            summary.skipped_running += 1
+            console.print(f"[yellow]skip[/] {_name(spec)}: being run by another process ({escape(str(spec.run_dir))})")
+        elif state == "failed" and not retry_failed:
+            summary.skipped_failed += 1
+        else:
+            todo.append(spec)
+    console.print(
+        f"[bold]{protocol.name}[/]: {len(plan)} runs planned, {summary.skipped_done} already finished, "
+        f"{len(todo)} to run" + (f", {summary.skipped_failed} failed left as they are" if summary.skipped_failed else "")
+    )
+    try:
+        if show_progress and todo:
+            _run_with_progress(todo, runner, summary, console)
+        else:
+            for spec in todo:
+                _run_one(spec, runner, summary, console)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        console.print("[red]interrupted[/]: the same command continues where this stopped")
+    finally:
+        if write_report:
+            summary.records = collect_records(out_dir, plan)
+            summary.reports = write_reports(out_dir, summary.records, protocol, console=console)
+    return summary
+
+
+def _name(spec: RunSpec) -> str:
+    """The run for the console (rich markup escaped)."""
+    return escape(f"{spec.scene.label} / {spec.method.label} / seed {spec.seed}")
+
+
+def _warn_if_settings_changed(spec: RunSpec, console: Any) -> None:
+    metrics = read_json(spec.run_dir / METRICS_FILE) or {}
+    now = spec.settings()
+    changed = [
+        k
+        for k in ("ns_method", "conditioning", "max_num_iterations", "downscale_factor", "holdout_every", "train_args")
+        if k in metrics and metrics.get(k) != now.get(k)
+    ]
+    if changed:
+        console.print(
+            f"[yellow]note[/] {_name(spec)} finished earlier with different settings ({', '.join(changed)}); "
+            "kept (use --redo to run it again)"
+        )
+
+
+def _run_one(spec: RunSpec, runner: Runner, summary: SweepSummary, console: Any) -> None:
+    state = run_state(spec.run_dir)  # again: another process may have taken or finished it meanwhile
+    if state == "done":
+        summary.skipped_done += 1
+        return
+    if state == "running":
+        summary.skipped_running += 1
+        console.print(f"[yellow]skip[/] {_name(spec)}: being run by another process ({escape(str(spec.run_dir))})")
+        return
+    console.print(f"[cyan]run[/] {_name(spec)} -> {escape(str(spec.run_dir))}")
+    status, err = execute(spec, runner)
+    summary.ran += 1
+    if status == "done":
+        summary.done += 1
+        m = read_json(spec.run_dir / METRICS_FILE) or {}
+        console.print(f"[green]done[/] {_name(spec)}: PSNR {_f(m.get('psnr'))}, SSIM {_f(m.get('ssim'), 3)}")
+    else:
+        summary.failed += 1
+        last = [ln for ln in (err or "").splitlines() if ln.strip()]
+        console.print(f"[red]failed[/] {_name(spec)}: {escape(last[-1]) if last else 'unknown error'}")
+
+
+def _f(x: Any, d: int = 2) -> str:
+    try:
+        return f"{float(x):.{d}f}"
+    except (TypeError, ValueError):
+        return "–"
+
+
+def _run_with_progress(todo: Sequence[RunSpec], runner: Runner, summary: SweepSummary, console: Any) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        overall = progress.add_task("[bold]runs", total=len(todo))
+        for spec in todo:
+            current = progress.add_task(f"{_name(spec)}: starting", total=spec.iterations)
+
+            def report(stage: str, step: Optional[int] = None, total: Optional[int] = None, _t=current, _s=spec) -> None:
+                kwargs: Dict[str, Any] = {"description": f"{_name(_s)}: {escape(stage)}"}
+                if total is not None:
+                    kwargs["total"] = total
+                if step is not None:
+                    kwargs["completed"] = step
+                progress.update(_t, **kwargs)
+
+            spec.report = report
+            try:
+                _run_one(spec, runner, summary, progress.console)
+            finally:
+                progress.remove_task(current)
+            progress.advance(overall)
+
