@@ -56,9 +56,9 @@ class Study:
 
     def nerf_command(self, scene: str) -> List[str]:
         cmd = [sys.executable, str(REPO / "scripts/compare_llff.py"), "--protocol", "cpu", "--scenes", scene,
-               "--methods", ",".join(self.conditioners), "--seeds", self.seeds, "--output-root", str(self.out)]
-        for root in self.data_root:
-            cmd += ["--data-root", str(root)]
+               "--methods", *self.conditioners, "--seeds", *self.seeds.split(","), "--output-root", str(self.out)]
+        if self.data_root:  # one flag, every root (a repeated flag would keep only the last)
+            cmd += ["--data-root", *(str(root) for root in self.data_root)]
         return cmd
 
     def shape_command(self, mesh: Path, optimizer: str) -> List[str]:

@@ -63,7 +63,7 @@ def test_tiny_real_sweep_and_resume(tmp_path, fern):
     proto = tmp_path / "tiny.yaml"
     proto.write_text(TINY.format(iterations=6))
     out = tmp_path / "out"
-    args = ["--protocol", str(proto), "--scenes", str(scene), "--methods", "nerf,e-nerf", "--seeds", "0",
+    args = ["--protocol", str(proto), "--scenes", str(scene), "--methods", "nerf", "e-nerf", "--seeds", "0",
             "--output-root", str(out)]  # fmt: skip
     res = _cli(*args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

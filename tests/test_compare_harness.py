@@ -238,7 +238,7 @@ def test_cli_dry_run(tmp_path):
 
     out = subprocess.run(
         [sys.executable, str(REPO / "scripts/compare_llff.py"), "--protocol", "cpu", "--scenes", "fern",
-         "--methods", "nerf,e-nerf,weight-norm", "--seeds", "0", "--output-root", str(tmp_path), "--dry-run"],
+         "--methods", "nerf", "e-nerf", "weight-norm", "--seeds", "0", "--output-root", str(tmp_path), "--dry-run"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

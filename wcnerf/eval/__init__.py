@@ -9,6 +9,7 @@
   the run folders;
 * :mod:`wcnerf.eval.ns_runner` - the callable through ``ns-train`` / ``ns-eval`` subprocesses
   (depends on :mod:`wcnerf.eval.runs` only);
+* :mod:`wcnerf.eval.cli` - the command line (``main``);
 * :mod:`wcnerf.eval.table` - ``results.csv`` and ``table.md`` (the paper's Table 4 layout);
 * :mod:`wcnerf.eval.plots` - ``curves.png`` and ``renders/``.
 
