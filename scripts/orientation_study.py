@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without install
 
 CONDITIONERS = ("none", "equilibrate-out", "equilibrate-in", "weight-norm")
-LR_GRID = {"adam": "1e-3,3e-3,1e-2", "sgd": "0.1,0.3,1.0"}
-SHAPE_ARGS = ["--steps", "400", "--batch-size", "2048", "--eval-every", "20", "--resolution", "96",
-              "--surface-points", "20000", "--threads", "1", "--no-progress"]
+LR_GRID = {"adam": ("1e-3", "3e-3", "1e-2"), "sgd": ("0.1", "0.3", "1.0")}
+SHAPE_ARGS = ["--optim.steps", "400", "--optim.batch-size", "2048", "--eval.every", "20", "--eval.resolution", "96",
+              "--eval.surface-points", "20000", "--threads", "1", "--no-progress"]
 
 
 @dataclass
@@ -62,9 +62,9 @@ class Study:
         return cmd
 
     def shape_command(self, mesh: Path, optimizer: str) -> List[str]:
-        return [sys.executable, str(REPO / "scripts/shape_fit.py"), str(mesh), "--compare", ",".join(self.conditioners),
-                "--optimizer", optimizer, "--compare-lrs", LR_GRID[optimizer], "--compare-seeds", self.seeds,
-                "--output-dir", str(self.out / "shape"), *SHAPE_ARGS]
+        return [sys.executable, str(REPO / "scripts/shape_fit.py"), str(mesh), "--compare", *self.conditioners,
+                "--optim.optimizer", optimizer, "--compare.lrs", *LR_GRID[optimizer],
+                "--compare.seeds", *self.seeds.split(","), "--output-dir", str(self.out / "shape"), *SHAPE_ARGS]
 
     def main(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)

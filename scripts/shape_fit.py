@@ -1,76 +1,14 @@
 #!/usr/bin/env python
-"""Fit an occupancy / SDF field with a weight-conditioned MLP to a triangle mesh.
-
-    python scripts/shape_fit.py                          # the repo's default mesh (spot)
-    python scripts/shape_fit.py mesh.obj                 # equilibrated field -> outputs/shape/mesh/<run>/
-    python scripts/shape_fit.py mesh.obj --conditioning weight-norm --optimizer sgd
-    python scripts/shape_fit.py mesh.obj --compare none,equilibrate,weight-norm [--compare-lrs ...] [--compare-seeds 0,1]
-    python scripts/shape_fit.py mesh.obj --viewer        # watch it at http://127.0.0.1:8080 (with --compare too)
-
-Running the same command again resumes an interrupted run from its last checkpoint.
-"""
+"""Fit an occupancy / SDF field to a triangle mesh: a shim over :func:`wcnerf.shape.cli.main`."""
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
-
-import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from wcnerf.shape.mesh import MeshLoadError  # noqa: E402
-from wcnerf.shape.train import FitConfig, RunError, fit  # noqa: E402
-
-
-def main(cfg: FitConfig) -> int:
-    viewer = None
-    try:
-        if cfg.viewer:
-            from viewer.shape_viewer import ShapeViewer
-
-            viewer = ShapeViewer(host=cfg.viewer_host, port=cfg.viewer_port, resolution=cfg.viewer_resolution)
-            print(f"viewer: {viewer.url}  (remote machine: ssh -L {viewer.port}:localhost:{viewer.port} <host>, "
-                  f"then open http://localhost:{viewer.port})", flush=True)
-        if cfg.compare:
-            from wcnerf.shape.compare import run_compare
-
-            summary = run_compare(cfg, monitor=viewer)
-            print((Path(summary["dir"]) / "comparison.md").read_text())
-            print(f"wrote {summary['dir']}")
-        else:
-            res = fit(cfg, monitor=viewer)
-            report(res)
-        if viewer is not None and cfg.viewer_keep_open:
-            viewer.wait_drawn()
-            print(f"training done; the viewer stays at {viewer.url} until Ctrl+C", flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-    except (MeshLoadError, RunError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
-    finally:
-        if viewer is not None:
-            viewer.close()
-    return 0
-
-
-def report(res) -> None:
-    if "interrupted_at" in res.metrics:
-        print(f"stopped at step {res.metrics['interrupted_at']} (--stop-after); rerun to resume: {res.run_dir}")
-        return
-    keys = ("iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step", "train_seconds")
-    print(json.dumps({k: res.metrics.get(k) for k in keys}, indent=2))
-    print(f"wrote {res.run_dir}")
-
+from wcnerf.shape.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(FitConfig, description=__doc__)))
+    sys.exit(main())

@@ -129,4 +129,4 @@ def test_every_conditioned_default_uses_the_equilibrate_alias():
 
     for spec in (e_nerf, e_nerf_small, e_nerfacto, e_nerfacto_small):
         assert spec.config.pipeline.model.conditioning == "equilibrate"
-    assert FitConfig().conditioning == "equilibrate"
+    assert FitConfig().field.conditioning == "equilibrate"

@@ -12,17 +12,36 @@ import trimesh
 import tyro
 
 from wcnerf.shape.mesh import MeshLoadError, load_mesh
-from wcnerf.shape.train import DEFAULT_MESH, FitConfig, fit
+from wcnerf.shape.train import DEFAULT_MESH, CompareConfig, FitConfig, fit
 
 from helpers import REPO
 
 
+def settings(cfg, **kw):
+    """``cfg`` with settings changed by name: a top-level one, else the first group that has it, in
+    the config's order (``steps=5`` sets ``cfg.optim.steps``; ``resolution`` is ``eval``'s)."""
+    changes = {}
+    for name, value in kw.items():
+        for f in dataclasses.fields(cfg):
+            sub = changes.get(f.name, getattr(cfg, f.name))
+            if f.name == name:
+                changes[name] = value
+            elif dataclasses.is_dataclass(sub) and name in {g.name for g in dataclasses.fields(sub)}:
+                changes[f.name] = dataclasses.replace(sub, **{name: value})
+            else:
+                continue
+            break
+        else:
+            raise AssertionError(f"no setting {name!r}")
+    return dataclasses.replace(cfg, **changes)
+
+
 def tiny(tmp_path: Path, mesh: Path, **kw) -> FitConfig:
-    base = dict(mesh=mesh, conditioning="none", width=32, depth=2, n_freqs=4, steps=30, batch_size=512,
-                n_near=4000, n_uniform=2000, n_eval=4000, resolution=24, surface_points=4000, eval_every=10,
-                curve_eval_points=2000, ckpt_every=10, progress=False, output_dir=tmp_path / "out", threads=1)
-    base.update(kw)
-    return FitConfig(**base)
+    base = settings(FitConfig(), mesh=mesh, conditioning="none", width=32, depth=2, n_freqs=4, steps=30,
+                    batch_size=512, n_near=4000, n_uniform=2000, n_eval=4000, resolution=24, surface_points=4000,
+                    every=10, curve_points=2000, ckpt_every=10, progress=False, output_dir=tmp_path / "out",
+                    threads=1)
+    return settings(base, **kw)
 
 
 def _weights(run_dir: Path) -> dict:
@@ -42,7 +61,7 @@ def test_fit_writes_every_output(tmp_path, small_mesh):
     out = trimesh.load(res.run_dir / "mesh.ply")
     assert metrics["iou_points"] > 0.5 and len(out.faces) > 0
     assert np.allclose(out.bounds.mean(0), [10.0, -4.0, 2.0], atol=0.5)
-    assert json.loads((res.run_dir / "config.json").read_text())["steps"] == 60
+    assert json.loads((res.run_dir / "config.json").read_text())["optim"]["steps"] == 60
     assert list((tmp_path / "out" / "blob" / "cache").glob("samples-*.npz"))
 
 
@@ -70,9 +89,10 @@ def test_resume_matches_uninterrupted_run_and_seed_matters(tmp_path, small_mesh)
 
 
 def test_default_run_name_resumes_and_separates(tmp_path, small_mesh):
+    shape = load_mesh(small_mesh)
     cfg = tiny(tmp_path, small_mesh, steps=5)
-    assert cfg.default_run_name() == tiny(tmp_path, small_mesh, steps=5, resolution=64).default_run_name()
-    assert cfg.default_run_name() != tiny(tmp_path, small_mesh, steps=5, lr=0.5).default_run_name()
+    assert cfg.default_run_name(shape) == tiny(tmp_path, small_mesh, steps=5, resolution=64).default_run_name(shape)
+    assert cfg.default_run_name(shape) != tiny(tmp_path, small_mesh, steps=5, lr=0.5).default_run_name(shape)
 
 
 @pytest.mark.parametrize("method", ["equilibrate", "weight-norm", "enorm"])
@@ -91,11 +111,11 @@ def test_sdf_task_with_eikonal(tmp_path, small_mesh):
 def test_compare_writes_reports(tmp_path, small_mesh):
     from wcnerf.shape.compare import run_compare
 
-    cfg = tiny(tmp_path, small_mesh, steps=3, resolution=16, surface_points=500, compare="none",
-               compare_lrs="1e-3,1e-2", compare_seeds="0,1")
+    cfg = tiny(tmp_path, small_mesh, steps=3, resolution=16, surface_points=500,
+               compare=CompareConfig(conditioners=("none",), lrs=(1e-3, 1e-2), seeds=(0, 1)))
     with pytest.raises(ValueError, match="unknown conditioner"):
-        run_compare(dataclasses.replace(cfg, compare="none,not-a-conditioner"))
-    summary = run_compare(dataclasses.replace(cfg, compare="none"))
+        run_compare(settings(cfg, conditioners=("none", "not-a-conditioner")))
+    summary = run_compare(settings(cfg, conditioners=("none",)))
     out = Path(summary["dir"])
     for name in ("comparison.md", "comparison.json", "comparison.png"):
         assert (out / name).is_file()
@@ -172,18 +192,22 @@ def _script():
 
 def test_cli_parses_and_reports_errors_cleanly(tmp_path, capsys):
     """In-process (a subprocess would spend most of the test importing torch)."""
-    script = _script()
-    cfg = tyro.cli(FitConfig, args=["m.obj", "--conditioning", "none", "--optimizer", "sgd", "--no-progress"])
-    assert cfg.mesh == Path("m.obj") and cfg.optimizer == "sgd" and not cfg.progress
+    from wcnerf.shape import cli
+
+    assert _script().main is cli.main  # the script is a shim over the package's command line
+    cfg = tyro.cli(FitConfig, args=["m.obj", "--field.conditioning", "none", "--optim.optimizer", "sgd",
+                                    "--no-progress"])
+    assert cfg.mesh == Path("m.obj") and cfg.optim.optimizer == "sgd" and not cfg.progress
     assert tyro.cli(FitConfig, args=[]).mesh is None  # no mesh: the default one
     path = tmp_path / "empty.stl"
     path.write_bytes(b"")
-    assert script.main(FitConfig(mesh=path, output_dir=tmp_path / "out")) == 2
+    assert cli.run(FitConfig(mesh=path, output_dir=tmp_path / "out")) == 2
     err = capsys.readouterr().err
     assert f"{path}: file is empty" in err and "Traceback" not in err
-    assert script.main(FitConfig(mesh=tmp_path / "nope.obj", output_dir=tmp_path / "out")) == 2
+    assert cli.run(FitConfig(mesh=tmp_path / "nope.obj", output_dir=tmp_path / "out")) == 2
     assert "nope.obj: file not found" in capsys.readouterr().err
-    assert script.main(FitConfig(mesh=path, compare="none,bogus", output_dir=tmp_path / "out")) == 2
+    bogus = CompareConfig(conditioners=("none", "bogus"))
+    assert cli.run(FitConfig(mesh=path, compare=bogus, output_dir=tmp_path / "out")) == 2
     assert "bogus" in capsys.readouterr().err
 
 

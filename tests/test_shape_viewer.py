@@ -34,7 +34,7 @@ def test_progress_never_waits_for_mesh_extraction(monkeypatch):
     import viewer.shape_viewer as sv
     from wcnerf.shape.field import FieldConfig, build_field
     from wcnerf.shape.mesh import Normalization, ShapeMesh
-    from wcnerf.shape.train import FitConfig
+    from wcnerf.shape.train import FitConfig, OptimConfig
 
     release, extracted = threading.Event(), []
     real_grid = sv.evaluate_grid
@@ -50,7 +50,7 @@ def test_progress_never_waits_for_mesh_extraction(monkeypatch):
         sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
         shape = ShapeMesh(Path("sphere.obj"), sphere, sphere, Normalization(np.zeros(3), 1.0), "x")
         model = build_field(FieldConfig(width=16, depth=2), "equilibrate", 0)
-        viewer.started("equilibrate", FitConfig(steps=20), shape, model)
+        viewer.started("equilibrate", FitConfig(optim=OptimConfig(steps=20)), shape, model)
 
         def train():
             for step in range(1, 21):
@@ -83,10 +83,11 @@ def test_shape_viewer_page_shows_meshes_and_progress(tmp_path):
         pytest.skip("Chromium not installed (apt install chromium): the browser test of the shape viewer is skipped")
     port = free_port()
     log = tmp_path / "fit.log"
-    cmd = [sys.executable, str(REPO / "scripts" / "shape_fit.py"), "--viewer", "--viewer-port", str(port),
-           "--compare", "none,equilibrate", "--steps", "400", "--viewer-every", "20", "--eval-every", "50",
-           "--n-near", "20000", "--n-uniform", "5000", "--n-eval", "5000", "--resolution", "48",
-           "--surface-points", "5000", "--threads", "1", "--no-progress", "--output-dir", str(tmp_path / "out")]
+    cmd = [sys.executable, str(REPO / "scripts" / "shape_fit.py"), "--viewer", "--viewer.port", str(port),
+           "--compare", "none", "equilibrate", "--optim.steps", "400", "--viewer.every", "20", "--eval.every", "50",
+           "--sampling.n-near", "20000", "--sampling.n-uniform", "5000", "--sampling.n-eval", "5000",
+           "--eval.resolution", "48", "--eval.surface-points", "5000", "--threads", "1", "--no-progress",
+           "--output-dir", str(tmp_path / "out")]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -120,7 +121,7 @@ def test_shape_viewer_page_shows_meshes_and_progress(tmp_path):
         assert orange[canvas].sum() > 2000, orange[canvas].sum()  # the fitted meshes are drawn
         assert grey[canvas].sum() > 1000, grey[canvas].sum()  # and the input mesh
         keep_screenshot(shot, "shape_viewer.png")
-        assert proc.poll() is None  # --viewer-keep-open: still serving after training
+        assert proc.poll() is None  # --viewer.keep-open: still serving after training
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)

@@ -96,8 +96,8 @@ class ShapeViewer:
                 self.server.scene.add_label("/input/label", f"input: {shape.name}", position=(0.0, 1.15, 0.0))
             slot = self._runs[run].slot if run in self._runs else len(self._runs) + 1
             self._runs[run] = _Run(
-                slot=slot, label=run, detail=f"{cfg.optimizer} lr {cfg.resolved_lr():g} seed {cfg.seed}",
-                total_steps=cfg.steps, task=cfg.task, model=copy.deepcopy(model).eval())
+                slot=slot, label=run, detail=f"{cfg.optim.optimizer} lr {cfg.optim.resolved_lr():g} seed {cfg.seed}",
+                total_steps=cfg.optim.steps, task=cfg.task, model=copy.deepcopy(model).eval())
             x = slot_x(slot)
             self.server.scene.add_label(f"/fit/{run}/label", f"{run}", position=(x, 1.15, 0.0))
             new_slot = slot == len(self._runs)

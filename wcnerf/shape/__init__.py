@@ -5,7 +5,7 @@ and uniform points, winding-number labels, cached) -> ``field`` (encoding + MLP,
 ``wcnerf.conditioning`` conditioner) -> ``train`` (config, loop, checkpoint/resume) ->
 ``extract`` (chunked grid + marching cubes) -> ``metrics`` (IoU, Chamfer-L1, normal
 consistency, F-score); ``compare`` runs several conditioners on the same points and seeds.
-Command line: ``scripts/shape_fit.py``.
+Command line: ``cli`` (``scripts/shape_fit.py``), settings grouped as ``train.FitConfig``.
 """
 
 from .mesh import MeshLoadError, Normalization, ShapeMesh, load_mesh

@@ -24,18 +24,12 @@ from ..conditioning import available
 from .mesh import load_mesh
 from .plot import plot_curves
 from ..atomic import write_text
-from .train import DEFAULT_MESH, FitConfig, FitMonitor, fit
+from .train import DEFAULT_MESH, CompareConfig, FitConfig, FitMonitor, fit
 
 EARLY_FRACTION = 0.15
 BASELINE = "none"
 REPORTED = ("iou_early", "iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step",
             "cpu_seconds_per_step")
-
-
-def parse_list(text: Optional[str], cast=str) -> list:
-    if text is None or not str(text).strip():
-        return []
-    return [cast(t.strip()) for t in str(text).split(",") if t.strip()]
 
 
 def _mean(vals):
@@ -57,33 +51,36 @@ def _mean_curves(curves: list[dict]) -> dict:
 
 
 def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
-    methods = parse_list(cfg.compare)
+    methods = list(cfg.compare.conditioners)
     known = tuple(available())
     bad = [m for m in methods if m not in known]
     if bad or not methods:
         raise ValueError(f"--compare: unknown conditioner(s) {', '.join(bad) or '(none given)'}; "
                          f"choose from {', '.join(known)}")
-    lrs = parse_list(cfg.compare_lrs, float) or [cfg.resolved_lr()]
-    seeds = parse_list(cfg.compare_seeds, int) or [cfg.seed]
+    lrs = [float(lr) for lr in cfg.compare.lrs] or [cfg.optim.resolved_lr()]
+    seeds = [int(seed) for seed in cfg.compare.seeds] or [cfg.seed]
     shape = load_mesh(cfg.mesh or DEFAULT_MESH, margin=cfg.margin)
-    base = dataclasses.replace(cfg, compare=None, compare_lrs=None, compare_seeds=None, run_name=None)
+    base = dataclasses.replace(cfg, compare=CompareConfig(), run_name=None)
+    optim = cfg.optim
     # The folder depends on the shared settings only, not on the lists: adding a learning rate,
     # seed or conditioner later reuses the finished runs and rewrites the report.
-    tag = hashlib.sha256(base.training_key().encode()).hexdigest()[:6]
-    out_dir = cfg.output_dir / shape.name / (cfg.run_name or f"compare-{cfg.task}-{cfg.optimizer}-{cfg.steps}steps-{tag}")
+    tag = hashlib.sha256(base.training_key(shape).encode()).hexdigest()[:6]
+    out_dir = cfg.output_dir / shape.name / (cfg.run_name or f"compare-{cfg.task}-{optim.optimizer}-{optim.steps}steps-{tag}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, dict[float, list]] = {m: {} for m in methods}
     for method in methods:
         for lr in lrs:
             for seed in seeds:
-                sub = dataclasses.replace(base, conditioning=method, lr=lr, seed=seed)
+                sub = dataclasses.replace(base, field=dataclasses.replace(base.field, conditioning=method),
+                                          optim=dataclasses.replace(optim, lr=lr), seed=seed)
                 res = fit(sub, run_dir=out_dir / "runs" / f"{method}-lr{lr:g}-s{seed}", shape=shape,
                           monitor=monitor, run_label=method)
                 results[method].setdefault(lr, []).append(res)
 
-    summary: dict = {"mesh": str(shape.path), "task": cfg.task, "curve_points": cfg.curve_eval_points, "optimizer": cfg.optimizer, "steps": cfg.steps,
-                     "batch_size": cfg.batch_size, "seeds": seeds, "lrs": lrs,
+    summary: dict = {"mesh": str(shape.path), "task": cfg.task, "curve_points": cfg.eval.curve_points,
+                     "optimizer": optim.optimizer, "steps": optim.steps, "batch_size": optim.batch_size,
+                     "seeds": seeds, "lrs": lrs,
                      "lr_selection": "per conditioner, lowest final training loss (mean of last 5% of steps, mean over seeds)",
                      "methods": {}, "sweep": {}}
     best_curves = {}
@@ -100,7 +97,7 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
         runs = results[method][best_lr]
         best_iou_curves[method] = [(r.curves["eval_step"], r.curves["eval_iou"]) for r in runs]
         for r, curve in zip(runs, best_iou_curves[method]):
-            r.metrics["iou_early"] = value_at_fraction(curve, EARLY_FRACTION, cfg.steps)
+            r.metrics["iou_early"] = value_at_fraction(curve, EARLY_FRACTION, optim.steps)
         entry = {"lr": best_lr, "final_loss": None if math.isinf(scores[best_lr]) else scores[best_lr],
                  "per_seed": {str(r.metrics["seed"]): {k: r.metrics.get(k) for k in REPORTED} for r in runs}}
         for k in REPORTED:
@@ -114,7 +111,7 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
     write_text(out_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
     write_text(out_dir / "comparison.md", to_markdown(summary, shape.name))
     plot_curves(best_curves, out_dir / "comparison.png",
-                title=f"{shape.name}: {cfg.optimizer}, {cfg.steps} steps, mean over seeds {seeds}")
+                title=f"{shape.name}: {optim.optimizer}, {optim.steps} steps, mean over seeds {seeds}")
     summary["dir"] = str(out_dir)
     return summary
 

@@ -14,9 +14,10 @@ import hashlib
 import json
 import math
 import time
+import typing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional, Protocol
+from typing import Annotated, ClassVar, Literal, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -45,27 +46,20 @@ _DEFAULT_CONDITIONING = "equilibrate"
 DEFAULT_LR = {"adam": 2e-3, "sgd": 0.3}
 
 
-@dataclass
-class FitConfig:
-    """Fit an occupancy or signed-distance field to a triangle mesh."""
+@dataclass(frozen=True)
+class ConditionedFieldConfig(FieldConfig):
+    """The field: an encoded MLP whose every Linear layer takes the conditioner. (On the armadillo 6
+    octaves beat 8: higher IoU and Chamfer, fewer floaters.)"""
 
-    mesh: tyro.conf.Positional[Optional[Path]] = None
-    """Mesh file (obj, ply, stl, off, glb, ...). Default: the mesh the repo carries (data/meshes/spot.obj)."""
-
-    task: Literal["occupancy", "sdf"] = "occupancy"
-    """occupancy: BCE with logits on winding-number labels; sdf: L1 on clamped signed distances."""
+    width: int = 128
+    """Units per hidden layer."""
     conditioning: ConditionerName = _DEFAULT_CONDITIONING  # type: ignore[valid-type]
     """Weight conditioner for every Linear layer (from wcnerf.conditioning.available())."""
 
-    width: int = 128
-    depth: int = 4
-    """Number of hidden layers."""
-    encoding: Literal["none", "positional", "fourier"] = "positional"
-    n_freqs: int = 6
-    """positional: octaves 2^0..2^(n-1); fourier: number of random features. (On the armadillo 6 beat 8:
-    higher IoU and Chamfer, fewer floaters.)"""
-    fourier_scale: float = 4.0
-    activation: Literal["relu", "softplus", "silu"] = "relu"
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation: optimizer, learning rate and its schedule, steps, batch size."""
 
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: Optional[float] = None
@@ -78,32 +72,82 @@ class FitConfig:
     warmup_steps: int = 0
     steps: int = 2000
     batch_size: int = 8192
-    sdf_clamp: float = 0.1
-    """SDF task: distances are clamped to +-this before the L1 loss (unit coordinates)."""
+    """Training points per step, drawn from the sampled points."""
+
+    def resolved_lr(self) -> float:
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+@dataclass(frozen=True)
+class SdfConfig:
+    """SDF task (--task sdf): L1 on clamped signed distances, optionally with an eikonal term."""
+
+    clamp: float = 0.1
+    """Distances are clamped to +-this before the L1 loss (unit coordinates)."""
     eikonal_weight: float = 0.0
-    """SDF task: weight of the (|grad f| - 1)^2 term; 0 disables it (it doubles the step cost)."""
-    seed: int = 0
+    """Weight of the (|grad f| - 1)^2 term; 0 disables it (it doubles the step cost)."""
 
-    n_near: int = 400_000
-    sigma_fine: float = 0.005
-    sigma_coarse: float = 0.05
-    n_uniform: int = 100_000
-    n_eval: int = 100_000
-    """Fixed uniform points in the mesh's bounding box for the volumetric IoU."""
-    sampling_seed: int = 0
-    """Separate from --seed so every run and conditioner of a mesh trains on the same points."""
-    margin: float = 0.05
-    """The mesh is normalised into [-1+margin, 1-margin]^3."""
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation: the IoU curve while training, then the final mesh and its metrics."""
+
+    every: int = 100
+    """Steps between two points of the IoU curve."""
+    curve_points: int = 20_000
+    """The IoU curve uses this many of the fixed IoU points (--sampling.n-eval; the final IoU uses all)."""
     resolution: int = 192
     """Marching-cubes grid resolution (also the grid IoU resolution)."""
-    eval_every: int = 100
-    curve_eval_points: int = 20_000
-    """IoU curve during training uses this many of the fixed IoU points (final IoU uses all)."""
     surface_points: int = 100_000
     """Points sampled on each surface for Chamfer / normal consistency / F-score."""
     chunk: int = 65536
     """Points per forward pass at evaluation time (bounds memory)."""
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    """Live web page (viser): the input mesh and each field's current mesh, step, loss and IoU."""
+
+    enabled: Annotated[bool, tyro.conf.arg(name="viewer", prefix_name=False)] = False
+    """Serve the page while training (with --compare too)."""
+    host: str = "127.0.0.1"
+    """Address the viewer binds; 127.0.0.1 keeps it local (use ssh port forwarding), 0.0.0.0 exposes it."""
+    port: int = 8080
+    every: int = 100
+    """Refresh the viewer's mesh, loss and IoU every N steps (the mesh is extracted off the training thread)."""
+    resolution: int = 64
+    """Marching-cubes resolution of the viewer's live meshes (the final mesh uses --eval.resolution)."""
+    keep_open: bool = True
+    """After training, keep serving the page until Ctrl+C."""
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Fit several conditioners with the same seeds and the same points, and compare them."""
+
+    conditioners: Annotated[Tuple[ConditionerName, ...],  # type: ignore[valid-type]
+                            tyro.conf.arg(name="compare", prefix_name=False,
+                                          help_behavior_hint="(default: one fit, no comparison)")] = ()
+    """Conditioners to fit and compare, e.g. none equilibrate weight-norm."""
+    lrs: Annotated[Tuple[float, ...], tyro.conf.arg(help_behavior_hint="(default: --optim.lr)")] = ()
+    """Learning rates; each conditioner uses its best (lowest final training loss)."""
+    seeds: Annotated[Tuple[int, ...], tyro.conf.arg(help_behavior_hint="(default: --seed)")] = ()
+    """Seeds; every conditioner and learning rate is fitted with each."""
+
+
+@dataclass
+class FitConfig:
+    """Fit an occupancy or signed-distance field to a triangle mesh."""
+
+    mesh: Annotated[Optional[Path], tyro.conf.Positional,
+                    tyro.conf.arg(metavar="[MESH]", help_behavior_hint="(default: data/meshes/spot.obj)")] = None
+    """Mesh file (obj, ply, stl, off, glb, ...); default: the mesh the repo carries."""
+    margin: float = 0.05
+    """The mesh is normalised into [-1+margin, 1-margin]^3."""
+    task: Literal["occupancy", "sdf"] = "occupancy"
+    """occupancy: BCE with logits on winding-number labels; sdf: L1 on clamped signed distances."""
+    seed: int = 0
+    """Seed of the initial weights and of the batch order (the points have --sampling.seed)."""
 
     output_dir: Path = Path("outputs/shape")
     run_name: Optional[str] = None
@@ -111,61 +155,76 @@ class FitConfig:
     cache_dir: Optional[Path] = None
     """Where labels are cached; default <output_dir>/<mesh>/cache."""
     ckpt_every: int = 250
+    """Steps between checkpoints (a killed run resumes from the last one)."""
     overwrite: bool = False
     """Start from scratch even if the run folder has a checkpoint."""
     progress: bool = True
+    """Show a progress bar."""
     threads: int = 0
     """torch CPU threads (0: torch's default). On a busy shared CPU, 1 is often several times faster."""
-    stop_after: Optional[int] = None
-    """Stop after this many steps of *this invocation* without saving, as if killed (tests resume)."""
+    stop_after: tyro.conf.Suppress[Optional[int]] = None
+    """For tests: stop after this many steps of *this invocation* without saving, as if killed."""
 
-    compare: Optional[str] = None
-    """Comma list of conditioners, e.g. none,equilibrate,weight-norm: fit each and compare."""
-    compare_lrs: Optional[str] = None
-    """Comma list of learning rates; each conditioner uses its best (lowest final training loss)."""
-    compare_seeds: Optional[str] = None
-    """Comma list of seeds (default: --seed)."""
+    field: ConditionedFieldConfig = ConditionedFieldConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    optim: OptimConfig = OptimConfig()
+    sdf: SdfConfig = SdfConfig()
+    eval: EvalConfig = EvalConfig()
+    viewer: ViewerConfig = ViewerConfig()
+    compare: CompareConfig = CompareConfig()
 
-    viewer: bool = False
-    """Serve a web page (viser) showing the input mesh and the field's current mesh while training."""
-    viewer_host: str = "127.0.0.1"
-    """Address the viewer binds; 127.0.0.1 keeps it local (use ssh port forwarding), 0.0.0.0 exposes it."""
-    viewer_port: int = 8080
-    viewer_every: int = 100
-    """Refresh the viewer's mesh, loss and IoU every N steps (the mesh is extracted off the training thread)."""
-    viewer_resolution: int = 64
-    """Marching-cubes resolution of the viewer's live meshes (the final mesh uses --resolution)."""
-    viewer_keep_open: bool = True
-    """After training, keep serving the page until Ctrl+C."""
+    TRAINING_GROUPS: ClassVar[Tuple[str, ...]] = ("field", "sampling", "optim", "sdf")
+    """The groups that decide the trained weights, in full; the others (eval, viewer, compare) and the
+    top-level paths, checkpoint cadence, threads and progress bar do not."""
 
     # ------------------------------------------------------------------------------------------
-    def resolved_lr(self) -> float:
-        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
+    def training_settings(self, shape: ShapeMesh) -> dict:
+        """Everything that changes the trained weights: the mesh (its geometry and ``margin``, as
+        ``shape.content_hash``), the task, the seed and the training groups (the lr resolved)."""
+        groups = {name: asdict(getattr(self, name)) for name in self.TRAINING_GROUPS}
+        groups["optim"]["lr"] = self.optim.resolved_lr()
+        return {"mesh": shape.content_hash, "task": self.task, "seed": self.seed, **groups}
 
-    def field_config(self) -> FieldConfig:
-        return FieldConfig(width=self.width, depth=self.depth, encoding=self.encoding, n_freqs=self.n_freqs,
-                           fourier_scale=self.fourier_scale, activation=self.activation)
+    def training_key(self, shape: ShapeMesh) -> str:
+        """Hash of :meth:`training_settings`: a run folder is resumed only under the same key."""
+        return hashlib.sha256(json.dumps(self.training_settings(shape), sort_keys=True).encode()).hexdigest()[:8]
 
-    def sampling_config(self) -> SamplingConfig:
-        return SamplingConfig(n_near=self.n_near, sigma_near=(self.sigma_fine, self.sigma_coarse),
-                              n_uniform=self.n_uniform, n_eval=self.n_eval, seed=self.sampling_seed)
+    def default_run_name(self, shape: ShapeMesh) -> str:
+        return (f"{self.field.conditioning}-{self.optim.optimizer}-lr{self.optim.resolved_lr():g}-s{self.seed}-"
+                f"{self.training_key(shape)}")
 
     def to_json(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return json.loads(json.dumps(asdict(self), default=str))
 
-    _NOT_TRAINING = ("mesh", "resolution", "eval_every", "curve_eval_points", "surface_points", "chunk",
-                     "output_dir", "run_name", "cache_dir", "ckpt_every", "overwrite", "progress", "threads",
-                     "stop_after", "compare", "compare_lrs", "compare_seeds", "viewer", "viewer_host",
-                     "viewer_port", "viewer_every", "viewer_resolution", "viewer_keep_open")
+    @classmethod
+    def from_json(cls, data: dict) -> "FitConfig":
+        """The inverse of :meth:`to_json` (a run folder's config.json, a checkpoint's config)."""
+        return _from_json(cls, data)
 
-    def training_key(self) -> str:
-        """Hash of everything that changes the trained weights (not paths, eval or logging)."""
-        d = {k: v for k, v in self.to_json().items() if k not in self._NOT_TRAINING}
-        d["lr"] = self.resolved_lr()
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
-    def default_run_name(self) -> str:
-        return f"{self.conditioning}-{self.optimizer}-lr{self.resolved_lr():g}-s{self.seed}-{self.training_key()}"
+OLDER_LAYOUT = "was written by an older shape trainer (flat settings)"
+
+
+def older_layout(config: dict) -> bool:
+    """Settings saved before they were grouped (one flat dict): such runs are not resumed or loaded."""
+    return not isinstance(config.get("field"), dict)
+
+
+def _from_json(cls, data: dict):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = _from_json(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, str) and Path in (hint, *typing.get_args(hint)):
+            value = Path(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def pick_device() -> torch.device:
@@ -173,7 +232,7 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def lr_factor(cfg: FitConfig, step: int) -> float:
+def lr_factor(cfg: OptimConfig, step: int) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based)."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -186,7 +245,7 @@ def lr_factor(cfg: FitConfig, step: int) -> float:
     return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def make_optimizer(cfg: FitConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.resolved_lr())
     if cfg.optimizer == "sgd":
@@ -200,7 +259,8 @@ def _batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     return torch.randint(0, n, (batch,), generator=g)
 
 
-def predict_inside(cfg: FitConfig, out: torch.Tensor) -> torch.Tensor:
+def predict_inside(cfg: FitConfig, out):
+    """Inside where the occupancy logit is positive, or the signed distance negative (tensor or array)."""
     return out < 0 if cfg.task == "sdf" else out > 0
 
 
@@ -216,7 +276,8 @@ class FitResult:
 
 
 def _eval_settings(cfg: FitConfig) -> dict:
-    return {"resolution": cfg.resolution, "surface_points": cfg.surface_points, "n_eval": cfg.n_eval}
+    return {"resolution": cfg.eval.resolution, "surface_points": cfg.eval.surface_points,
+            "n_eval": cfg.sampling.n_eval}
 
 
 class FitMonitor(Protocol):
@@ -234,14 +295,15 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
         monitor: Optional[FitMonitor] = None, run_label: Optional[str] = None) -> FitResult:
     """Train (or resume) one field, then extract its mesh and measure it. Returns the metrics.
 
-    ``monitor`` (optional) is told about the run every ``cfg.viewer_every`` steps and at the end;
+    ``monitor`` (optional) is told about the run every ``cfg.viewer.every`` steps and at the end;
     ``run_label`` names the run for it (default: the conditioner)."""
-    if cfg.conditioning not in available():
-        raise ValueError(f"unknown conditioning {cfg.conditioning!r}; choose from {', '.join(available())}")
+    conditioning, optim = cfg.field.conditioning, cfg.optim
+    if conditioning not in available():
+        raise ValueError(f"unknown conditioning {conditioning!r}; choose from {', '.join(available())}")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     shape = shape or load_mesh(cfg.mesh or DEFAULT_MESH, margin=cfg.margin)
-    run_dir = Path(run_dir) if run_dir is not None else cfg.output_dir / shape.name / (cfg.run_name or cfg.default_run_name())
+    run_dir = Path(run_dir) if run_dir is not None else cfg.output_dir / shape.name / (cfg.run_name or cfg.default_run_name(shape))
     cache_dir = cfg.cache_dir if cfg.cache_dir is not None else cfg.output_dir / shape.name / "cache"
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.json"
@@ -252,73 +314,74 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     if cfg.overwrite and run_dir.exists():
         for name in ("checkpoint.pt", "metrics.json", "mesh.ply", "curves.png", "config.json"):
             (run_dir / name).unlink(missing_ok=True)
+    key = cfg.training_key(shape)
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    if ckpt is not None and ckpt.get("training_key") != key:
+        why = (f"{OLDER_LAYOUT} and cannot be resumed" if older_layout(ckpt.get("config", {})) else "holds a run with different training settings")
+        raise RunError(f"{run_dir}: {why}; use another --run-name or --overwrite")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.json", json.dumps(cfg.to_json(), indent=2) + "\n")
 
-    samples = load_or_compute_samples(shape, cfg.sampling_config(), cache_dir)
+    samples = load_or_compute_samples(shape, cfg.sampling, cache_dir)
     pts = torch.from_numpy(samples.points).to(device)
     target = torch.from_numpy(samples.occupancy.astype(np.float32) if cfg.task == "occupancy" else samples.sdf).to(device)
     ev_pts = torch.from_numpy(samples.eval_points).to(device)
     ev_occ = samples.eval_occupancy.astype(bool)
-    n_curve = min(cfg.curve_eval_points, len(ev_pts))
+    n_curve = min(cfg.eval.curve_points, len(ev_pts))
 
-    model = build_field(cfg.field_config(), cfg.conditioning, cfg.seed).to(device)
-    opt = make_optimizer(cfg, model.parameters())
-    base_lr = cfg.resolved_lr()
+    model = build_field(cfg.field, conditioning, cfg.seed).to(device)
+    opt = make_optimizer(optim, model.parameters())
+    base_lr = optim.resolved_lr()
     state = {"step": 0, "train_seconds": 0.0, "loss": [], "eval_step": [], "eval_iou": []}
 
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("training_key") != cfg.training_key():
-            raise RunError(f"{run_dir}: holds a run with different training settings; "
-                           "use another --run-name or --overwrite")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
-    label = run_label or cfg.conditioning
+    label = run_label or conditioning
     if monitor is not None:
         monitor.started(label, cfg, shape, model)
 
     def save_checkpoint():  # atomically: a killed run never leaves half a checkpoint
         with atomic_path(ckpt_path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                        "training_key": cfg.training_key(), "config": cfg.to_json()}, tmp)
+                        "training_key": key, "config": cfg.to_json()}, tmp)
 
     def curve_iou() -> float:
         model.eval()
-        out = evaluate_points(model, samples.eval_points[:n_curve], device, cfg.chunk)
+        out = evaluate_points(model, samples.eval_points[:n_curve], device, cfg.eval.chunk)
         model.train()
-        return iou(out < 0 if cfg.task == "sdf" else out > 0, ev_occ[:n_curve])
+        return iou(predict_inside(cfg, out), ev_occ[:n_curve])
 
     start = state["step"]
-    if start < cfg.steps and not state.get("diverged"):
+    if start < optim.steps and not state.get("diverged"):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc=f"{shape.name} {cfg.conditioning}",
+        bar = tqdm(total=optim.steps, initial=start, disable=not cfg.progress, desc=f"{shape.name} {conditioning}",
                    dynamic_ncols=True, mininterval=1.0)
         model.train()
         run_steps = 0
         try:
-            for step in range(start, cfg.steps):
+            for step in range(start, optim.steps):
                 if cfg.stop_after is not None and run_steps >= cfg.stop_after:
                     bar.close()
                     return FitResult(run_dir, {"interrupted_at": step}, {})
                 t0, c0 = time.perf_counter(), time.process_time()
                 for group in opt.param_groups:
-                    group["lr"] = base_lr * lr_factor(cfg, step)
-                idx = _batch_indices(cfg.seed, step, len(pts), cfg.batch_size).to(device)
+                    group["lr"] = base_lr * lr_factor(optim, step)
+                idx = _batch_indices(cfg.seed, step, len(pts), optim.batch_size).to(device)
                 x, y = pts[idx], target[idx]
-                if cfg.task == "sdf" and cfg.eikonal_weight > 0:
+                if cfg.task == "sdf" and cfg.sdf.eikonal_weight > 0:
                     x = x.clone().requires_grad_(True)
                 out = model(x)
                 if cfg.task == "occupancy":
                     loss = F.binary_cross_entropy_with_logits(out, y)
                 else:
-                    c = cfg.sdf_clamp
+                    c = cfg.sdf.clamp
                     loss = (out.clamp(-c, c) - y.clamp(-c, c)).abs().mean()
-                    if cfg.eikonal_weight > 0:
+                    if cfg.sdf.eikonal_weight > 0:
                         (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-                        loss = loss + cfg.eikonal_weight * ((grad.norm(dim=-1) - 1) ** 2).mean()
+                        loss = loss + cfg.sdf.eikonal_weight * ((grad.norm(dim=-1) - 1) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -336,13 +399,14 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
                     bar.close()
                     save_checkpoint()
                     break
-                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                last = step + 1 == optim.steps
+                if (step + 1) % cfg.eval.every == 0 or last:
                     state["eval_step"].append(step + 1)
                     state["eval_iou"].append(curve_iou())
                     bar.set_postfix(loss=f"{lv:.4f}", iou=f"{state['eval_iou'][-1]:.4f}", refresh=False)
-                if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                if (step + 1) % cfg.ckpt_every == 0 or last:
                     save_checkpoint()
-                if monitor is not None and ((step + 1) % cfg.viewer_every == 0 or step + 1 == cfg.steps):
+                if monitor is not None and ((step + 1) % cfg.viewer.every == 0 or last):
                     monitor.progress(label, step + 1, lv, _curves(state), model)
                 bar.update(1)
         except KeyboardInterrupt:
@@ -362,7 +426,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     steps_done = max(1, len(state["loss"]))
     tail = state["loss"][-max(1, len(state["loss"]) // 20):]
     metrics.update({
-        "mesh": str(shape.path), "conditioning": cfg.conditioning, "optimizer": cfg.optimizer,
+        "mesh": str(shape.path), "conditioning": conditioning, "optimizer": optim.optimizer,
         "lr": base_lr, "seed": cfg.seed, "task": cfg.task, "steps": state["step"],
         "diverged": diverged,
         "final_loss": float(np.mean(tail)) if tail and not diverged else None,
@@ -375,7 +439,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     from .plot import plot_curves
 
-    plot_curves({cfg.conditioning: _curves(state)}, run_dir / "curves.png", title=f"{shape.name}: {cfg.conditioning}")
+    plot_curves({conditioning: _curves(state)}, run_dir / "curves.png", title=f"{shape.name}: {conditioning}")
     if monitor is not None:
         monitor.finished(label, metrics, _curves(state), _mesh_unit(run_dir, shape))
     return FitResult(run_dir, metrics, _curves(state))
@@ -401,16 +465,16 @@ def evaluate(cfg: FitConfig, model, shape: ShapeMesh, samples, device, run_dir: 
     """Final metrics (unit coordinates unless named *_original) and mesh.ply in input coordinates."""
     model.eval()
     t0 = time.perf_counter()
-    out = evaluate_points(model, samples.eval_points, device, cfg.chunk)
-    iou_points = iou(out < 0 if cfg.task == "sdf" else out > 0, samples.eval_occupancy.astype(bool))
-    grid = evaluate_grid(model, cfg.resolution, device, chunk=cfg.chunk)
+    out = evaluate_points(model, samples.eval_points, device, cfg.eval.chunk)
+    iou_points = iou(predict_inside(cfg, out), samples.eval_occupancy.astype(bool))
+    grid = evaluate_grid(model, cfg.eval.resolution, device, chunk=cfg.eval.chunk)
     if not np.isfinite(grid).all():
         grid = np.nan_to_num(grid, nan=1.0 if cfg.task == "sdf" else -1.0)
-    pred_grid = grid < 0 if cfg.task == "sdf" else grid > 0
-    gt_grid = load_or_compute_grid_occupancy(shape, cfg.resolution, cache_dir)
+    pred_grid = predict_inside(cfg, grid)
+    gt_grid = load_or_compute_grid_occupancy(shape, cfg.eval.resolution, cache_dir)
     iou_grid = iou(pred_grid, gt_grid)
     mesh_unit = marching_cubes(grid, 0.0, inside_is_negative=(cfg.task == "sdf"))
-    surf = surface_metrics(mesh_unit, shape.mesh, n_points=cfg.surface_points, seed=cfg.sampling_seed)
+    surf = surface_metrics(mesh_unit, shape.mesh, n_points=cfg.eval.surface_points, seed=cfg.sampling.seed)
     mesh_orig = to_original(mesh_unit, shape.normalization)
     write_mesh(mesh_orig, run_dir / "mesh.ply")
     scale = shape.normalization.scale
@@ -426,9 +490,10 @@ def load_field(run_dir: Path, device: Optional[torch.device] = None):
     """Rebuild a trained field from a run folder (config.json + checkpoint.pt)."""
     device = device or pick_device()
     raw = json.loads((Path(run_dir) / "config.json").read_text())
-    fields = {f.name for f in dataclasses.fields(FitConfig)}
-    cfg = FitConfig(**{k: v for k, v in raw.items() if k in fields})
-    model = build_field(cfg.field_config(), cfg.conditioning, cfg.seed).to(device)
+    if older_layout(raw):
+        raise RunError(f"{run_dir}: {OLDER_LAYOUT}; fit it again")
+    cfg = FitConfig.from_json(raw)
+    model = build_field(cfg.field, cfg.field.conditioning, cfg.seed).to(device)
     ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
