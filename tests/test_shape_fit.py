@@ -95,6 +95,56 @@ def test_default_run_name_resumes_and_separates(tmp_path, small_mesh):
     assert cfg.default_run_name(shape) != tiny(tmp_path, small_mesh, steps=5, lr=0.5).default_run_name(shape)
 
 
+def test_training_key_is_the_training_groups_task_seed_and_mesh(tmp_path, small_mesh):
+    shape = load_mesh(small_mesh)
+    cfg = tiny(tmp_path, small_mesh)
+    key = cfg.training_key(shape)
+    for change in (dict(conditioning="enorm"), dict(width=33), dict(n_near=4001), dict(sigma_near=(0.01, 0.05)),
+                   dict(steps=31), dict(batch_size=256), dict(clamp=0.2), dict(task="sdf"), dict(seed=1)):
+        assert settings(cfg, **change).training_key(shape) != key, change
+    assert cfg.training_key(load_mesh(small_mesh, margin=0.2)) != key  # the mesh: geometry and margin
+    for change in (dict(every=3), dict(resolution=8), dict(port=1), dict(conditioners=("none",)), dict(lrs=(1.0,)),
+                   dict(threads=2), dict(ckpt_every=3), dict(output_dir=tmp_path / "x"), dict(run_name="x")):
+        assert settings(cfg, **change).training_key(shape) == key, change
+    # an explicit learning rate equal to the default one is the same training
+    assert settings(cfg, lr=2e-3).training_key(shape) == key
+
+
+def test_run_folder_of_the_older_flat_layout_is_refused_clearly(tmp_path, small_mesh, capsys):
+    """Run folders written before the settings were grouped hold a flat config and another key:
+    they are neither resumed nor loaded, with a message; the default run name starts afresh."""
+    from wcnerf.shape import cli
+    from wcnerf.shape.train import RunError, load_field
+
+    cfg = tiny(tmp_path, small_mesh, steps=5, resolution=16, surface_points=500, run_name="old")
+    run_dir = tmp_path / "out" / "blob" / "old"
+    run_dir.mkdir(parents=True)
+    flat = {"mesh": str(small_mesh), "conditioning": "none", "width": 32, "depth": 2, "steps": 5, "lr": None}
+    torch.save({"model": {}, "optimizer": {}, "state": {"step": 5}, "training_key": "0123abcd", "config": flat},
+               run_dir / "checkpoint.pt")
+    (run_dir / "config.json").write_text(json.dumps(flat))
+    assert cli.run(cfg) == 2
+    err = capsys.readouterr().err
+    assert "older shape trainer" in err and "--overwrite" in err and "Traceback" not in err
+    assert json.loads((run_dir / "config.json").read_text()) == flat  # left as it was
+    with pytest.raises(RunError, match="older shape trainer"):
+        load_field(run_dir)
+    fresh = fit(settings(cfg, run_name=None))
+    assert fresh.metrics["steps"] == 5 and fresh.run_dir != run_dir
+    model, loaded = load_field(fresh.run_dir)
+    assert loaded == settings(cfg, run_name=None)
+
+
+def test_test_only_settings_are_not_on_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        tyro.cli(FitConfig, args=["--help"])
+    text = capsys.readouterr().out
+    assert "--field.conditioning" in text and "--optim.lr" in text and "stop-after" not in text
+    with pytest.raises(SystemExit):
+        tyro.cli(FitConfig, args=["--stop-after", "3"])
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("method", ["equilibrate", "weight-norm", "enorm"])
 def test_conditioners_train(tmp_path, small_mesh, method):
     res = fit(tiny(tmp_path, small_mesh, steps=5, conditioning=method, optimizer="sgd", lr=0.05,
