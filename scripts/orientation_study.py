@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without install
 
 CONDITIONERS = ("none", "equilibrate-out", "equilibrate-in", "weight-norm")
 LR_GRID = {"adam": ("1e-3", "3e-3", "1e-2"), "sgd": ("0.1", "0.3", "1.0")}
-SHAPE_ARGS = ["--optim.steps", "400", "--optim.batch-size", "2048", "--eval.every", "20", "--eval.resolution", "96",
-              "--eval.surface-points", "20000", "--threads", "1", "--no-progress"]
+SHAPE_ARGS = ["--optim.steps", "400", "--optim.batch-size", "2048", "--evaluation.every", "20",
+              "--evaluation.resolution", "96", "--evaluation.surface-points", "20000", "--threads", "1", "--no-progress"]
 
 
 @dataclass

@@ -78,7 +78,7 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
                           monitor=monitor, run_label=method)
                 results[method].setdefault(lr, []).append(res)
 
-    summary: dict = {"mesh": str(shape.path), "task": cfg.task, "curve_points": cfg.eval.curve_points,
+    summary: dict = {"mesh": str(shape.path), "task": cfg.task, "curve_points": cfg.evaluation.curve_points,
                      "optimizer": optim.optimizer, "steps": optim.steps, "batch_size": optim.batch_size,
                      "seeds": seeds, "lrs": lrs,
                      "lr_selection": "per conditioner, lowest final training loss (mean of last 5% of steps, mean over seeds)",

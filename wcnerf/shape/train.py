@@ -116,7 +116,7 @@ class ViewerConfig:
     every: int = 100
     """Refresh the viewer's mesh, loss and IoU every N steps (the mesh is extracted off the training thread)."""
     resolution: int = 64
-    """Marching-cubes resolution of the viewer's live meshes (the final mesh uses --eval.resolution)."""
+    """Marching-cubes resolution of the viewer's live meshes (the final mesh uses --evaluation.resolution)."""
     keep_open: bool = True
     """After training, keep serving the page until Ctrl+C."""
 
@@ -169,12 +169,12 @@ class FitConfig:
     sampling: SamplingConfig = SamplingConfig()
     optim: OptimConfig = OptimConfig()
     sdf: SdfConfig = SdfConfig()
-    eval: EvalConfig = EvalConfig()
+    evaluation: EvalConfig = EvalConfig()
     viewer: ViewerConfig = ViewerConfig()
     compare: CompareConfig = CompareConfig()
 
     TRAINING_GROUPS: ClassVar[Tuple[str, ...]] = ("field", "sampling", "optim", "sdf")
-    """The groups that decide the trained weights, in full; the others (eval, viewer, compare) and the
+    """The groups that decide the trained weights, in full; the others (evaluation, viewer, compare) and the
     top-level paths, checkpoint cadence, threads and progress bar do not."""
 
     # ------------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ class FitResult:
 
 
 def _eval_settings(cfg: FitConfig) -> dict:
-    return {"resolution": cfg.eval.resolution, "surface_points": cfg.eval.surface_points,
+    return {"resolution": cfg.evaluation.resolution, "surface_points": cfg.evaluation.surface_points,
             "n_eval": cfg.sampling.n_eval}
 
 
@@ -327,7 +327,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     target = torch.from_numpy(samples.occupancy.astype(np.float32) if cfg.task == "occupancy" else samples.sdf).to(device)
     ev_pts = torch.from_numpy(samples.eval_points).to(device)
     ev_occ = samples.eval_occupancy.astype(bool)
-    n_curve = min(cfg.eval.curve_points, len(ev_pts))
+    n_curve = min(cfg.evaluation.curve_points, len(ev_pts))
 
     model = build_field(cfg.field, conditioning, cfg.seed).to(device)
     opt = make_optimizer(optim, model.parameters())
@@ -349,7 +349,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
 
     def curve_iou() -> float:
         model.eval()
-        out = evaluate_points(model, samples.eval_points[:n_curve], device, cfg.eval.chunk)
+        out = evaluate_points(model, samples.eval_points[:n_curve], device, cfg.evaluation.chunk)
         model.train()
         return iou(predict_inside(cfg, out), ev_occ[:n_curve])
 
@@ -400,7 +400,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
                     save_checkpoint()
                     break
                 last = step + 1 == optim.steps
-                if (step + 1) % cfg.eval.every == 0 or last:
+                if (step + 1) % cfg.evaluation.every == 0 or last:
                     state["eval_step"].append(step + 1)
                     state["eval_iou"].append(curve_iou())
                     bar.set_postfix(loss=f"{lv:.4f}", iou=f"{state['eval_iou'][-1]:.4f}", refresh=False)
@@ -465,16 +465,16 @@ def evaluate(cfg: FitConfig, model, shape: ShapeMesh, samples, device, run_dir: 
     """Final metrics (unit coordinates unless named *_original) and mesh.ply in input coordinates."""
     model.eval()
     t0 = time.perf_counter()
-    out = evaluate_points(model, samples.eval_points, device, cfg.eval.chunk)
+    out = evaluate_points(model, samples.eval_points, device, cfg.evaluation.chunk)
     iou_points = iou(predict_inside(cfg, out), samples.eval_occupancy.astype(bool))
-    grid = evaluate_grid(model, cfg.eval.resolution, device, chunk=cfg.eval.chunk)
+    grid = evaluate_grid(model, cfg.evaluation.resolution, device, chunk=cfg.evaluation.chunk)
     if not np.isfinite(grid).all():
         grid = np.nan_to_num(grid, nan=1.0 if cfg.task == "sdf" else -1.0)
     pred_grid = predict_inside(cfg, grid)
-    gt_grid = load_or_compute_grid_occupancy(shape, cfg.eval.resolution, cache_dir)
+    gt_grid = load_or_compute_grid_occupancy(shape, cfg.evaluation.resolution, cache_dir)
     iou_grid = iou(pred_grid, gt_grid)
     mesh_unit = marching_cubes(grid, 0.0, inside_is_negative=(cfg.task == "sdf"))
-    surf = surface_metrics(mesh_unit, shape.mesh, n_points=cfg.eval.surface_points, seed=cfg.sampling.seed)
+    surf = surface_metrics(mesh_unit, shape.mesh, n_points=cfg.evaluation.surface_points, seed=cfg.sampling.seed)
     mesh_orig = to_original(mesh_unit, shape.normalization)
     write_mesh(mesh_orig, run_dir / "mesh.ply")
     scale = shape.normalization.scale
