@@ -236,7 +236,7 @@ def bench_models(args: Args, device: torch.device, tcnn_ok: bool, rows: List[Row
 
 
 def main(args: Args) -> None:
-    import wcnerf.nerf  # noqa: F401  (compat: nerfacc guard etc.)
+    import wcnerf.plugin  # noqa: F401  (compat: nerfacc guard etc.)
     from wcnerf.nerfacto.tcnn import tcnn_status
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

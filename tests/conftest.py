@@ -42,7 +42,7 @@ def offline_hub(tmp_path, monkeypatch):
     """No LPIPS weights anywhere: an empty torch hub dir, no env override."""
     import torch
 
-    from wcnerf.nerf import compat  # only here: importing wcnerf.nerf installs its nerfstudio fixes
+    from wcnerf.plugin import compat  # only here: importing wcnerf.plugin installs its nerfstudio fixes
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv(compat.LPIPS_ENV, raising=False)

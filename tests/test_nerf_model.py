@@ -20,10 +20,10 @@ from nerfstudio.cameras.cameras import Cameras, CameraType  # noqa: E402
 from nerfstudio.data.scene_box import SceneBox  # noqa: E402
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers  # noqa: E402
 
-from wcnerf.nerf import compat  # noqa: E402
+from wcnerf.plugin import compat  # noqa: E402
 from wcnerf.nerf.methods import PAPER, e_nerf, e_nerf_small, nerf, nerf_small  # noqa: E402
 from wcnerf.nerf.model import paper_encoding, parse_options  # noqa: E402
-from wcnerf.nerf.trainer import RunExponentialDecaySchedulerConfig  # noqa: E402
+from wcnerf.plugin.trainer import RunExponentialDecaySchedulerConfig  # noqa: E402
 
 from helpers import differences  # noqa: E402
 from nerf_helpers import LLFF_META, build, callback_train_step, rays, training_callbacks  # noqa: E402
@@ -329,3 +329,21 @@ def test_per_input_equilibration_leaves_the_density_heads_plain():
     single = [m for m in linears(model) if m.out_features == 1]
     assert single and not any(parametrize.is_parametrized(m) for m in single)
     assert all(parametrize.is_parametrized(m) for m in linears(model) if m.out_features > 1)
+
+
+def test_run_configs_written_before_the_trainer_moved_still_load(tmp_path):
+    """config.yml of runs trained when the trainer was wcnerf.nerf.trainer (now wcnerf.plugin.trainer)
+    load as nerfstudio's ns-eval / ns-render load them: yaml first, in a fresh interpreter."""
+    import subprocess
+
+    import yaml
+
+    text = yaml.dump(e_nerf_small.config)
+    assert "wcnerf.plugin.trainer.WCTrainerConfig" in text
+    old = tmp_path / "config.yml"
+    old.write_text(text.replace("wcnerf.plugin.trainer.", "wcnerf.nerf.trainer."))
+    code = ("import sys, yaml; c = yaml.load(open(sys.argv[1]).read(), Loader=yaml.Loader); "
+            "print(type(c).__module__, type(c.optimizers['fields']['scheduler']).__module__, c._target.__module__)")
+    res = subprocess.run([sys.executable, "-c", code, str(old)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["wcnerf.plugin.trainer"] * 3

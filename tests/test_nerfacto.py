@@ -27,7 +27,7 @@ from nerfstudio.field_components.encodings import HashEncoding  # noqa: E402
 
 from wcnerf import conditioning as wc  # noqa: E402
 from wcnerf.data.ndc import ndc_rays  # noqa: E402
-from wcnerf.nerf import compat  # noqa: E402
+from wcnerf.plugin import compat  # noqa: E402
 from wcnerf.nerfacto import tcnn as nfa_tcnn  # noqa: E402
 from wcnerf.nerfacto.methods import (  # noqa: E402
     e_nerfacto,

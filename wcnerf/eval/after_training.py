@@ -60,7 +60,7 @@ def load_run_config(config_path: Path):
     """The run's TrainerConfig, read as nerfstudio's ``eval_setup`` reads it."""
     import yaml
 
-    import wcnerf.nerf  # noqa: F401  (nerfstudio fixes; the config's classes)
+    import wcnerf.plugin  # noqa: F401  (nerfstudio fixes; YAML imports the config's classes)
 
     return yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
 

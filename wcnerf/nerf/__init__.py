@@ -1,20 +1,24 @@
-"""E-NeRF for nerfstudio: model, field, trainer and method specifications.
+"""E-NeRF for nerfstudio: model, field and method specifications.
 
 - :mod:`wcnerf.nerf.model`: ``ENeRFModelConfig`` / ``ENeRFModel`` (NeRF paper's LLFF model,
   every Linear weight-conditioned by ``wcnerf.conditioning``).
 - :mod:`wcnerf.nerf.field`: ``ENeRFField`` (nerfstudio's ``NeRFField`` + raw-density noise).
-- :mod:`wcnerf.nerf.trainer`: ``WCTrainer`` (atomic, ``weights_only``-safe checkpoints).
 - :mod:`wcnerf.nerf.methods`: the ``e-nerf``, ``nerf``, ``e-nerf-small``, ``nerf-small``
   method specifications (nerfstudio entry points).
-- :mod:`wcnerf.nerf.compat`: fixes for nerfstudio 1.1.5 on a current torch, offline, CPU.
 
-Importing this package applies :func:`wcnerf.nerf.compat.install` (numpy scalars allowed in
-``torch.load(weights_only=True)``; nerfacc's CUDA JIT blocked when CUDA is unavailable).
-nerfstudio imports it through the entry points before any checkpoint is read.
+The nerfstudio plumbing shared with the other method families (compatibility fixes, trainer,
+presets, NDC, conditioning of the model) is :mod:`wcnerf.plugin`; importing this package
+imports it, which applies :func:`wcnerf.plugin.compat.install` before nerfstudio reads any
+checkpoint.
 """
 
-from wcnerf.nerf import compat as compat
+import sys
 
-compat.install()
+import wcnerf.plugin  # noqa: F401  (applies wcnerf.plugin.compat.install())
+from wcnerf.plugin import trainer as _trainer
 
-__all__ = ["compat"]
+# Run configs (config.yml) written before the trainer moved to wcnerf.plugin name its classes
+# wcnerf.nerf.trainer.*; nerfstudio's YAML loader imports them by that name (ns-eval, ns-render,
+# ns-export, --load-config). This alias of the module object keeps those runs loadable; nothing
+# in the repository imports the old name.
+sys.modules.setdefault(__name__ + ".trainer", _trainer)

@@ -31,7 +31,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from wcnerf.data.llff import LLFFDataParserConfig
 from wcnerf.nerf.model import ENeRFModelConfig
-from wcnerf.nerf.trainer import RunExponentialDecaySchedulerConfig, WCTrainerConfig
+from wcnerf.plugin.trainer import RunExponentialDecaySchedulerConfig, WCTrainerConfig
 
 __all__ = [
     "PAPER",

@@ -32,7 +32,7 @@ Outputs: ``rgb``, ``accumulation``, ``depth`` (fine; ``depth`` is the distance a
 world ray, also in NDC mode) and ``rgb_coarse``/``rgb_fine``/``accumulation_*``/``depth_*``
 (``depth_*`` in sampling units). Metrics: ``psnr`` (train batches too), ``coarse_psnr``,
 ``ssim`` and ``lpips`` on images; LPIPS only when AlexNet's ImageNet weights are available
-locally (see :func:`wcnerf.nerf.compat.build_lpips`), otherwise omitted with a warning.
+locally (see :func:`wcnerf.plugin.compat.build_lpips`), otherwise omitted with a warning.
 
 Layer-wise conditioning analysis (:mod:`wcnerf.analysis`) of both fields runs during the
 ordinary training step every ``analysis_every`` steps (hooks attached before the step,
@@ -71,7 +71,7 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps, misc, writer
 
 from wcnerf import conditioning as wc
-from wcnerf.nerf.compat import lpips_holder, say_once
+from wcnerf.plugin.compat import lpips_holder, say_once
 from wcnerf.nerf.field import DensityActivation, ENeRFField
 from wcnerf.nerf.viewer_panel import ConditioningPanel
 

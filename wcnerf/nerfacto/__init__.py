@@ -8,4 +8,4 @@
   ``nerfacto-plain-small`` method specifications (nerfstudio entry points).
 """
 
-import wcnerf.nerf  # noqa: F401  (applies wcnerf.nerf.compat.install())
+import wcnerf.plugin  # noqa: F401  (applies wcnerf.plugin.compat.install())

@@ -29,7 +29,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from wcnerf.data.llff import LLFFDataParserConfig
 from wcnerf.nerf.methods import adam_decay, trainer_config
-from wcnerf.nerf.trainer import WCTrainerConfig
+from wcnerf.plugin.trainer import WCTrainerConfig
 from wcnerf.nerfacto.model import ENerfactoModelConfig
 
 __all__ = [

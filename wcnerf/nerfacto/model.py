@@ -32,7 +32,7 @@ field, the same losses, sampling schedule and outputs), built by nerfacto's own
   sideways or backwards) render empty, and camera optimisation is refused in NDC.
 * **Defaults and offline metrics.** The appearance embedding is off for LLFF data and on
   otherwise (``use_appearance_embedding=None``); LPIPS is computed only from locally
-  available AlexNet weights (:func:`wcnerf.nerf.compat.build_lpips`), never downloaded.
+  available AlexNet weights (:func:`wcnerf.plugin.compat.build_lpips`), never downloaded.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from wcnerf import conditioning as wc
 from wcnerf.data.ndc import ndc_ray_mask, ndc_rays
-from wcnerf.nerf.compat import lpips_holder
+from wcnerf.plugin.compat import lpips_holder
 from wcnerf.nerf.model import parse_options
 from wcnerf.nerfacto.tcnn import resolve_grid_implementation, use_tcnn_hash_grids
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from nerfstudio.field_components.encodings import HashEncoding
-from wcnerf.nerf.compat import say_once
+from wcnerf.plugin.compat import say_once
 
 __all__ = [
     "FALLBACK_MESSAGE",

@@ -1,7 +1,7 @@
 """nerfstudio ``Trainer`` and learning-rate schedule used by the wcnerf methods.
 
 :class:`WCTrainer` is nerfstudio's trainer with three changes (set as ``_target`` of
-:class:`WCTrainerConfig`, so ``ns-train e-nerf`` uses it):
+:class:`WCTrainerConfig`, so every wcnerf method, e.g. ``ns-train e-nerf``, uses it):
 
 * checkpoints are written atomically (temporary file outside ``nerfstudio_models/``, fsync,
   rename) and hold only tensors and Python scalars, so ``torch.load(weights_only=True)``
@@ -29,7 +29,7 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from wcnerf.nerf.compat import atomic_torch_save, sanitize
+from wcnerf.plugin.compat import atomic_torch_save, sanitize
 
 __all__ = ["RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig"]
 

@@ -1,8 +1,8 @@
 """Fixes for running nerfstudio 1.1.5 on a current torch, offline, on CPU-only machines.
 
-Everything here is applied by ``import wcnerf.nerf`` (which nerfstudio's entry-point
-discovery does before any command touches a checkpoint) through :func:`install`, or used by
-our model and trainer:
+Everything here is applied by ``import wcnerf.plugin`` (which every method family does, so
+nerfstudio's entry-point discovery does it before any command touches a checkpoint) through
+:func:`install`, or used by our models and trainer:
 
 * **Checkpoints and ``weights_only``.** torch >= 2.6 loads with ``weights_only=True``.
   nerfstudio's ``ExponentialDecayScheduler`` computes learning rates with numpy, so its
