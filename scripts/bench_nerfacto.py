@@ -180,8 +180,8 @@ def bench_models(args: Args, device: torch.device, tcnn_ok: bool, rows: List[Row
     from wcnerf.nerfacto.model import ENerfactoModelConfig, _lpips_not_built
 
     preset = NERFACTO if args.preset == "full" else NERFACTO_SMALL
-    n = args.rays or preset["rays"]
-    sizes = {k: v for k, v in preset["model"].items() if k != "eval_num_rays_per_chunk"}
+    n = args.rays or preset.rays
+    sizes = {k: v for k, v in preset.model_options().items() if k != "eval_num_rays_per_chunk"}
     common = dict(use_appearance_embedding=False, average_init_density=0.01, **sizes)
     scene_box = SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]))
     g = torch.Generator().manual_seed(0)

@@ -52,7 +52,7 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     writer.put_scalar = lambda name, scalar, step: None  # keep the analysis' logging out of the timing
     torch.manual_seed(0)
-    cfg = ENeRFModelConfig(conditioning="equilibrate", **{**SMALL["model"], "analysis_every": 0})
+    cfg = ENeRFModelConfig(conditioning="equilibrate", **{**SMALL.model_options(), "analysis_every": 0})
     meta = {"llff": {"ndc": True, "near": 1.0, "far": 1.0, "focal": 407.0, "width": 504, "height": 378}}
     model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=4, metadata=meta)
     model.train()

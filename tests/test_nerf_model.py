@@ -56,7 +56,7 @@ def test_paper_protocol_settings():
     assert (m.num_coarse_samples, m.num_importance_samples) == (64, 128)
     assert (m.position_frequencies, m.direction_frequencies, m.density_noise_std) == (10, 4, 1.0)
     assert cfg.pipeline.datamanager.train_num_rays_per_batch == 4096
-    assert cfg.max_num_iterations == PAPER["max_num_iterations"] == 200_000
+    assert cfg.max_num_iterations == PAPER.max_num_iterations == 200_000
     fields = cfg.optimizers["fields"]
     assert fields["optimizer"].lr == 5e-4 and fields["scheduler"].lr_final == 5e-5
     assert cfg.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,14 +4,14 @@
 Registered through ``[project.entry-points."nerfstudio.method_configs"]``::
 
     ns-train e-nerfacto --data llff/fern                  # nerfacto-sized (GPU)
-    ns-train e-nerfacto-small --data llff/fern            # CPU-sized, ~10 min on 2 cores
+    ns-train e-nerfacto-small --data llff/fern            # CPU-sized (run time: docs/results.md)
     ns-train nerfacto-plain --pipeline.model.conditioning weight-norm --data llff/fern
     ns-train e-nerfacto nerfstudio-data --data <nerfstudio scene>   # nerfstudio's datasets
 
 ``e-nerfacto`` and ``nerfacto-plain`` (likewise the ``-small`` pair) differ only in
-``pipeline.model.conditioning`` (``"equilibrate"`` vs ``"none"``). Everything else is
-``wcnerf.nerf.methods``' conventions (trainer with atomic checkpoints and resume to the end,
-LLFF dataparser by default, CUDA or CPU chosen at run time, viewer on 127.0.0.1), except that
+``pipeline.model.conditioning`` (``"equilibrate"`` vs ``"none"``). Everything else is every
+wcnerf method's (:mod:`wcnerf.plugin.presets`: trainer with atomic checkpoints and resume to the
+end, LLFF dataparser by default, CUDA or CPU chosen at run time, viewer on 127.0.0.1), except that
 the LLFF dataparser is set to ``ndc=False``: LLFF scenes are rendered in world space with
 nerfacto's scene contraction (measured better and faster than NDC on fern, see
 :mod:`wcnerf.nerfacto.model`); ``... llff --ndc True`` renders them in NDC instead.
@@ -23,14 +23,12 @@ with non-NDC data).
 
 from __future__ import annotations
 
-from typing import Any, Dict
-
 from nerfstudio.plugins.types import MethodSpecification
 
 from wcnerf.data.llff import LLFFDataParserConfig
-from wcnerf.nerf.methods import adam_decay, trainer_config
-from wcnerf.plugin.trainer import WCTrainerConfig
 from wcnerf.nerfacto.model import ENerfactoModelConfig
+from wcnerf.plugin.presets import Preset, adam_decay, trainer_config
+from wcnerf.plugin.trainer import WCTrainerConfig
 
 __all__ = [
     "NERFACTO",
@@ -42,7 +40,7 @@ __all__ = [
     "nerfacto_plain_small",
 ]
 
-NERFACTO: Dict[str, Any] = dict(
+NERFACTO = Preset(
     max_num_iterations=30_000,
     rays=4096,
     lr=1e-2,
@@ -59,7 +57,7 @@ NERFACTO: Dict[str, Any] = dict(
 over 200k steps (nerfacto's schedule), 256 + 96 proposal and 48 field samples, 16-level
 2^19 hash grid up to resolution 2048."""
 
-NERFACTO_SMALL: Dict[str, Any] = dict(
+NERFACTO_SMALL = Preset(
     max_num_iterations=2000,
     rays=512,
     lr=1e-2,
@@ -86,16 +84,14 @@ NERFACTO_SMALL: Dict[str, Any] = dict(
     vis="viewer+tensorboard",
 )
 """CPU-sized: 10-level 2^16 grid up to 512, proposal nets 5 levels 2^14, 48 + 24 proposal and 24
-field samples, 512 rays, Adam 1e-2 -> 1e-3 over 2000 steps. Measured on fern (factor 8), one
-thread per run, two runs side by side on 2 cores: 9.5-9.9 min wall, ~0.29 CPU-s per step
-(0.26-0.29 s/iter), held-out PSNR (3 views, ``ns-eval``) 23.0 dB plain, 22.4-22.6 dB
-equilibrated. ``ns-eval`` of the 3 held-out views takes ~4 more CPU-minutes."""
+field samples, 512 rays, Adam 1e-2 -> 1e-3 over 2000 steps. Run time, held-out PSNR and the
+time of ``ns-eval`` on fern: see docs/results.md."""
 
 
-def make_nerfacto_config(method_name: str, conditioning: str, preset: Dict[str, Any]) -> WCTrainerConfig:
+def make_nerfacto_config(method_name: str, conditioning: str, preset: Preset) -> WCTrainerConfig:
     """TrainerConfig of one method; ``preset`` is :data:`NERFACTO` or :data:`NERFACTO_SMALL`."""
-    model = ENerfactoModelConfig(conditioning=conditioning, **preset["model"])
-    group = lambda: adam_decay(preset["lr"], preset["lr_final"], eps=1e-15, max_steps=preset["decay_steps"])  # noqa: E731
+    model = ENerfactoModelConfig(conditioning=conditioning, **preset.model_options())
+    group = lambda: adam_decay(preset.lr, preset.lr_final, eps=1e-15, max_steps=preset.decay_steps)  # noqa: E731
     optimizers = {
         "proposal_networks": group(),
         "fields": group(),
