@@ -347,3 +347,20 @@ def test_run_configs_written_before_the_trainer_moved_still_load(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, str(old)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["wcnerf.plugin.trainer"] * 3
+
+
+def test_ndc_sampling_uses_the_plugin_collider_and_world_view_directions():
+    """E-NeRF's NDC rays come from wcnerf.plugin.ndc.NDCCollider (as E-nerfacto's); the field's
+    colour is conditioned on the normalised world direction, not the NDC one."""
+    from wcnerf.plugin.ndc import NDCCollider
+
+    model = build()
+    rb = rays(32, backwards=4)
+    bundle, collider = model._sampling_bundle(rb)
+    assert isinstance(collider, NDCCollider) and collider is model.ndc_collider
+    ref = collider(rb)
+    for key in ("origins", "directions", "nears", "fars"):
+        torch.testing.assert_close(getattr(bundle, key), getattr(ref, key))
+    torch.testing.assert_close(bundle.metadata["viewdirs"], rb.directions / rb.directions.norm(dim=-1, keepdim=True))
+    world, none = build(metadata={})._sampling_bundle(rb)
+    assert none is None and "viewdirs" not in world.metadata

@@ -35,7 +35,8 @@ from wcnerf.nerfacto.methods import (  # noqa: E402
     nerfacto_plain,
     nerfacto_plain_small,
 )
-from wcnerf.nerfacto.model import ENerfactoModelConfig, NDCCollider, mlp_linears  # noqa: E402
+from wcnerf.nerfacto.model import ENerfactoModelConfig, mlp_linears  # noqa: E402
+from wcnerf.plugin.ndc import NDCCollider  # noqa: E402
 
 from helpers import BIN, differences, offline_env  # noqa: E402
 from nerf_helpers import rays  # noqa: E402

@@ -17,13 +17,13 @@ The network is the NeRF paper's (Mildenhall et al. 2020), built from nerfstudio 
   density while training, ReLU density;
 * 64 stratified coarse samples (``UniformSampler``) and 128 importance samples
   (``PDFSampler``); the fine field is evaluated on the sorted union (192 samples);
-* LLFF in NDC (``metadata["llff"]["ndc"]``): world rays are mapped with
-  :func:`wcnerf.data.ndc.ndc_rays` using the *training* intrinsics, then sampled linearly in
-  the NDC parameter ``t`` in ``[0, 1]`` with the reference's ``|d_ndc|`` scaling of the
-  intervals (implemented by normalising the NDC direction and sampling ``[0, |d_ndc|]``);
-  colour is conditioned on the normalised *world* direction as in the reference. Rays NDC
-  cannot represent (looking sideways/backwards, possible for free viewer cameras) render as
-  empty. Without NDC, samples lie between the metadata's near and far (or
+* LLFF in NDC (``metadata["llff"]["ndc"]``): world rays are mapped by
+  :class:`wcnerf.plugin.ndc.NDCCollider` (:func:`wcnerf.data.ndc.ndc_rays` with the *training*
+  intrinsics), then sampled linearly in the NDC parameter ``t`` in ``[0, 1]`` with the
+  reference's ``|d_ndc|`` scaling of the intervals (implemented by normalising the NDC
+  direction and sampling ``[0, |d_ndc|]``); colour is conditioned on the normalised *world*
+  direction (``metadata["viewdirs"]``) as in the reference. Rays NDC cannot represent (looking
+  sideways/backwards, possible for free viewer cameras) render as empty. Without NDC, samples lie between the metadata's near and far (or
   ``collider_params`` for data sets without LLFF metadata);
 * the last sample's colour is the background (``background_color="last_sample"``), the
   nerfstudio counterpart of the reference's ``1e10`` last interval.
@@ -74,6 +74,7 @@ from wcnerf import conditioning as wc
 from wcnerf.plugin.compat import lpips_holder, say_once
 from wcnerf.nerf.field import DensityActivation, ENeRFField
 from wcnerf.nerf.viewer_panel import ConditioningPanel
+from wcnerf.plugin.ndc import NDCCollider
 
 __all__ = ["ENeRFModel", "ENeRFModelConfig", "paper_encoding", "parse_options"]
 
@@ -186,6 +187,13 @@ class ENeRFModel(Model):
         meta = (self.kwargs.get("metadata") or {}).get("llff")
         self.llff: Optional[Dict[str, Any]] = dict(meta) if meta else None
         self.ndc = bool(self.llff and self.llff.get("ndc"))
+        self.ndc_collider: Optional[NDCCollider] = None
+        if self.ndc:
+            assert self.llff is not None
+            self.ndc_collider = NDCCollider(
+                focal=self.llff["focal"], width=self.llff["width"], height=self.llff["height"],
+                near=self.llff["near"], t_far=self.llff.get("far", 1.0),
+            )
 
         position_encoding = paper_encoding(cfg.position_frequencies)
         direction_encoding = paper_encoding(cfg.direction_frequencies)
@@ -291,79 +299,35 @@ class ENeRFModel(Model):
         return callbacks
 
     # ------------------------------------------------------------------ rays
-    def _sampling_bundle(self, ray_bundle: RayBundle) -> Tuple[RayBundle, Optional[Dict[str, Tensor]]]:
-        """The bundle the samplers see (NDC or world, nears/fars set) and, in NDC mode, what
-        is needed to turn NDC depths into world distances."""
+    def _sampling_bundle(self, ray_bundle: RayBundle) -> Tuple[RayBundle, Optional[NDCCollider]]:
+        """The bundle the samplers see (NDC or world, nears/fars set) and, in NDC mode, the
+        collider that turns its depths into world distances (None in world mode)."""
         dirs = ray_bundle.directions
         world_dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        if not self.ndc:
-            if self.llff is not None:
-                near, far = float(self.llff["near"]), float(self.llff["far"])
-            else:
-                assert self.config.collider_params is not None
-                near = float(self.config.collider_params["near_plane"])
-                far = float(self.config.collider_params["far_plane"])
-            ones = torch.ones_like(dirs[..., :1])
-            nears = ray_bundle.nears if ray_bundle.nears is not None else ones * near
-            fars = ray_bundle.fars if ray_bundle.fars is not None else ones * far
-            bundle = RayBundle(
-                origins=ray_bundle.origins,
-                directions=world_dirs,
-                pixel_area=ray_bundle.pixel_area,
-                camera_indices=ray_bundle.camera_indices,
-                nears=nears,
-                fars=fars,
-                metadata=dict(ray_bundle.metadata),
-                times=ray_bundle.times,
-            )
-            return bundle, None
-
-        from wcnerf.data.ndc import ndc_ray_mask, ndc_rays
-
-        assert self.llff is not None
-        near = float(self.llff["near"])
-        t_far = float(self.llff.get("far", 1.0))
-        valid = ndc_ray_mask(dirs)[..., None]
-        safe_dirs = torch.where(valid, dirs, torch.tensor([0.0, 0.0, -1.0], device=dirs.device, dtype=dirs.dtype))
-        origins_ndc, dirs_ndc = ndc_rays(
-            ray_bundle.origins,
-            safe_dirs,
-            focal=float(self.llff["focal"]),
-            width=float(self.llff["width"]),
-            height=float(self.llff["height"]),
-            near=near,
-        )
-        scale = dirs_ndc.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        valid = valid & torch.isfinite(origins_ndc).all(-1, keepdim=True) & torch.isfinite(scale)
-        origins_ndc = torch.where(valid, origins_ndc, torch.zeros_like(origins_ndc))
-        unit_ndc = torch.where(valid, dirs_ndc / scale, safe_dirs)
-        scale = torch.where(valid, scale, torch.ones_like(scale))
-        metadata = dict(ray_bundle.metadata)
-        metadata["viewdirs"] = world_dirs
+        if self.ndc_collider is not None:
+            bundle = self.ndc_collider(ray_bundle)
+            bundle.metadata["viewdirs"] = world_dirs  # colour is conditioned on the world direction
+            return bundle, self.ndc_collider
+        if self.llff is not None:
+            near, far = float(self.llff["near"]), float(self.llff["far"])
+        else:
+            assert self.config.collider_params is not None
+            near = float(self.config.collider_params["near_plane"])
+            far = float(self.config.collider_params["far_plane"])
+        ones = torch.ones_like(dirs[..., :1])
+        nears = ray_bundle.nears if ray_bundle.nears is not None else ones * near
+        fars = ray_bundle.fars if ray_bundle.fars is not None else ones * far
         bundle = RayBundle(
-            origins=origins_ndc,
-            directions=unit_ndc,
+            origins=ray_bundle.origins,
+            directions=world_dirs,
             pixel_area=ray_bundle.pixel_area,
             camera_indices=ray_bundle.camera_indices,
-            nears=torch.zeros_like(scale),
-            fars=torch.where(valid, scale * t_far, torch.zeros_like(scale)),
-            metadata=metadata,
+            nears=nears,
+            fars=fars,
+            metadata=dict(ray_bundle.metadata),
             times=ray_bundle.times,
         )
-        return bundle, {"valid": valid, "scale": scale, "origins": ray_bundle.origins, "dirs": safe_dirs}
-
-    def _world_depth(self, depth: Tensor, ndc: Optional[Dict[str, Tensor]]) -> Tensor:
-        """Distance along the (unit) world ray of an NDC-sampled depth."""
-        if ndc is None:
-            return depth
-        assert self.llff is not None
-        near = float(self.llff["near"])
-        t = (depth / ndc["scale"]).clamp(0.0, 0.99)
-        z = -near / (1.0 - t)  # world z of the point (NDC z = -1 + 2 t)
-        d = ndc["dirs"] / ndc["dirs"].norm(dim=-1, keepdim=True)
-        dist = (z - ndc["origins"][..., 2:3]) / d[..., 2:3]
-        far = torch.full_like(dist, near / (1.0 - 0.99))
-        return torch.where(ndc["valid"], dist.clamp_min(0.0), far)
+        return bundle, None
 
     # ------------------------------------------------------------------ forward
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:  # type: ignore[override]
@@ -387,7 +351,7 @@ class ENeRFModel(Model):
         return {
             "rgb": rgb_fine,
             "accumulation": acc_fine,
-            "depth": self._world_depth(depth_fine, ndc),
+            "depth": depth_fine if ndc is None else ndc.world_depth(depth_fine, bundle),
             "rgb_coarse": rgb_coarse,
             "rgb_fine": rgb_fine,
             "accumulation_coarse": acc_coarse,

@@ -26,10 +26,11 @@ field, the same losses, sampling schedule and outputs), built by nerfacto's own
   (presumably: fewer distinct hash entries touched, and with a 2^16 table fewer collisions
   on the scene; not measured at nerfacto's full size, which needs a GPU).
   NDC remains available (``... llff --ndc True``, the dataparser's ``metadata["llff"]["ndc"]``):
-  rays are mapped by :class:`NDCCollider` (NeRF's ``ndc_rays``, as in ``e-nerf``) and nerfacto
-  runs without contraction on the box ``[-b, b]^2 x [-1, 1]`` (``ndc_xy_bound``) with a
-  uniform-in-``t`` (= uniform disparity) initial sampler; rays NDC cannot represent (looking
-  sideways or backwards) render empty, and camera optimisation is refused in NDC.
+  rays are mapped by :class:`wcnerf.plugin.ndc.NDCCollider` (NeRF's ``ndc_rays``, as in
+  ``e-nerf``) and nerfacto runs without contraction on the box ``[-b, b]^2 x [-1, 1]``
+  (``ndc_xy_bound``) with a uniform-in-``t`` (= uniform disparity) initial sampler; rays NDC
+  cannot represent (looking sideways or backwards) render empty, and camera optimisation is
+  refused in NDC.
 * **Defaults and offline metrics.** The appearance embedding is off for LLFF data and on
   otherwise (``use_appearance_embedding=None``); LPIPS is computed only from locally
   available AlexNet weights (:func:`wcnerf.plugin.compat.build_lpips`), never downloaded.
@@ -55,12 +56,12 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from wcnerf import conditioning as wc
-from wcnerf.data.ndc import ndc_ray_mask, ndc_rays
 from wcnerf.plugin.compat import lpips_holder
 from wcnerf.nerf.model import parse_options
 from wcnerf.nerfacto.tcnn import resolve_grid_implementation, use_tcnn_hash_grids
+from wcnerf.plugin.ndc import NDCCollider
 
-__all__ = ["ENerfactoModel", "ENerfactoModelConfig", "NDCCollider", "mlp_linears"]
+__all__ = ["ENerfactoModel", "ENerfactoModelConfig", "mlp_linears"]
 
 _CONDITIONERS = ", ".join(wc.available())
 _NDC_Z_PAD = 1e-2
@@ -94,56 +95,6 @@ class ENerfactoModelConfig(NerfactoModelConfig):
     """Pose refinement; off by default (held-out views are rendered with the given poses; not supported in NDC)."""
     lpips_weights: Optional[Path] = None
     """Local AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache or $WCNERF_LPIPS_WEIGHTS. Without them LPIPS is omitted (never downloaded)."""
-
-
-class NDCCollider(nn.Module):
-    """World rays -> NDC rays (NeRF's ``ndc_rays`` with the training intrinsics), normalised
-    directions, ``nears = 0`` and ``fars = |d_ndc| * t_far``; rays NDC cannot represent get
-    ``nears = fars = 0`` (they render empty). ``metadata["ndc_scale"]`` keeps ``|d_ndc|``,
-    ``metadata["world_origins"]`` / ``["world_directions"]`` the world ray for depths."""
-
-    def __init__(self, focal: float, width: float, height: float, near: float = 1.0, t_far: float = 1.0) -> None:
-        super().__init__()
-        self.focal, self.width, self.height = float(focal), float(width), float(height)
-        self.near, self.t_far = float(near), float(t_far)
-
-    def forward(self, ray_bundle: RayBundle) -> RayBundle:
-        dirs = ray_bundle.directions
-        valid = ndc_ray_mask(dirs)[..., None]
-        forward = torch.tensor([0.0, 0.0, -1.0], device=dirs.device, dtype=dirs.dtype)
-        safe_dirs = torch.where(valid, dirs, forward)
-        origins, dirs_ndc = ndc_rays(
-            ray_bundle.origins, safe_dirs, focal=self.focal, width=self.width, height=self.height, near=self.near
-        )
-        scale = dirs_ndc.norm(dim=-1, keepdim=True)
-        valid = valid & torch.isfinite(origins).all(-1, keepdim=True) & torch.isfinite(scale) & (scale > 1e-12)
-        origins = torch.where(valid, origins, torch.zeros_like(origins))
-        unit = torch.where(valid, dirs_ndc / scale.clamp_min(1e-12), forward.expand_as(dirs_ndc))
-        scale = torch.where(valid, scale, torch.ones_like(scale))
-        metadata = dict(ray_bundle.metadata)
-        metadata["ndc_scale"] = scale
-        metadata["world_origins"] = ray_bundle.origins
-        metadata["world_directions"] = safe_dirs / safe_dirs.norm(dim=-1, keepdim=True)
-        return RayBundle(
-            origins=origins,
-            directions=unit,
-            pixel_area=ray_bundle.pixel_area,
-            camera_indices=ray_bundle.camera_indices,
-            nears=torch.zeros_like(scale),
-            fars=torch.where(valid, scale * self.t_far, torch.zeros_like(scale)),
-            metadata=metadata,
-            times=ray_bundle.times,
-        )
-
-    def world_depth(self, depth: Tensor, bundle: RayBundle) -> Tensor:
-        """Distance along the world ray of a depth measured along the normalised NDC ray."""
-        meta = bundle.metadata
-        t = (depth / meta["ndc_scale"]).clamp(0.0, 0.99)
-        z = -self.near / (1.0 - t)  # world z of the point (NDC z = -1 + 2 t)
-        d = meta["world_directions"]
-        dist = (z - meta["world_origins"][..., 2:3]) / d[..., 2:3].clamp(max=-1e-6)
-        valid = bundle.fars > 0 if bundle.fars is not None else torch.ones_like(dist, dtype=torch.bool)
-        return torch.where(valid, dist.clamp_min(0.0), torch.full_like(dist, self.near / (1.0 - 0.99)))
 
 
 @contextlib.contextmanager
