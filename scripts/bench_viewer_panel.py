@@ -48,6 +48,7 @@ def main(args: Args) -> None:
 
     from wcnerf.nerf.methods import SMALL
     from wcnerf.nerf.model import ENeRFModelConfig
+    from wcnerf.plugin.conditioned import ConditioningCallback
 
     torch.set_num_threads(args.threads)
     writer.put_scalar = lambda name, scalar, step: None  # keep the analysis' logging out of the timing
@@ -60,7 +61,7 @@ def main(args: Args) -> None:
                       model.get_param_groups())
     callbacks = model.get_training_callbacks(
         TrainingCallbackAttributes(optimizers=opts, grad_scaler=None, pipeline=None, trainer=None))
-    bare = callbacks[:1]  # the conditioning's post_step; the panel's two come after it
+    bare = [ConditioningCallback(model, opts)]  # the conditioning's post_step only, no analysis
     panel = model.conditioning_panel
 
     g = torch.Generator().manual_seed(0)

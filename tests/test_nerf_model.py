@@ -22,7 +22,8 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers  # noqa
 
 from wcnerf.plugin import compat  # noqa: E402
 from wcnerf.nerf.methods import PAPER, e_nerf, e_nerf_small, nerf, nerf_small  # noqa: E402
-from wcnerf.nerf.model import paper_encoding, parse_options  # noqa: E402
+from wcnerf.nerf.model import paper_encoding  # noqa: E402
+from wcnerf.plugin.conditioned import parse_options  # noqa: E402
 from wcnerf.plugin.trainer import RunExponentialDecaySchedulerConfig  # noqa: E402
 
 from helpers import differences  # noqa: E402
@@ -263,7 +264,7 @@ def test_viewer_panel_switches_the_analysis_during_training(monkeypatch):
 
 
 def test_layer_table_formats_the_analysis_metrics():
-    from wcnerf.nerf.viewer_panel import format_layer_table
+    from wcnerf.plugin.viewer_panel import format_layer_table
 
     table = format_layer_table({"mlp_base.layers.0/kappa_w": 12.345, "mlp_base.layers.0/input/kappa_p90": float("inf"),
                                 "mlp_base.layers.0/output_grad/kappa_p90": 2.5e6, "mlp_base.layers.0/input/kappa_p100": 3.0,

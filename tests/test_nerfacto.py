@@ -396,3 +396,54 @@ def test_per_input_equilibration_leaves_single_output_layers_plain():
     single = [m for m in lins if m.out_features == 1]
     assert single and not any(parametrize.is_parametrized(m) for m in single)
     assert any(parametrize.is_parametrized(m) for m in lins if m.out_features > 1)
+
+
+def test_layerwise_analysis_of_the_field_and_the_proposal_networks(no_tcnn, monkeypatch):
+    """E-nerfacto has every conditioned model's analysis (wcnerf.plugin.conditioned): off by
+    default (no hook during a step); switched on from the panel, the field and each proposal
+    network are analysed on the due steps and shown in the panel."""
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation
+    from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
+    from nerfstudio.utils import writer
+
+    logged = []
+    monkeypatch.setattr(writer, "put_scalar", lambda name, scalar, step: logged.append((name, scalar, step)))
+    model = build("equilibrate", analysis_max_samples=64)
+    panel = model.conditioning_panel
+    assert model.config.analysis_every == 0 and not panel.enabled
+    assert panel.parts == {"field": "field", "proposal_0": "proposal network 0", "proposal_1": "proposal network 1"}
+    opts = Optimizers(
+        {g: {"optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15), "scheduler": None} for g in ("fields", "proposal_networks")},
+        model.get_param_groups(),
+    )
+    callbacks = model.get_training_callbacks(
+        TrainingCallbackAttributes(optimizers=opts, grad_scaler=None, pipeline=None, trainer=None)  # type: ignore[arg-type]
+    )
+
+    def step(i):
+        for cb in callbacks:
+            cb.run_callback_at_location(i, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        hooked = sum(len(m._forward_hooks) for m in model.modules())
+        outputs = model(rays(64, i))
+        batch = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(i))}
+        loss = sum(model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch)).values())
+        opts.zero_grad_all()
+        loss.backward()
+        opts.optimizer_step_all()
+        for cb in callbacks:
+            cb.run_callback_at_location(i, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        return hooked
+
+    model.train()
+    assert step(0) == 0 and not logged and panel.step is None
+    panel._set_enabled(True)
+    panel._set_every(2)
+    assert [step(i) > 0 for i in (1, 2)] == [False, True]
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    assert {s for _, _, s in logged} == {2} and all(isinstance(v, float) for _, v, _ in logged)
+    names = {n for n, _, _ in logged}
+    for part in ("field", "proposal_0", "proposal_1"):
+        assert any(n.startswith(f"analysis/{part}/") and n.endswith("/kappa_w") for n in names), part
+        assert f"analysis/{part}/total/dead_units" in names, part
+    assert panel.step == 2 and set(panel.tables) == {"field", "proposal_0", "proposal_1"}
+    assert panel.tables["field"].startswith("| layer | κ(W) |")

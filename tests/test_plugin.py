@@ -46,3 +46,98 @@ def test_preset_fields_reach_the_trainer_config():
         assert (spec["optimizer"].lr, spec["scheduler"].lr_final, spec["scheduler"].max_steps) == (
             p.lr, p.lr_final, p.decay_steps)
     assert cfg.pipeline.model.num_levels == p.model["num_levels"]
+
+
+# ----------------------------------------------------------------------------- families
+def _imported_modules(path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+@pytest.mark.parametrize("family, other", [("nerf", "nerfacto"), ("nerfacto", "nerf")])
+def test_method_families_import_the_plugin_never_each_other(family, other):
+    from helpers import REPO
+
+    imported = {m for path in (REPO / "wcnerf" / family).glob("*.py") for m in _imported_modules(path)}
+    assert not any(m == f"wcnerf.{other}" or m.startswith(f"wcnerf.{other}.") for m in imported), sorted(imported)
+    assert "wcnerf.plugin" in imported  # its __init__ applies compat.install() before any checkpoint
+    plugin = {m for path in (REPO / "wcnerf" / "plugin").glob("*.py") for m in _imported_modules(path)}
+    assert not any(m.startswith(("wcnerf.nerf.", "wcnerf.nerfacto")) or m == "wcnerf.nerf" for m in plugin)
+
+
+def test_both_models_are_conditioned_models():
+    from wcnerf.nerf.model import ENeRFModel, ENeRFModelConfig
+    from wcnerf.nerfacto.model import ENerfactoModel, ENerfactoModelConfig
+    from wcnerf.plugin.conditioned import ConditionedModel, ConditionedModelConfig
+
+    shared = {f.name for f in dataclasses.fields(ConditionedModelConfig)}
+    assert {"conditioning", "conditioning_options", "conditioning_exclude", "analysis_every",
+            "analysis_max_samples", "lpips_weights"} <= shared
+    for cfg, model in ((ENeRFModelConfig, ENeRFModel), (ENerfactoModelConfig, ENerfactoModel)):
+        assert issubclass(cfg, ConditionedModelConfig) and issubclass(model, ConditionedModel)
+        assert shared <= {f.name for f in dataclasses.fields(cfg)}
+        for name in shared:  # one definition of each setting, the plugin's
+            assert name not in cfg.__dict__.get("__annotations__", {}), (cfg, name)
+
+
+class _Handle:
+    def __init__(self, value=None):
+        self.value, self.content = value, ""
+
+    def on_update(self, fn):
+        self.fn = fn
+
+
+class _Gui:
+    """The few viser calls the panel makes."""
+
+    def add_folder(self, name):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def add_text(self, label, value, **kw):
+        return _Handle(value)
+
+    add_checkbox = add_number = add_text
+
+    def add_markdown(self, content):
+        return _Handle()
+
+
+def test_panel_shows_one_table_per_analysed_part():
+    from types import SimpleNamespace
+
+    from wcnerf.plugin.viewer_panel import ConditioningPanel
+
+    panel = ConditioningPanel("equilibrate", enabled=True, every=3,
+                              parts={"field": "field", "proposal_0": "proposal network 0"})
+    panel.install(SimpleNamespace(gui=_Gui()))
+    metrics = {"mlp_head.layers.0/kappa_w": 2.0}
+    panel.show(3, {"field": metrics, "proposal_0": metrics})
+    handles = panel._handles["parts"]
+    assert handles["field"].content.startswith("**field**\n\n| layer |")
+    assert handles["proposal_0"].content.startswith("**proposal network 0**\n\n| layer |")
+    assert "every 3 steps; shown: step 3" in panel._handles["status"].content
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["e-nerf", "e-nerfacto-small"])
+def test_ns_train_help_lists_the_conditioning_settings(method):
+    import os
+    import subprocess
+
+    from helpers import BIN
+
+    res = subprocess.run([str(BIN / "ns-train"), method, "--help"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    for flag in ("--pipeline.model.conditioning ", "--pipeline.model.conditioning-options",
+                 "--pipeline.model.conditioning-exclude", "--pipeline.model.analysis-every",
+                 "--pipeline.model.lpips-weights"):
+        assert flag in res.stdout, flag

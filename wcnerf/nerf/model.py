@@ -34,53 +34,39 @@ world ray, also in NDC mode) and ``rgb_coarse``/``rgb_fine``/``accumulation_*``/
 ``ssim`` and ``lpips`` on images; LPIPS only when AlexNet's ImageNet weights are available
 locally (see :func:`wcnerf.plugin.compat.build_lpips`), otherwise omitted with a warning.
 
-Layer-wise conditioning analysis (:mod:`wcnerf.analysis`) of both fields runs during the
-ordinary training step every ``analysis_every`` steps (hooks attached before the step,
-removed after it; nothing is attached on other steps) and is written with
-``nerfstudio.utils.writer.put_scalar`` as ``analysis/{coarse,fine}/<layer>/<metric>`` (among
-them ``.../kappa_nz``, the kappa over the nonzero eigenvalues, and ``<layer>/dead_units`` /
-``<layer>/saturated_units``), plus the field totals ``analysis/{coarse,fine}/total/dead_units``
-and ``.../total/saturated_units`` over the layers whose activation the analysis sees. The
-web viewer's "Weight conditioning" panel (:mod:`wcnerf.nerf.viewer_panel`) shows the latest
-per-layer condition numbers and switches the analysis on or off during training.
+The conditioning settings, the post-step callback, the layer-wise conditioning analysis and
+the viewer's "Weight conditioning" panel are every conditioned model's
+(:mod:`wcnerf.plugin.conditioned`); E-NeRF analyses both fields, logged as
+``analysis/{coarse,fine}/<layer>/<metric>`` and ``analysis/{coarse,fine}/total/...``.
 """
 
 from __future__ import annotations
 
-import ast
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
 from torch.nn import Parameter
-from typing_extensions import Annotated
 
-import tyro
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.configs.config_utils import to_immutable_dict
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.encodings import NeRFEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.models.base_model import Model, ModelConfig
-from nerfstudio.utils import colormaps, misc, writer
+from nerfstudio.utils import colormaps, misc
 
-from wcnerf import conditioning as wc
-from wcnerf.plugin.compat import lpips_holder, say_once
 from wcnerf.nerf.field import DensityActivation, ENeRFField
-from wcnerf.nerf.viewer_panel import ConditioningPanel
+from wcnerf.plugin.conditioned import AnalysedPart, ConditionedModel, ConditionedModelConfig
 from wcnerf.plugin.ndc import NDCCollider
 
-__all__ = ["ENeRFModel", "ENeRFModelConfig", "paper_encoding", "parse_options"]
+__all__ = ["ENeRFModel", "ENeRFModelConfig", "paper_encoding"]
 
-_CONDITIONERS = ", ".join(wc.available())
 _LOG2_2PI = math.log2(2.0 * math.pi)
-DEFAULT_PANEL_EVERY = 100  # analysis cadence offered in the viewer when the config has it off
 
 
 def paper_encoding(num_frequencies: int) -> NeRFEncoding:
@@ -94,29 +80,8 @@ def paper_encoding(num_frequencies: int) -> NeRFEncoding:
     )
 
 
-def parse_options(options: Dict[str, Any]) -> Dict[str, Any]:
-    """Command-line strings to Python values (``"8"`` -> 8, ``"true"`` -> True, ``"in"`` -> "in")."""
-    out: Dict[str, Any] = {}
-    for key, value in dict(options).items():
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("true", "false"):
-                value = low == "true"
-            else:
-                try:
-                    value = ast.literal_eval(value)
-                except (ValueError, SyntaxError):
-                    pass
-        out[key] = value
-    return out
-
-
-def _warn_once(msg: str) -> None:
-    say_once(f"WARNING: {msg}")
-
-
 @dataclass
-class ENeRFModelConfig(ModelConfig):
+class ENeRFModelConfig(ConditionedModelConfig, ModelConfig):
     """NeRF (LLFF protocol) whose MLPs are weight-conditioned by ``conditioning``."""
 
     _target: Type = field(default_factory=lambda: ENeRFModel)
@@ -124,15 +89,6 @@ class ENeRFModelConfig(ModelConfig):
     """Unused by default: near/far come from the LLFF metadata (NDC: t in [0, 1])."""
     collider_params: Optional[Dict[str, float]] = to_immutable_dict({"near_plane": 2.0, "far_plane": 6.0})
     """Near/far for data sets without LLFF metadata."""
-    conditioning: Annotated[
-        str,
-        tyro.conf.arg(help=f"Weight conditioner for every Linear of both fields, one of: {_CONDITIONERS}."),
-    ] = "equilibrate"
-    """Weight conditioner applied to every Linear of both fields (see wcnerf.conditioning)."""
-    conditioning_options: Dict[str, str] = field(default_factory=dict)
-    """Options of the conditioner, e.g. `mode in detach True` (values parsed as Python literals)."""
-    conditioning_exclude: Tuple[str, ...] = ()
-    """fnmatch patterns of field submodules left unconditioned (e.g. `field_heads.*`)."""
     num_coarse_samples: int = 64
     """Stratified samples per ray for the coarse field."""
     num_importance_samples: int = 128
@@ -159,15 +115,9 @@ class ENeRFModelConfig(ModelConfig):
     """Density activation after the noise."""
     background_color: Literal["random", "last_sample", "black", "white"] = "last_sample"
     """Background; last_sample is the counterpart of the reference's 1e10 last interval."""
-    analysis_every: int = 0
-    """Layer-wise conditioning analysis of both fields every N training steps (0: off)."""
-    analysis_max_samples: int = 4096
-    """Rows (ray samples) per layer used for the analysis' second moments."""
-    lpips_weights: Optional[Path] = None
-    """Local AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache or $WCNERF_LPIPS_WEIGHTS. Without them LPIPS is omitted (never downloaded)."""
 
 
-class ENeRFModel(Model):
+class ENeRFModel(ConditionedModel, Model):
     """NeRF with conditioned coarse and fine fields (see the module docstring)."""
 
     config: ENeRFModelConfig
@@ -181,8 +131,7 @@ class ENeRFModel(Model):
     def populate_modules(self) -> None:
         super().populate_modules()
         cfg = self.config
-        if cfg.conditioning not in wc.available():
-            raise ValueError(f"unknown conditioning {cfg.conditioning!r}; available: {_CONDITIONERS}")
+        self.check_conditioning()
 
         meta = (self.kwargs.get("metadata") or {}).get("llff")
         self.llff: Optional[Dict[str, Any]] = dict(meta) if meta else None
@@ -197,8 +146,6 @@ class ENeRFModel(Model):
 
         position_encoding = paper_encoding(cfg.position_frequencies)
         direction_encoding = paper_encoding(cfg.direction_frequencies)
-        options = parse_options(cfg.conditioning_options)
-        exclude = list(cfg.conditioning_exclude) or None
         fields = []
         for _ in range(2):
             f = ENeRFField(
@@ -213,7 +160,7 @@ class ENeRFModel(Model):
                 density_noise_std=cfg.density_noise_std,
                 density_activation=cfg.density_activation,
             )
-            fields.append(wc.condition(f, cfg.conditioning, exclude=exclude, **options))
+            fields.append(self.condition(f))
         self.field_coarse, self.field_fine = fields
 
         self.sampler_uniform = UniformSampler(num_samples=cfg.num_coarse_samples)
@@ -223,80 +170,20 @@ class ENeRFModel(Model):
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer()
         self.rgb_loss = MSELoss()
-        # Viewer panel (a nerfstudio ViewerElement, found by the viewer on the model) that also
-        # holds the analysis switch: on when analysis_every > 0, switchable from the viewer.
-        self.conditioning_panel = ConditioningPanel(
-            cfg.conditioning, enabled=cfg.analysis_every > 0, every=cfg.analysis_every or DEFAULT_PANEL_EVERY)
 
         from torchmetrics.functional import structural_similarity_index_measure
 
         self.ssim = structural_similarity_index_measure
-        self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
+        self.setup_conditioning()  # LPIPS from local weights, the viewer's conditioning panel
 
-    @property
-    def has_lpips(self) -> bool:
-        return bool(self._lpips_holder)
+    def analysis_parts(self) -> Dict[str, AnalysedPart]:
+        assert self.field_coarse is not None and self.field_fine is not None
+        return {"coarse": AnalysedPart("coarse field", self.field_coarse),
+                "fine": AnalysedPart("fine field", self.field_fine)}
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         assert self.field_coarse is not None and self.field_fine is not None
         return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
-
-    # ------------------------------------------------------------------ callbacks
-    def get_training_callbacks(
-        self, training_callback_attributes: TrainingCallbackAttributes
-    ) -> List[TrainingCallback]:
-        callbacks: List[TrainingCallback] = []
-        optimizers = training_callback_attributes.optimizers
-        model = self
-
-        def after_step(step: int) -> None:
-            opts = list(optimizers.optimizers.values()) if optimizers is not None else None
-            wc.post_step(model, opts)
-
-        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
-
-        from wcnerf.analysis import LayerwiseAnalyzer
-
-        panel = self.conditioning_panel
-        analyzers = {
-            name: LayerwiseAnalyzer(f, max_samples=self.config.analysis_max_samples)
-            for name, f in (("coarse", self.field_coarse), ("fine", self.field_fine))
-        }
-        running: List[int] = []  # the step whose capture is attached (the switch may flip mid-step)
-
-        def attach(step: int) -> None:
-            if not panel.due(step):  # the whole cost of the analysis when it is off
-                return
-            for a in analyzers.values():
-                a.reset()
-                a.attach()
-            running.append(step)
-
-        def report(step: int) -> None:
-            if not running:
-                return
-            running.clear()
-            results = {}
-            for name, a in analyzers.items():
-                a.detach()
-                try:
-                    results[name] = a.compute()
-                except Exception as e:  # never let the analysis stop a training run
-                    _warn_once(f"conditioning analysis of the {name} field failed: {type(e).__name__}: {e}")
-                    continue
-                finally:
-                    a.reset()
-                for key, value in results[name].items():
-                    writer.put_scalar(name=f"analysis/{name}/{key}", scalar=float(value), step=step)
-                for count in ("dead_units", "saturated_units"):
-                    per_layer = [v for k, v in results[name].items() if k.endswith("/" + count)]
-                    if per_layer:
-                        writer.put_scalar(name=f"analysis/{name}/total/{count}", scalar=float(sum(per_layer)), step=step)
-            panel.show(step, results)
-
-        callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], attach))
-        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report))
-        return callbacks
 
     # ------------------------------------------------------------------ rays
     def _sampling_bundle(self, ray_bundle: RayBundle) -> Tuple[RayBundle, Optional[NDCCollider]]:
@@ -409,8 +296,8 @@ class ENeRFModel(Model):
             "coarse_psnr": float(self._psnr(rgb_coarse, image)),
             "ssim": float(self.ssim(pred, gt, data_range=1.0)),  # type: ignore[arg-type]
         }
-        if self._lpips_holder:
-            lpips = self._lpips_holder[0].to(device)
+        lpips = self.lpips_metric(device)
+        if lpips is not None:
             with torch.no_grad():
                 metrics["lpips"] = float(lpips(pred, gt))
                 lpips.reset()

@@ -9,7 +9,10 @@ field, the same losses, sampling schedule and outputs), built by nerfacto's own
   conditioning, include=["field", "proposal_networks"], exclude=conditioning_exclude,
   **conditioning_options)``; ``conditioning="none"`` is the plain model. ``post_step`` runs
   after every training iteration (ENorm needs it; a no-op otherwise). Exclude patterns are
-  relative to the model, e.g. ``proposal_networks.*`` or ``field.mlp_head.*``.
+  relative to the model, e.g. ``proposal_networks.*`` or ``field.mlp_head.*``. Settings,
+  post-step, LPIPS and the layer-wise analysis (off by default, ``analysis_every``; parts
+  ``field`` and ``proposal_<i>``; switchable in the viewer's "Weight conditioning" panel) are
+  every conditioned model's (:mod:`wcnerf.plugin.conditioned`).
 * **Backends.** The MLPs are always torch (parametrizations cannot reach tinycudann's fused
   weights, see :mod:`wcnerf.nerfacto.tcnn`); the hash grids use tinycudann when it is
   importable and CUDA is present, nerfstudio's torch ``HashEncoding`` otherwise
@@ -41,46 +44,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
-from typing_extensions import Annotated
 
-import tyro
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
-from wcnerf import conditioning as wc
-from wcnerf.plugin.compat import lpips_holder
-from wcnerf.nerf.model import parse_options
 from wcnerf.nerfacto.tcnn import resolve_grid_implementation, use_tcnn_hash_grids
+from wcnerf.plugin.conditioned import AnalysedPart, ConditionedModel, ConditionedModelConfig
 from wcnerf.plugin.ndc import NDCCollider
 
 __all__ = ["ENerfactoModel", "ENerfactoModelConfig", "mlp_linears"]
 
-_CONDITIONERS = ", ".join(wc.available())
 _NDC_Z_PAD = 1e-2
 
 
 @dataclass
-class ENerfactoModelConfig(NerfactoModelConfig):
+class ENerfactoModelConfig(ConditionedModelConfig, NerfactoModelConfig):
     """nerfacto whose field and proposal-network MLPs are weight-conditioned by ``conditioning``."""
 
     _target: Type = field(default_factory=lambda: ENerfactoModel)
-    conditioning: Annotated[
-        str,
-        tyro.conf.arg(help=f"Weight conditioner for every Linear of the field and the proposal networks, one of: {_CONDITIONERS}."),
-    ] = "equilibrate"
-    """Weight conditioner for every Linear of the field and the proposal networks."""
-    conditioning_options: Dict[str, str] = field(default_factory=dict)
-    """Options of the conditioner, e.g. `mode in detach True` (values parsed as Python literals)."""
-    conditioning_exclude: Tuple[str, ...] = ()
-    """fnmatch patterns of model submodules left unconditioned (e.g. `proposal_networks.*`, `field.mlp_head.*`)."""
     implementation: Literal["auto", "tcnn", "torch"] = "auto"  # type: ignore[assignment]
     """Hash-grid backend: auto = tinycudann when importable and CUDA is present, else torch. The MLPs are always torch."""
     use_appearance_embedding: Optional[bool] = None  # type: ignore[assignment]
@@ -93,8 +80,6 @@ class ENerfactoModelConfig(NerfactoModelConfig):
     """Average initial density output from MLP (nerfacto's method config value)."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
     """Pose refinement; off by default (held-out views are rendered with the given poses; not supported in NDC)."""
-    lpips_weights: Optional[Path] = None
-    """Local AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache or $WCNERF_LPIPS_WEIGHTS. Without them LPIPS is omitted (never downloaded)."""
 
 
 @contextlib.contextmanager
@@ -120,15 +105,14 @@ def mlp_linears(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     ]
 
 
-class ENerfactoModel(NerfactoModel):
+class ENerfactoModel(ConditionedModel, NerfactoModel):
     """nerfacto with conditioned MLPs, optional NDC for LLFF, tinycudann grids when usable."""
 
     config: ENerfactoModelConfig
 
     def populate_modules(self) -> None:
         cfg = self.config
-        if cfg.conditioning not in wc.available():
-            raise ValueError(f"unknown conditioning {cfg.conditioning!r}; available: {_CONDITIONERS}")
+        self.check_conditioning()
         meta = (self.kwargs.get("metadata") or {}).get("llff")
         self.llff: Optional[Dict[str, Any]] = dict(meta) if meta else None
         self.ndc = bool(self.llff and self.llff.get("ndc"))
@@ -166,35 +150,18 @@ class ENerfactoModel(NerfactoModel):
                 near=self.llff["near"], t_far=self.llff.get("far", 1.0),
             )
 
-        exclude = list(cfg.conditioning_exclude) or None
-        conditioned = wc.condition(
-            self, cfg.conditioning, include=["field", "proposal_networks"], exclude=exclude,
-            **parse_options(cfg.conditioning_options),
-        )
+        conditioned = self.condition(self, include=["field", "proposal_networks"])
         assert conditioned is self
         if self.grid_implementation == "tcnn":
             use_tcnn_hash_grids(self.field)
             use_tcnn_hash_grids(self.proposal_networks)
+        self.setup_conditioning()  # LPIPS from local weights, the viewer's conditioning panel
 
-        self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
-
-    @property
-    def has_lpips(self) -> bool:
-        return bool(self._lpips_holder)
-
-    # ------------------------------------------------------------------ callbacks
-    def get_training_callbacks(
-        self, training_callback_attributes: TrainingCallbackAttributes
-    ) -> List[TrainingCallback]:
-        callbacks = super().get_training_callbacks(training_callback_attributes)
-        optimizers = training_callback_attributes.optimizers
-        model = self
-
-        def after_step(step: int) -> None:
-            wc.post_step(model, list(optimizers.optimizers.values()) if optimizers is not None else None)
-
-        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after_step))
-        return callbacks
+    def analysis_parts(self) -> Dict[str, AnalysedPart]:
+        parts = {"field": AnalysedPart("field", self.field)}
+        for i, net in enumerate(self.proposal_networks):
+            parts[f"proposal_{i}"] = AnalysedPart(f"proposal network {i}", net)
+        return parts
 
     # ------------------------------------------------------------------ forward
     def get_outputs(self, ray_bundle: RayBundle):  # type: ignore[override]
@@ -208,8 +175,8 @@ class ENerfactoModel(NerfactoModel):
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        if self._lpips_holder:
-            self.lpips = self._lpips_holder[0].to(self.device)
+        if self.has_lpips:
+            self.lpips = self.lpips_metric(self.device)
             try:
                 return super().get_image_metrics_and_images(outputs, batch)
             finally:

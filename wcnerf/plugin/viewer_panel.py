@@ -1,4 +1,4 @@
-"""The "Weight conditioning" panel of the nerfstudio web viewer for ``e-nerf`` / ``nerf``.
+"""The "Weight conditioning" panel of the nerfstudio web viewer, for any conditioned model.
 
 nerfstudio's viewer installs every :class:`~nerfstudio.viewer.viewer_elements.ViewerElement`
 it finds on the model (``Custom Elements`` folder of the Control tab). This one element builds
@@ -7,15 +7,16 @@ a small folder of viser widgets:
 - the model's conditioner (read only);
 - a checkbox that switches the layer-wise conditioning analysis (:mod:`wcnerf.analysis`) on
   or off while training runs, and its cadence in steps;
-- per-layer condition numbers of the coarse and fine fields from the last analysis: kappa of
+- per-layer condition numbers of each analysed part of the model (E-NeRF: the coarse and fine
+  fields; E-nerfacto: the field and the proposal networks) from the last analysis: kappa of
   the effective weight (the one the forward pass multiplies by, i.e. after conditioning), the
   generalised kappa_90 of the layer-input and output-gradient second moments (Huang et al.),
   the kappa of the same second moments over their nonzero eigenvalues (κ₊), and the numbers of
   dead and saturated units of the layer (definitions in :mod:`wcnerf.analysis.layerwise`).
 
-The panel holds only the switch and the last numbers; :class:`wcnerf.nerf.model.ENeRFModel`
-asks :meth:`ConditioningPanel.due` before each step and attaches the analysis hooks only on
-analysis steps. With the analysis off a step costs one boolean test, nothing is attached. The
+The panel holds only the switch and the last numbers; the model's conditioning callback
+(:class:`wcnerf.plugin.conditioned.ConditioningCallback`) asks :meth:`ConditioningPanel.due`
+before each step and attaches the analysis hooks only on analysis steps. With the analysis off a step costs one boolean test, nothing is attached. The
 panel exists without a viewer too (``ns-train --vis tensorboard``, ``ns-eval``); it is then
 never installed and its values are the config's.
 """
@@ -49,15 +50,20 @@ LEGEND = ("κ₊: over the nonzero eigenvalues (λ > d·eps·λ_max). dead: unit
 
 
 class ConditioningPanel(ViewerElement[bool]):
-    """Conditioner name, analysis switch and cadence, per-layer kappa tables (see module doc)."""
+    """Conditioner name, analysis switch and cadence, per-layer kappa tables (see module doc).
 
-    def __init__(self, conditioner: str, enabled: bool, every: int) -> None:
+    ``parts``: ``{part name: heading}`` of the analysed parts, in display order (the names are
+    the keys of :meth:`show`'s results, e.g. ``{"coarse": "coarse field", "fine": "fine field"}``).
+    """
+
+    def __init__(self, conditioner: str, enabled: bool, every: int, parts: Mapping[str, str]) -> None:
         super().__init__(name="Weight conditioning")
         self.conditioner = conditioner
         self.enabled = bool(enabled)
         self.every = max(1, int(every))
+        self.parts: Dict[str, str] = dict(parts)
         self.step: Optional[int] = None
-        self.tables: Dict[str, str] = {}  # field name -> markdown
+        self.tables: Dict[str, str] = {}  # part name -> markdown
         self._lock = threading.Lock()
         self._handles: dict = {}
 
@@ -67,7 +73,7 @@ class ConditioningPanel(ViewerElement[bool]):
         return self.enabled and step % self.every == 0
 
     def show(self, step: int, results: Mapping[str, Mapping[str, float]]) -> None:
-        """New analysis results: ``{field name: wcnerf.analysis metrics dict}``."""
+        """New analysis results: ``{part name: wcnerf.analysis metrics dict}``."""
         with self._lock:
             self.step = step
             self.tables = {name: format_layer_table(metrics) for name, metrics in results.items()}
@@ -87,8 +93,7 @@ class ConditioningPanel(ViewerElement[bool]):
                                                  "output-gradient second moments; off costs nothing")
             h["every"] = gui.add_number("Analysis every N steps", self.every, min=1, step=1)
             h["status"] = gui.add_markdown("")
-            h["coarse"] = gui.add_markdown("")
-            h["fine"] = gui.add_markdown("")
+            h["parts"] = {name: gui.add_markdown("") for name in self.parts}
             h["legend"] = gui.add_markdown("")
         h["enabled"].on_update(lambda _: self._set_enabled(bool(h["enabled"].value)))
         h["every"].on_update(lambda _: self._set_every(h["every"].value))
@@ -115,9 +120,9 @@ class ConditioningPanel(ViewerElement[bool]):
             else:
                 status = f"Analysis **on**, every {self.every} steps; shown: step {self.step}."
             h["status"].content = status
-            for name in ("coarse", "fine"):
+            for name, heading in self.parts.items():
                 table = self.tables.get(name)
-                h[name].content = f"**{name} field**\n\n{table}" if table else ""
+                h["parts"][name].content = f"**{heading}**\n\n{table}" if table else ""
             h["legend"].content = f"*{LEGEND}*" if self.tables else ""
 
 

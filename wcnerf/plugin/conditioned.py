@@ -1,0 +1,247 @@
+"""Weight conditioning of any nerfstudio model: settings, conditioning, post-step, analysis, LPIPS.
+
+A method family makes its model conditioned with two mixins placed *before* the nerfstudio
+classes::
+
+    @dataclass
+    class ENeRFModelConfig(ConditionedModelConfig, ModelConfig): ...
+
+    class ENeRFModel(ConditionedModel, Model):
+        def populate_modules(self):
+            self.check_conditioning()          # unknown names fail before anything is built
+            ...                                # build the model
+            self.field = self.condition(self.field)
+            self.setup_conditioning()          # LPIPS holder, viewer panel
+
+        def analysis_parts(self):             # what the layer-wise analysis looks at
+            return {"field": AnalysedPart("field", self.field)}
+
+:class:`ConditionedModelConfig` holds the settings every conditioned method has (the conditioner
+by name, its options and exclude patterns, the analysis cadence, local LPIPS weights);
+:class:`ConditionedModel` adds to the model's own training callbacks one
+:class:`ConditioningCallback`: after every training step ``wcnerf.conditioning.post_step``
+(ENorm's rebalancing; a no-op for the other conditioners), and the layer-wise conditioning
+analysis (:mod:`wcnerf.analysis`) of the model's :meth:`~ConditionedModel.analysis_parts`
+during the ordinary training step every ``analysis_every`` steps (hooks attached before the
+step, removed after it; nothing is attached on other steps). Results are written with
+``nerfstudio.utils.writer.put_scalar`` as ``analysis/<part>/<layer>/<metric>`` (among them
+``.../kappa_nz``, the kappa over the nonzero eigenvalues, and ``<layer>/dead_units`` /
+``<layer>/saturated_units``), plus the part totals ``analysis/<part>/total/dead_units`` and
+``.../total/saturated_units`` over the layers whose activation the analysis sees, and shown in
+the web viewer's "Weight conditioning" panel (:mod:`wcnerf.plugin.viewer_panel`), which also
+switches the analysis on or off during training.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+import tyro
+from torch import nn
+from typing_extensions import Annotated
+
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.utils import writer
+
+from wcnerf import conditioning as wc
+from wcnerf.plugin.compat import lpips_holder, say_once
+from wcnerf.plugin.viewer_panel import ConditioningPanel
+
+__all__ = [
+    "DEFAULT_PANEL_EVERY",
+    "AnalysedPart",
+    "ConditionedModel",
+    "ConditionedModelConfig",
+    "ConditioningAnalysis",
+    "ConditioningCallback",
+    "check_conditioner",
+    "parse_options",
+]
+
+_CONDITIONERS = ", ".join(wc.available())
+DEFAULT_PANEL_EVERY = 100
+"""Analysis cadence offered in the viewer when the config has the analysis off."""
+
+
+def parse_options(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """Command-line strings to Python values (``"8"`` -> 8, ``"true"`` -> True, ``"in"`` -> "in")."""
+    out: Dict[str, Any] = {}
+    for key, value in dict(options).items():
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "false"):
+                value = low == "true"
+            else:
+                try:
+                    value = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    pass
+        out[key] = value
+    return out
+
+
+def check_conditioner(name: str) -> None:
+    """ValueError unless ``name`` is in the registry of :mod:`wcnerf.conditioning`."""
+    if name not in wc.available():
+        raise ValueError(f"unknown conditioning {name!r}; available: {_CONDITIONERS}")
+
+
+@dataclass
+class ConditionedModelConfig:
+    """Settings of a weight-conditioned model; inherit it before the nerfstudio model config."""
+
+    conditioning: Annotated[
+        str,
+        tyro.conf.arg(help=f"Weight conditioner for every Linear of the model's MLPs, one of: {_CONDITIONERS}."),
+    ] = "equilibrate"
+    """Weight conditioner applied to every Linear of the model's MLPs (see wcnerf.conditioning)."""
+    conditioning_options: Dict[str, str] = field(default_factory=dict)
+    """Options of the conditioner, e.g. `mode in detach True` (values parsed as Python literals)."""
+    conditioning_exclude: Tuple[str, ...] = ()
+    """fnmatch patterns of submodules left unconditioned, relative to what the method conditions (e-nerf: each field, e.g. `field_heads.*`; e-nerfacto: the model, e.g. `proposal_networks.*`, `field.mlp_head.*`)."""
+    analysis_every: int = 0
+    """Layer-wise conditioning analysis of the model's MLPs every N training steps (0: off; switchable in the viewer)."""
+    analysis_max_samples: int = 4096
+    """Rows (ray samples) per layer used for the analysis' second moments."""
+    lpips_weights: Optional[Path] = None
+    """Local AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache or $WCNERF_LPIPS_WEIGHTS. Without them LPIPS is omitted (never downloaded)."""
+
+
+class AnalysedPart(NamedTuple):
+    """A module the layer-wise analysis looks at, and its heading in the viewer panel."""
+
+    title: str
+    module: nn.Module
+
+
+class ConditioningAnalysis:
+    """Layer-wise analysis of named parts of a model, switched and shown by a panel."""
+
+    def __init__(self, parts: Mapping[str, AnalysedPart], panel: ConditioningPanel, max_samples: int) -> None:
+        from wcnerf.analysis import LayerwiseAnalyzer
+
+        self.panel = panel
+        self.analyzers = {name: LayerwiseAnalyzer(part.module, max_samples=max_samples) for name, part in parts.items()}
+        self._running: List[int] = []  # the step whose capture is attached (the switch may flip mid-step)
+
+    def attach(self, step: int) -> None:
+        """Before a step: attach the hooks if the panel says the step is due."""
+        if not self.panel.due(step):  # the whole cost of the analysis when it is off
+            return
+        for a in self.analyzers.values():
+            a.reset()
+            a.attach()
+        self._running.append(step)
+
+    def report(self, step: int) -> None:
+        """After a step: detach, compute, write the scalars and show them in the panel."""
+        if not self._running:
+            return
+        self._running.clear()
+        results = {}
+        for name, a in self.analyzers.items():
+            a.detach()
+            try:
+                results[name] = a.compute()
+            except Exception as e:  # never let the analysis stop a training run
+                say_once(f"WARNING: conditioning analysis of the {name} part failed: {type(e).__name__}: {e}")
+                continue
+            finally:
+                a.reset()
+            for key, value in results[name].items():
+                writer.put_scalar(name=f"analysis/{name}/{key}", scalar=float(value), step=step)
+            for count in ("dead_units", "saturated_units"):
+                per_layer = [v for k, v in results[name].items() if k.endswith("/" + count)]
+                if per_layer:
+                    writer.put_scalar(name=f"analysis/{name}/total/{count}", scalar=float(sum(per_layer)), step=step)
+        self.panel.show(step, results)
+
+
+class ConditioningCallback(TrainingCallback):
+    """A conditioned model's training callback. Before a step: the analysis' hooks, if due.
+    After it: ``wcnerf.conditioning.post_step(model, optimizers)``, then the analysis' report.
+    Without ``analysis`` only the post-step runs."""
+
+    def __init__(
+        self, model: nn.Module, optimizers: Optional[Optimizers], analysis: Optional[ConditioningAnalysis] = None
+    ) -> None:
+        super().__init__(
+            [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+            self.after_step,
+        )
+        self.model = model
+        self.optimizers = optimizers
+        self.analysis = analysis
+
+    def before_step(self, step: int) -> None:
+        if self.analysis is not None:
+            self.analysis.attach(step)
+
+    def after_step(self, step: int) -> None:
+        opts = list(self.optimizers.optimizers.values()) if self.optimizers is not None else None
+        wc.post_step(self.model, opts)
+        if self.analysis is not None:
+            self.analysis.report(step)
+
+    def run_callback_at_location(self, step: int, location: TrainingCallbackLocation) -> None:
+        if location == TrainingCallbackLocation.BEFORE_TRAIN_ITERATION:
+            self.before_step(step)
+        elif location == TrainingCallbackLocation.AFTER_TRAIN_ITERATION:
+            self.after_step(step)
+
+
+class ConditionedModel:
+    """Mixin for a nerfstudio ``Model`` whose config is a :class:`ConditionedModelConfig`
+    (see the module docstring for the calls the model makes)."""
+
+    config: ConditionedModelConfig
+
+    def check_conditioning(self) -> None:
+        """ValueError for an unknown conditioner name (call before building anything)."""
+        check_conditioner(self.config.conditioning)
+
+    def condition(self, module: nn.Module, *, include: Any = None) -> nn.Module:
+        """``wcnerf.conditioning.condition`` of ``module`` with the config's conditioner,
+        options and exclude patterns (relative to ``module``); returns the module to use."""
+        cfg = self.config
+        exclude = list(cfg.conditioning_exclude) or None
+        return wc.condition(
+            module, cfg.conditioning, include=include, exclude=exclude, **parse_options(cfg.conditioning_options)
+        )
+
+    def analysis_parts(self) -> Dict[str, AnalysedPart]:
+        """``{name: AnalysedPart}`` of the modules the layer-wise analysis looks at (the names
+        appear in the logged scalars, ``analysis/<name>/...``). Every model defines it."""
+        raise NotImplementedError
+
+    def setup_conditioning(self) -> None:
+        """End of ``populate_modules``: the LPIPS metric from local weights (or none, said once)
+        and the viewer panel, on when ``analysis_every > 0``."""
+        cfg = self.config
+        self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
+        # A nerfstudio ViewerElement, found by the viewer on the model, holding the analysis switch.
+        titles = {name: part.title for name, part in self.analysis_parts().items()}
+        self.conditioning_panel = ConditioningPanel(
+            cfg.conditioning, enabled=cfg.analysis_every > 0, every=cfg.analysis_every or DEFAULT_PANEL_EVERY, parts=titles
+        )
+
+    @property
+    def has_lpips(self) -> bool:
+        return bool(self._lpips_holder)
+
+    def lpips_metric(self, device: Any) -> Optional[nn.Module]:
+        """The LPIPS metric on ``device``, or None when it is omitted."""
+        return self._lpips_holder[0].to(device) if self._lpips_holder else None
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> List[TrainingCallback]:
+        """The model's own callbacks plus one :class:`ConditioningCallback`."""
+        callbacks = list(super().get_training_callbacks(training_callback_attributes))  # type: ignore[misc]
+        analysis = ConditioningAnalysis(self.analysis_parts(), self.conditioning_panel, self.config.analysis_max_samples)
+        callbacks.append(ConditioningCallback(self, training_callback_attributes.optimizers, analysis))  # type: ignore[arg-type]
+        return callbacks
