@@ -24,10 +24,9 @@ field, the same losses, sampling schedule and outputs), built by nerfacto's own
   sampler -- exactly as on nerfstudio's own datasets. We first expected NDC to be better
   (NDC spreads fern over ~60% of the grid's depth axis and nearly all of x/y, contraction
   over ~15% and about half), but on fern at factor 8 with the CPU preset contraction gave
-  higher held-out PSNR for both variants and both seeds (plain 23.04 / 23.04 dB vs NDC
-  22.29 / 22.58; equilibrated 22.36 / 22.64 vs 22.12 / 21.12) and ~15% faster steps
-  (presumably: fewer distinct hash entries touched, and with a 2^16 table fewer collisions
-  on the scene; not measured at nerfacto's full size, which needs a GPU).
+  higher held-out PSNR for both variants and both seeds and faster steps (figures: see
+  docs/results.md; presumably: fewer distinct hash entries touched, and with a 2^16 table
+  fewer collisions on the scene; not measured at nerfacto's full size, which needs a GPU).
   NDC remains available (``... llff --ndc True``, the dataparser's ``metadata["llff"]["ndc"]``):
   rays are mapped by :class:`wcnerf.plugin.ndc.NDCCollider` (NeRF's ``ndc_rays``, as in
   ``e-nerf``) and nerfacto runs without contraction on the box ``[-b, b]^2 x [-1, 1]``
