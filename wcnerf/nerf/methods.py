@@ -16,10 +16,8 @@ are every wcnerf method's, see :mod:`wcnerf.plugin.presets`.
 
 from __future__ import annotations
 
-from nerfstudio.plugins.types import MethodSpecification
-
 from wcnerf.nerf.model import ENeRFModelConfig
-from wcnerf.plugin.presets import Preset, adam_decay, trainer_config
+from wcnerf.plugin.presets import Preset, adam_decay, method_pair, trainer_config
 from wcnerf.plugin.trainer import WCTrainerConfig
 
 __all__ = ["PAPER", "SMALL", "e_nerf", "e_nerf_small", "make_config", "nerf", "nerf_small"]
@@ -74,19 +72,13 @@ def make_config(method_name: str, conditioning: str, preset: Preset) -> WCTraine
     return trainer_config(method_name, preset, model, optimizers)
 
 
-e_nerf = MethodSpecification(
-    config=make_config("e-nerf", "equilibrate", PAPER),
-    description="E-NeRF (ECCV 2024): NeRF (LLFF protocol) with every Linear of both MLPs equilibrated.",
+e_nerf, nerf = method_pair(
+    make_config, PAPER,
+    ("e-nerf", "E-NeRF (ECCV 2024): NeRF (LLFF protocol) with every Linear of both MLPs equilibrated."),
+    ("nerf", "NeRF (LLFF protocol) baseline; --pipeline.model.conditioning picks any wcnerf conditioner."),
 )
-nerf = MethodSpecification(
-    config=make_config("nerf", "none", PAPER),
-    description="NeRF (LLFF protocol) baseline; --pipeline.model.conditioning picks any wcnerf conditioner.",
-)
-e_nerf_small = MethodSpecification(
-    config=make_config("e-nerf-small", "equilibrate", SMALL),
-    description="CPU-sized E-NeRF (~10 min on 2 cores, fern at factor 8).",
-)
-nerf_small = MethodSpecification(
-    config=make_config("nerf-small", "none", SMALL),
-    description="CPU-sized NeRF baseline, identical to e-nerf-small but unconditioned.",
+e_nerf_small, nerf_small = method_pair(
+    make_config, SMALL,
+    ("e-nerf-small", "CPU-sized E-NeRF (~10 min on 2 cores, fern at factor 8)."),
+    ("nerf-small", "CPU-sized NeRF baseline, identical to e-nerf-small but unconditioned."),
 )

@@ -23,11 +23,9 @@ with non-NDC data).
 
 from __future__ import annotations
 
-from nerfstudio.plugins.types import MethodSpecification
-
 from wcnerf.data.llff import LLFFDataParserConfig
 from wcnerf.nerfacto.model import ENerfactoModelConfig
-from wcnerf.plugin.presets import Preset, adam_decay, trainer_config
+from wcnerf.plugin.presets import Preset, adam_decay, method_pair, trainer_config
 from wcnerf.plugin.trainer import WCTrainerConfig
 
 __all__ = [
@@ -103,19 +101,14 @@ def make_nerfacto_config(method_name: str, conditioning: str, preset: Preset) ->
     return config
 
 
-e_nerfacto = MethodSpecification(
-    config=make_nerfacto_config("e-nerfacto", "equilibrate", NERFACTO),
-    description="E-nerfacto: nerfacto with every MLP of the field and proposal networks equilibrated.",
+e_nerfacto, nerfacto_plain = method_pair(
+    make_nerfacto_config, NERFACTO,
+    ("e-nerfacto", "E-nerfacto: nerfacto with every MLP of the field and proposal networks equilibrated."),
+    ("nerfacto-plain", "nerfacto baseline identical to e-nerfacto but unconditioned; "
+                       "--pipeline.model.conditioning picks any wcnerf conditioner."),
 )
-nerfacto_plain = MethodSpecification(
-    config=make_nerfacto_config("nerfacto-plain", "none", NERFACTO),
-    description="nerfacto baseline identical to e-nerfacto but unconditioned; --pipeline.model.conditioning picks any wcnerf conditioner.",
-)
-e_nerfacto_small = MethodSpecification(
-    config=make_nerfacto_config("e-nerfacto-small", "equilibrate", NERFACTO_SMALL),
-    description="CPU-sized E-nerfacto (~10 min on 2 cores, fern at factor 8).",
-)
-nerfacto_plain_small = MethodSpecification(
-    config=make_nerfacto_config("nerfacto-plain-small", "none", NERFACTO_SMALL),
-    description="CPU-sized nerfacto baseline, identical to e-nerfacto-small but unconditioned.",
+e_nerfacto_small, nerfacto_plain_small = method_pair(
+    make_nerfacto_config, NERFACTO_SMALL,
+    ("e-nerfacto-small", "CPU-sized E-nerfacto (~10 min on 2 cores, fern at factor 8)."),
+    ("nerfacto-plain-small", "CPU-sized nerfacto baseline, identical to e-nerfacto-small but unconditioned."),
 )

@@ -1,8 +1,10 @@
 """Typed presets and the trainer config every wcnerf method is built from.
 
 A method family (``wcnerf.nerf``, ``wcnerf.nerfacto``) declares its presets as :class:`Preset`
-values in its own ``methods.py`` and builds each method with :func:`trainer_config` around its
-model config and optimizer groups (:func:`adam_decay`). What the builder fixes for every method:
+values in its own ``methods.py``, builds each method with :func:`trainer_config` around its
+model config and optimizer groups (:func:`adam_decay`), and declares its methods in pairs
+(:func:`method_pair`): the conditioned method and its plain baseline, which differ only in
+``pipeline.model.conditioning``. What the builder fixes for every method:
 wcnerf's trainer (:class:`wcnerf.plugin.trainer.WCTrainerConfig`: atomic checkpoints, resume to
 the end), the LLFF dataparser, the device and mixed precision chosen at import time (CUDA when
 ``torch.cuda.is_available()``, else CPU: no ``--machine.device-type`` needed; mixed precision
@@ -15,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -24,14 +26,21 @@ from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConf
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
 
 from wcnerf.data.llff import LLFFDataParserConfig
 from wcnerf.plugin.trainer import RunExponentialDecaySchedulerConfig, WCTrainerConfig
 
-__all__ = ["CUDA", "Preset", "adam_decay", "trainer_config"]
+__all__ = ["CONDITIONED", "CUDA", "PLAIN", "Preset", "adam_decay", "method_pair", "trainer_config"]
 
 CUDA = torch.cuda.is_available()
 """Whether the methods are configured for CUDA (decided once, at import)."""
+
+CONDITIONED = "equilibrate"
+"""The conditioner of a pair's conditioned method (the registry's alias of the default orientation)."""
+
+PLAIN = "none"
+"""The conditioner of a pair's baseline."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,4 +117,20 @@ def trainer_config(
             model=model,
         ),
         optimizers=optimizers,
+    )
+
+
+def method_pair(
+    make_config: Callable[[str, str, Preset], Any],
+    preset: Preset,
+    conditioned: Tuple[str, str],
+    plain: Tuple[str, str],
+) -> Tuple[MethodSpecification, MethodSpecification]:
+    """The conditioned method (:data:`CONDITIONED`) and its plain baseline (:data:`PLAIN`) on one
+    preset; ``conditioned`` and ``plain`` are ``(method name, description)`` and
+    ``make_config(method name, conditioner, preset)`` is the family's config builder, so the two
+    configs differ only in the method name and ``pipeline.model.conditioning``."""
+    return tuple(  # type: ignore[return-value]
+        MethodSpecification(config=make_config(name, conditioning, preset), description=description)
+        for (name, description), conditioning in ((conditioned, CONDITIONED), (plain, PLAIN))
     )
