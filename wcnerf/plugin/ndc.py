@@ -64,16 +64,18 @@ class NDCCollider(nn.Module):
         unit_dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         forward = torch.tensor([0.0, 0.0, -1.0], device=dirs.device, dtype=dirs.dtype)
         valid = ndc_ray_mask(unit_dirs)[..., None]
-        world_dirs = torch.where(valid, unit_dirs, forward.expand_as(unit_dirs))
+        # ndc_rays does not depend on the directions' length: given as they come (bit for bit
+        # what both models computed before the transform was shared)
         origins, dirs_ndc = ndc_rays(
-            ray_bundle.origins, world_dirs, focal=self.focal, width=self.width, height=self.height, near=self.near
+            ray_bundle.origins, torch.where(valid, dirs, forward), focal=self.focal, width=self.width,
+            height=self.height, near=self.near,
         )
         scale = dirs_ndc.norm(dim=-1, keepdim=True)
         valid = valid & torch.isfinite(origins).all(-1, keepdim=True) & torch.isfinite(scale) & (scale > 1e-12)
         origins = torch.where(valid, origins, torch.zeros_like(origins))
         unit = torch.where(valid, dirs_ndc / scale.clamp_min(1e-12), forward.expand_as(dirs_ndc))
         scale = torch.where(valid, scale, torch.ones_like(scale))
-        world_dirs = torch.where(valid, world_dirs, forward.expand_as(world_dirs))
+        world_dirs = torch.where(valid, unit_dirs, forward.expand_as(unit_dirs))
         metadata = dict(ray_bundle.metadata)
         metadata["ndc_scale"] = scale
         metadata["world_origins"] = ray_bundle.origins
