@@ -1,5 +1,6 @@
-"""Small E-NeRF models on random rays, shared by the nerfstudio test modules. A plain module,
-not a test module; it imports nerfstudio, so import it only after
+"""Small E-NeRF models on random rays, and training steps with a model's callbacks around them
+(any conditioned model: E-NeRF, E-nerfacto), shared by the nerfstudio test modules. A plain
+module, not a test module; it imports nerfstudio, so import it only after
 ``pytest.importorskip("nerfstudio")``."""
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def rays(n=64, seed=0, backwards=0):
 
 
 def training_callbacks(model):
-    """The model's training callbacks and an Adam ``Optimizers`` over its parameters."""
-    opts = Optimizers({"fields": {"optimizer": AdamOptimizerConfig(lr=1e-3), "scheduler": None}},
-                      model.get_param_groups())
+    """The model's training callbacks and an Adam ``Optimizers`` over its parameters (one group
+    per parameter group of the model)."""
+    groups = model.get_param_groups()
+    opts = Optimizers({g: {"optimizer": AdamOptimizerConfig(lr=1e-3), "scheduler": None} for g in groups}, groups)
     attrs = TrainingCallbackAttributes(optimizers=opts, grad_scaler=None, pipeline=None, trainer=None)
     return model.get_training_callbacks(attrs), opts
 
@@ -64,7 +66,8 @@ def callback_train_step(model, callbacks, opts, step):
         cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
     hooked = sum(len(m._forward_hooks) for m in model.modules())
     out = model(rays(64, seed=step))
-    loss = sum(model.get_loss_dict(out, {"image": torch.rand(64, 3)}).values())
+    batch = {"image": torch.rand(64, 3)}
+    loss = sum(model.get_loss_dict(out, batch, model.get_metrics_dict(out, batch)).values())
     opts.zero_grad_all()
     loss.backward()
     opts.optimizer_step_all()

@@ -39,7 +39,7 @@ from wcnerf.nerfacto.model import ENerfactoModelConfig, mlp_linears  # noqa: E40
 from wcnerf.plugin.ndc import NDCCollider  # noqa: E402
 
 from helpers import BIN, differences, offline_env  # noqa: E402
-from nerf_helpers import rays  # noqa: E402
+from nerf_helpers import callback_train_step, rays, training_callbacks  # noqa: E402
 
 LLFF_META = {"llff": {"ndc": True, "near": 1.0, "far": 1.0, "focal": 407.0, "width": 504, "height": 378}}
 SMALL_MODEL = dict(
@@ -402,8 +402,6 @@ def test_layerwise_analysis_of_the_field_and_the_proposal_networks(no_tcnn, monk
     """E-nerfacto has every conditioned model's analysis (wcnerf.plugin.conditioned): off by
     default (no hook during a step); switched on from the panel, the field and each proposal
     network are analysed on the due steps and shown in the panel."""
-    from nerfstudio.engine.callbacks import TrainingCallbackLocation
-    from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
     from nerfstudio.utils import writer
 
     logged = []
@@ -412,27 +410,10 @@ def test_layerwise_analysis_of_the_field_and_the_proposal_networks(no_tcnn, monk
     panel = model.conditioning_panel
     assert model.config.analysis_every == 0 and not panel.enabled
     assert panel.parts == {"field": "field", "proposal_0": "proposal network 0", "proposal_1": "proposal network 1"}
-    opts = Optimizers(
-        {g: {"optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15), "scheduler": None} for g in ("fields", "proposal_networks")},
-        model.get_param_groups(),
-    )
-    callbacks = model.get_training_callbacks(
-        TrainingCallbackAttributes(optimizers=opts, grad_scaler=None, pipeline=None, trainer=None)  # type: ignore[arg-type]
-    )
+    callbacks, opts = training_callbacks(model)
 
     def step(i):
-        for cb in callbacks:
-            cb.run_callback_at_location(i, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        hooked = sum(len(m._forward_hooks) for m in model.modules())
-        outputs = model(rays(64, i))
-        batch = {"image": torch.rand(64, 3, generator=torch.Generator().manual_seed(i))}
-        loss = sum(model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch)).values())
-        opts.zero_grad_all()
-        loss.backward()
-        opts.optimizer_step_all()
-        for cb in callbacks:
-            cb.run_callback_at_location(i, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-        return hooked
+        return callback_train_step(model, callbacks, opts, i)
 
     model.train()
     assert step(0) == 0 and not logged and panel.step is None
