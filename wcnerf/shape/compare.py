@@ -23,10 +23,12 @@ from ..analysis.curves import steps_to_target, value_at_fraction
 from ..conditioning import available
 from .mesh import load_mesh
 from .plot import plot_curves
+from .render import FITS_PNG, render_fits
 from ..atomic import write_text
-from .train import DEFAULT_MESH, CompareConfig, FitConfig, FitMonitor, fit
+from .train import DEFAULT_MESH, CompareConfig, FitConfig, FitMonitor, _mesh_unit, fit
 
 EARLY_FRACTION = 0.15
+CURVES_PNG = "comparison.png"
 BASELINE = "none"
 REPORTED = ("iou_early", "iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step",
             "cpu_seconds_per_step")
@@ -85,6 +87,7 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
                      "methods": {}, "sweep": {}}
     best_curves = {}
     best_iou_curves = {}
+    best_fits = []
     for method in methods:
         scores = {}
         for lr, runs in results[method].items():
@@ -105,13 +108,19 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
             entry[k + "_std"] = _std([r.metrics.get(k) for r in runs])
         summary["methods"][method] = entry
         best_curves[f"{method} (lr {best_lr:g})"] = _mean_curves([r.curves for r in runs])
+        best_fits.append((f"{method} (lr {best_lr:g}, seed {runs[0].metrics['seed']})",
+                          _mesh_unit(runs[0].run_dir, shape), runs[0].metrics))
 
     summary["early_fraction"] = EARLY_FRACTION
     summary["steps_to_target"] = steps_to_target(best_iou_curves, BASELINE)
+    # the pictures before the reports that embed them
+    plot_curves(best_curves, out_dir / CURVES_PNG,
+                title=f"{shape.name}: {optim.optimizer}, {optim.steps} steps, mean over seeds {seeds}")
+    render_fits(shape.mesh, best_fits, out_dir / FITS_PNG,
+                title=f"{shape.name}: input and each conditioner's fit ({cfg.task}, {optim.optimizer}, {optim.steps} steps)")
+    summary["figures"] = {"fits": FITS_PNG, "curves": CURVES_PNG}
     write_text(out_dir / "comparison.json", json.dumps(summary, indent=2) + "\n")
     write_text(out_dir / "comparison.md", to_markdown(summary, shape.name))
-    plot_curves(best_curves, out_dir / "comparison.png",
-                title=f"{shape.name}: {optim.optimizer}, {optim.steps} steps, mean over seeds {seeds}")
     summary["dir"] = str(out_dir)
     return summary
 
@@ -154,4 +163,12 @@ def to_markdown(summary: dict, name: str) -> str:
             cells = [f"{_fmt(sweep[f'{x:g}']['final_loss'], '.4g')} / {_fmt(sweep[f'{x:g}']['iou_points'], '.4f')}"
                      for x in summary["lrs"]]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    figures = summary.get("figures") or {}
+    if figures.get("fits"):
+        lines += ["", f"![Input and each conditioner's fit]({figures['fits']})", "",
+                  f"The input (grey) and each conditioner's marching-cubes mesh (orange) at its chosen learning rate, "
+                  f"seed {seeds[0]}, from the same cameras (`--view` on this folder opens them in the viewer)."]
+    if figures.get("curves"):
+        lines += ["", f"![Training loss and IoU curves]({figures['curves']})", "",
+                  "Training loss and IoU curves at each conditioner's chosen learning rate, mean over seeds."]
     return "\n".join(lines) + "\n"
