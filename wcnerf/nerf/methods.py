@@ -79,6 +79,6 @@ e_nerf, nerf = method_pair(
 )
 e_nerf_small, nerf_small = method_pair(
     make_config, SMALL,
-    ("e-nerf-small", "CPU-sized E-NeRF (~10 min on 2 cores, fern at factor 8)."),
+    ("e-nerf-small", "CPU-sized E-NeRF (fern at factor 8 on a CPU; run time: docs/results.md)."),
     ("nerf-small", "CPU-sized NeRF baseline, identical to e-nerf-small but unconditioned."),
 )

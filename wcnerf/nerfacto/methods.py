@@ -109,6 +109,6 @@ e_nerfacto, nerfacto_plain = method_pair(
 )
 e_nerfacto_small, nerfacto_plain_small = method_pair(
     make_nerfacto_config, NERFACTO_SMALL,
-    ("e-nerfacto-small", "CPU-sized E-nerfacto (~10 min on 2 cores, fern at factor 8)."),
+    ("e-nerfacto-small", "CPU-sized E-nerfacto (fern at factor 8 on a CPU; run time: docs/results.md)."),
     ("nerfacto-plain-small", "CPU-sized nerfacto baseline, identical to e-nerfacto-small but unconditioned."),
 )

@@ -22,10 +22,10 @@ field, the same losses, sampling schedule and outputs), built by nerfacto's own
   depths 1.33 .. 6.3 in front of cameras within 0.4 of the origin) and nerfacto runs as
   designed -- L-inf scene contraction, near/far collider 0.05 / 1000, piecewise initial
   sampler -- exactly as on nerfstudio's own datasets. We first expected NDC to be better
-  (NDC spreads fern over ~60% of the grid's depth axis and nearly all of x/y, contraction
-  over ~15% and about half), but on fern at factor 8 with the CPU preset contraction gave
-  higher held-out PSNR for both variants and both seeds and faster steps (figures: see
-  docs/results.md; presumably: fewer distinct hash entries touched, and with a 2^16 table
+  (NDC spreads fern over much more of the hash grid than contraction does), but on fern at
+  factor 8 with the CPU preset contraction gave higher held-out PSNR for both variants and
+  both seeds and faster steps (figures: docs/results.md, "E-nerfacto on LLFF: scene
+  contraction vs NDC"; presumably: fewer distinct hash entries touched, and with a 2^16 table
   fewer collisions on the scene; not measured at nerfacto's full size, which needs a GPU).
   NDC remains available (``... llff --ndc True``, the dataparser's ``metadata["llff"]["ndc"]``):
   rays are mapped by :class:`wcnerf.plugin.ndc.NDCCollider` (NeRF's ``ndc_rays``, as in
