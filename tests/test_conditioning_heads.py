@@ -110,13 +110,16 @@ def test_names_say_which_orientation():
 
 def test_default_orientation_is_the_one_the_study_chose():
     """Issue 11, part 3: `equilibrate` (and so e-nerf, e-nerfacto, shape_fit.py) is the
-    orientation the results page states, and the README says the same."""
+    orientation the results page states, and the README and the conditioners page (the
+    registry's table) say the same."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     stated = f"Default: `equilibrate` = `equilibrate-{DEFAULT_MODE}`"
     assert stated in (repo / "docs" / "results.md").read_text()
-    assert f"alias of the default orientation, `equilibrate-{DEFAULT_MODE}`" in (repo / "README.md").read_text()
+    alias = f"alias of the default orientation, `equilibrate-{DEFAULT_MODE}`"
+    assert alias in (repo / "README.md").read_text()
+    assert alias in (repo / "docs" / "conditioners.md").read_text()
     assert REGISTRY["equilibrate"].description.startswith(f"alias of equilibrate-{DEFAULT_MODE}")
 
 
