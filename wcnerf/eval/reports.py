@@ -1,5 +1,7 @@
 """The comparison's reports, rebuilt from the run folders: ``results.csv``, ``table.md``,
-``curves.png`` and ``renders/`` in ``<output_root>/<protocol>/``.
+``curves.png``, ``conditioning.png`` (the layer-wise kappa the runs logged,
+:mod:`wcnerf.eval.kappa`) and ``renders/`` in ``<output_root>/<protocol>/``; ``table.md``
+ends with the figures, linked relatively.
 
 A *record* is one run as a flat mapping (see :mod:`wcnerf.eval.table`): what its
 ``metrics.json`` says when it finished, else its state and error from ``status.json``
@@ -17,9 +19,9 @@ from rich.markup import escape
 from wcnerf.atomic import write_text
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.runs import CURVES_FILE, HELDOUT_DIR, METRICS_FILE, STATUS_FILE, RunSpec, read_json, run_state
-from wcnerf.eval.table import order_methods, order_scenes, table_markdown, write_results_csv
+from wcnerf.eval.table import order_methods, order_scenes, scene_display, table_markdown, write_results_csv
 
-__all__ = ["collect_records", "write_reports", "default_console"]
+__all__ = ["collect_records", "write_reports", "default_console", "figures_markdown"]
 
 
 def default_console(console: Any = None) -> Any:
@@ -107,17 +109,64 @@ def _curves_and_views(records: Sequence[Mapping[str, Any]]):
     return curves, views
 
 
+def _kappa_runs(records: Sequence[Mapping[str, Any]], console: Any):
+    """``(scene, method, seed, kappa)`` of every finished run (kappa empty: none logged)."""
+    from wcnerf.eval.kappa import run_kappa
+
+    out = []
+    for r in records:
+        if r.get("status") != "done":
+            continue
+        try:
+            kappa = run_kappa(Path(r["abs_run_dir"]))
+        except Exception as exc:  # noqa: BLE001 - one unreadable run does not stop the figure
+            console.print(f"[yellow]layer-wise kappa of {escape(str(r['run_dir']))} not read[/]: "
+                          f"{escape(f'{type(exc).__name__}: {exc}')}")
+            continue
+        out.append((r["scene"], r["method"], r["seed"], kappa))
+    return out
+
+
+NO_KAPPA = ("no finished run logged the layer-wise analysis (the conditioned models log it every "
+            "`analysis_every` steps, `--pipeline.model.analysis-every N`; 0 switches it off)")
+
+
+def figures_markdown(written: Mapping[str, Optional[Path]], notes: Mapping[str, str]) -> str:
+    """The report's "Figures" section: the figures written (relative links), and why the
+    others are missing."""
+    lines = ["", "## Figures", ""]
+    if written.get("curves.png"):
+        lines += ["Train (dashed, smoothed) and held-out (solid) PSNR against iterations:", "",
+                  "![Train and held-out PSNR](curves.png)", ""]
+    if written.get("conditioning.png"):
+        lines += ["Layer-wise condition numbers over training, per field: for each method the median (solid) "
+                  "and the maximum (dashed) over the field's layers of the weights' κ (top) and, when logged, "
+                  "of each layer's Fisher block over its nonzero eigenvalues (bottom); "
+                  "geometric mean over the method's runs:", "",
+                  "![Layer-wise condition numbers](conditioning.png)", ""]
+    if written.get("renders"):
+        renders = sorted(Path(written["renders"]).glob("*.png"))
+        if renders:
+            lines += ["First held-out view of each scene (ground truth, renders, error maps): "
+                      + ", ".join(f"[{scene_display(p.stem)}](renders/{p.name})" for p in renders), ""]
+    for name, why in notes.items():
+        lines += [f"`{name}` not drawn: {why}.", ""]
+    return "\n".join(lines)
+
+
 def write_reports(
     out_dir: Path,
     records: Sequence[Dict[str, Any]],
     protocol: Optional[Protocol] = None,
     console: Any = None,
 ) -> Dict[str, Optional[Path]]:
-    """results.csv, table.md, curves.png and renders/ from the records. A figure that fails is
-    reported on the console (and skipped); the CSV and the table are always written."""
+    """results.csv, curves.png, conditioning.png, renders/ and table.md (which links the
+    figures) from the records. A figure that fails is reported on the console and in
+    table.md (and skipped); the CSV and the table are always written."""
     console = default_console(console)
     out_dir = Path(out_dir)
     written: Dict[str, Optional[Path]] = {}
+    notes: Dict[str, str] = {}
     written["results.csv"] = write_results_csv(records, out_dir / "results.csv")
     summary = protocol.summary() if protocol else ""
     if protocol and protocol.description:
@@ -129,9 +178,12 @@ def write_reports(
         held = data.get("heldout") or {}
         if held.get("step"):
             heldout.setdefault((scene, method), []).append((held["step"], held["psnr"]))
-    write_text(out_dir / "table.md",
-               table_markdown(records, title=title, protocol_summary=summary, heldout_curves=heldout))
-    written["table.md"] = out_dir / "table.md"
+
+    def failed(name: str, exc: Exception) -> None:
+        console.print(f"[red]{name} not written[/]: {escape(f'{type(exc).__name__}: {exc}')}")
+        notes[name] = f"it failed ({type(exc).__name__}: {exc})"
+        written[name] = None
+
     try:
         from wcnerf.eval.plots import plot_curves
 
@@ -139,16 +191,30 @@ def write_reports(
             curves, out_dir / "curves.png", title=f"Train and held-out PSNR ({protocol.name if protocol else ''})"
         )
     except Exception as exc:  # noqa: BLE001
-        console.print(f"[red]curves.png not written[/]: {escape(f'{type(exc).__name__}: {exc}')}")
-        written["curves.png"] = None
+        failed("curves.png", exc)
+    try:
+        from wcnerf.eval.plots import plot_conditioning
+
+        written["conditioning.png"] = plot_conditioning(
+            _kappa_runs(records, console), out_dir / "conditioning.png",
+            title=f"Layer-wise condition numbers over training ({protocol.name if protocol else ''})",
+        )
+        if written["conditioning.png"] is None:
+            notes["conditioning.png"] = NO_KAPPA
+            console.print(f"conditioning.png not drawn: {escape(NO_KAPPA)}")
+    except Exception as exc:  # noqa: BLE001
+        failed("conditioning.png", exc)
     try:
         from wcnerf.eval.plots import write_scene_renders
 
         paths = write_scene_renders(views, out_dir / "renders")
         written["renders"] = (out_dir / "renders") if paths else None
     except Exception as exc:  # noqa: BLE001
-        console.print(f"[red]renders/ not written[/]: {escape(f'{type(exc).__name__}: {exc}')}")
-        written["renders"] = None
+        failed("renders", exc)
+    write_text(out_dir / "table.md",
+               table_markdown(records, title=title, protocol_summary=summary, heldout_curves=heldout)
+               + figures_markdown(written, notes))
+    written["table.md"] = out_dir / "table.md"
     console.print(
         "reports: " + escape(", ".join(str(p) for p in written.values() if p is not None))
     )
