@@ -19,15 +19,11 @@ variant's time over ``bare``'s in the same round, so a machine that gets busier 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import tyro
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 
 @dataclass

@@ -9,12 +9,6 @@ A thin shim over :func:`wcnerf.eval.cli.main` (see there, or ``--help``).
 """
 
 import sys
-from pathlib import Path
-
-try:
-    import wcnerf  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wcnerf.eval.cli import main
 

@@ -47,10 +47,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-
-from wcnerf.analysis.hessian import flat_parameters, gauss_newton, hessian_spectrum, loss_hessian  # noqa: E402
-from wcnerf.conditioning import available, condition  # noqa: E402
+from wcnerf.analysis.hessian import flat_parameters, gauss_newton, hessian_spectrum, loss_hessian
+from wcnerf.conditioning import available, condition
 
 DEFAULT_CONDITIONERS = "none,equilibrate-out,equilibrate-in,equilibrate-both,weight-norm"
 

@@ -30,7 +30,6 @@ from typing import List, Optional, Tuple
 import tyro
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without install
 
 CONDITIONERS = ("none", "equilibrate-out", "equilibrate-in", "weight-norm")
 LR_GRID = {"adam": ("1e-3", "3e-3", "1e-2"), "sgd": ("0.1", "0.3", "1.0")}

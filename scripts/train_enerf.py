@@ -28,11 +28,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-try:
-    import wcnerf  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _option(args: List[str], name: str) -> Optional[str]:
     """The value of ``--name value`` / ``--name=value`` in ns-train's arguments (the last one)."""

@@ -31,7 +31,7 @@ CHROMIUM = find_chromium()
 
 
 def test_progress_never_waits_for_mesh_extraction(monkeypatch):
-    import viewer.shape_viewer as sv
+    import wcnerf.viewer.shape_viewer as sv
     from wcnerf.shape.field import FieldConfig, build_field
     from wcnerf.shape.mesh import Normalization, ShapeMesh
     from wcnerf.shape.train import FitConfig, OptimConfig

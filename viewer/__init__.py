@@ -1,10 +1,9 @@
-"""Viewers over the wcnerf package, used from a checkout (like ``scripts/``).
+"""Shipped as ``wcnerf.viewer``: viewers over the wcnerf package.
 
-- :mod:`viewer.shape_viewer`: the live page of ``scripts/shape_fit.py --viewer``.
+- :mod:`wcnerf.viewer.shape_viewer`: the live page of ``scripts/shape_fit.py --viewer``.
 - The nerfstudio panel of the conditioned methods (``e-nerf``, ``e-nerfacto``, ...) lives in
-  the installed package (:mod:`wcnerf.plugin.viewer_panel`), because nerfstudio loads it with
-  the model.
+  :mod:`wcnerf.plugin.viewer_panel`, because nerfstudio loads it with the model.
 
-``viewer/screenshots/`` holds the screenshots in the README; the browser tests make them
-(``WCNERF_SCREENSHOTS=viewer/screenshots pytest -m browser``).
+``viewer/screenshots/`` (not shipped) holds the screenshots in the README; the browser tests
+make them (``WCNERF_SCREENSHOTS=viewer/screenshots pytest -m browser``).
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -63,12 +64,10 @@ class LLFFDataError(ValueError):
 def data_search_roots() -> List[Path]:
     """Folders a relative ``data`` path is looked up under, in order.
 
-    The repository's ``data/`` folder (next to the ``wcnerf`` package), then each entry of
-    ``$WCNERF_DATA`` (``os.pathsep``-separated).
+    The shipped example data (the checkout's ``data/`` folder, installed as the package
+    ``wcnerf.example_data``), then each entry of ``$WCNERF_DATA`` (``os.pathsep``-separated).
     """
-    import wcnerf
-
-    roots = [Path(wcnerf.__file__).resolve().parents[1] / "data"]
+    roots = [Path(str(resources.files("wcnerf.example_data")))]
     for entry in os.environ.get("WCNERF_DATA", "").split(os.pathsep):
         if entry.strip():
             roots.append(Path(entry.strip()).expanduser())

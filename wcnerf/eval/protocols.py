@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -68,13 +69,12 @@ class Protocol:
 
 
 def protocols_dir() -> Path:
-    """``configs/protocols`` of the repository (``$WCNERF_PROTOCOLS`` overrides it)."""
+    """The shipped protocols (the checkout's ``configs/protocols``, installed as the package
+    ``wcnerf.configs``); ``$WCNERF_PROTOCOLS`` overrides it."""
     env = os.environ.get("WCNERF_PROTOCOLS")
     if env:
         return Path(env).expanduser()
-    import wcnerf
-
-    return Path(wcnerf.__file__).resolve().parents[1] / "configs" / "protocols"
+    return Path(str(resources.files("wcnerf.configs") / "protocols"))
 
 
 def available_protocols() -> List[str]:

@@ -33,7 +33,7 @@ def run(cfg: FitConfig) -> int:
     viewer = None
     try:
         if cfg.viewer.enabled:
-            from viewer.shape_viewer import ShapeViewer
+            from wcnerf.viewer.shape_viewer import ShapeViewer
 
             viewer = ShapeViewer(host=cfg.viewer.host, port=cfg.viewer.port, resolution=cfg.viewer.resolution)
             print(f"viewer: {viewer.url}  (remote machine: ssh -L {viewer.port}:localhost:{viewer.port} <host>, "

@@ -16,6 +16,7 @@ import math
 import time
 import typing
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Optional, Protocol, Tuple
 
@@ -32,8 +33,8 @@ from .mesh import ShapeMesh, load_mesh
 from .metrics import iou, surface_metrics
 from .sampling import SamplingConfig, load_or_compute_grid_occupancy, load_or_compute_samples
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MESH = REPO_ROOT / "data" / "meshes" / "spot.obj"
+# The shipped example mesh (the checkout's data/meshes, installed as wcnerf.example_data).
+DEFAULT_MESH = Path(str(resources.files("wcnerf.example_data") / "meshes" / "spot.obj"))
 
 _NAMES = tuple(available())
 # Literal built from the conditioning library at import time: a new conditioner is a CLI choice at once.
