@@ -313,7 +313,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     if cfg.overwrite and run_dir.exists():
-        for name in ("checkpoint.pt", "metrics.json", "mesh.ply", "curves.png", "config.json"):
+        for name in ("checkpoint.pt", "metrics.json", "mesh.ply", "curves.png", "fit.png", "config.json"):
             (run_dir / name).unlink(missing_ok=True)
     key = cfg.training_key(shape)
     ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
@@ -418,6 +418,7 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     elif metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
         if metrics.get("eval_settings") == _eval_settings(cfg):
+            _render(run_dir, shape, metrics, conditioning, missing_only=True)  # finished before runs drew it
             if monitor is not None:
                 monitor.finished(label, metrics, _curves(state), _mesh_unit(run_dir, shape))
             return FitResult(run_dir, metrics, _curves(state))
@@ -437,10 +438,13 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
         "torch_threads": torch.get_num_threads(),
         "device": device.type, "eval_settings": _eval_settings(cfg),
     })
-    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    # The pictures first: metrics.json is what marks the run finished (see above), so a run
+    # killed before it is done never reports success without its curves and its fit.
     from .plot import plot_curves
 
     plot_curves({conditioning: _curves(state)}, run_dir / "curves.png", title=f"{shape.name}: {conditioning}")
+    _render(run_dir, shape, metrics, conditioning)
+    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     if monitor is not None:
         monitor.finished(label, metrics, _curves(state), _mesh_unit(run_dir, shape))
     return FitResult(run_dir, metrics, _curves(state))
@@ -455,6 +459,15 @@ def _mesh_unit(run_dir: Path, shape: ShapeMesh):
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         return None  # the field never crossed its level set: nothing to show
     return trimesh.Trimesh(vertices=shape.normalization.to_unit(mesh.vertices), faces=mesh.faces, process=False)
+
+
+def _render(run_dir: Path, shape: ShapeMesh, metrics: dict, conditioning: str, missing_only: bool = False) -> None:
+    """``fit.png``: the input and the run's mesh.ply side by side, IoU and Chamfer in the title."""
+    from .render import FIT_PNG, render_fit
+
+    if missing_only and (run_dir / FIT_PNG).is_file():
+        return
+    render_fit(shape.mesh, _mesh_unit(run_dir, shape), metrics, run_dir / FIT_PNG, name=shape.name, label=conditioning)
 
 
 def _curves(state: dict) -> dict:
