@@ -4,7 +4,9 @@ Pipeline: ``mesh`` (load, normalise into [-1, 1]^3, clear errors) -> ``sampling`
 and uniform points, winding-number labels, cached) -> ``field`` (encoding + MLP, any
 ``wcnerf.conditioning`` conditioner) -> ``train`` (config, loop, checkpoint/resume) ->
 ``extract`` (chunked grid + marching cubes) -> ``metrics`` (IoU, Chamfer-L1, normal
-consistency, F-score); ``compare`` runs several conditioners on the same points and seeds.
+consistency, F-score) -> ``render`` (``fit.png``: input and fit side by side); ``compare`` runs
+several conditioners on the same points and seeds (``fits.png``, ``comparison.md``); ``view``
+opens finished runs in the shape viewer (``--view RUN_DIR``).
 Command line: ``cli`` (``scripts/shape_fit.py``), settings grouped as ``train.FitConfig``.
 """
 

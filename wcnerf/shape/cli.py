@@ -5,6 +5,7 @@
     python scripts/shape_fit.py mesh.obj --field.conditioning weight-norm --optim.optimizer sgd
     python scripts/shape_fit.py mesh.obj --compare none equilibrate weight-norm [--compare.lrs 1e-3 3e-3] [--compare.seeds 0 1]
     python scripts/shape_fit.py mesh.obj --viewer        # watch it at http://127.0.0.1:8080 (with --compare too)
+    python scripts/shape_fit.py --view outputs/shape/mesh/<run>   # open a finished run (or comparison) again
 
 Running the same command again resumes an interrupted run from its last checkpoint.
 """
@@ -29,7 +30,12 @@ def main(args: Optional[Sequence[str]] = None) -> int:
 
 
 def run(cfg: FitConfig) -> int:
-    """One fit, or a comparison (``--compare``), optionally watched in the viewer. Returns the exit code."""
+    """One fit, or a comparison (``--compare``), optionally watched in the viewer; or, with
+    ``--view RUN_DIR``, a finished run shown in the viewer. Returns the exit code."""
+    if cfg.viewer.view is not None:
+        from .view import view
+
+        return view(cfg)
     viewer = None
     try:
         if cfg.viewer.enabled:

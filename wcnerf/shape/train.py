@@ -120,6 +120,8 @@ class ViewerConfig:
     """Marching-cubes resolution of the viewer's live meshes (the final mesh uses --evaluation.resolution)."""
     keep_open: bool = True
     """After training, keep serving the page until Ctrl+C."""
+    view: Annotated[Optional[Path], tyro.conf.arg(name="view", prefix_name=False, metavar="RUN_DIR")] = None
+    """Train nothing: open a run folder, or a --compare folder, in the viewer (its meshes, metrics and curves)."""
 
 
 @dataclass(frozen=True)
