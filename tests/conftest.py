@@ -26,7 +26,7 @@ def fern() -> Path:
 
 @pytest.fixture(scope="session")
 def fern4() -> Path:
-    """fern with images_4 (not in the repo: a $WCNERF_DATA entry or ../shared/data)."""
+    """fern with images_4 (the repo's data/llff/fern, a $WCNERF_DATA entry or ../shared/data)."""
     return require_llff_scene("fern", 4)
 
 

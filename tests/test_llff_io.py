@@ -318,7 +318,12 @@ def test_scene_problem(tmp_path):
     assert "no poses_bounds.npy" in scene_problem(tmp_path / "empty")
     root = make_scene(tmp_path / "s")  # images_8 only
     assert scene_problem(root) is None and scene_problem(root, 8) is None
+    msg = scene_problem(root, 4)  # the other factors it has, and how to pick one
+    assert msg == (f"{root}: neither images_4/ nor images/ to build it from (it has images_8/: pick that "
+                   "factor with the llff dataparser's --downscale-factor, e.g. `ns-train ... llff --downscale-factor 8`)")
+    shutil.rmtree(root / "images_8")
     assert scene_problem(root, 4) == f"{root}: neither images_4/ nor images/ to build it from"
+    (root / "images_8").mkdir()
     assert scene_problem(root, 1) == f"{root}: no images/ folder"
     (root / "images").mkdir()
     assert scene_problem(root, 4) is None  # images_4/ can be made from images/

@@ -46,6 +46,29 @@ def test_preset_fields_reach_the_trainer_config():
         assert (spec["optimizer"].lr, spec["scheduler"].lr_final, spec["scheduler"].max_steps) == (
             p.lr, p.lr_final, p.decay_steps)
     assert cfg.pipeline.model.num_levels == p.model["num_levels"]
+    assert dm.dataparser.downscale_factor == p.downscale_factor and dm.dataparser.ndc is False
+
+
+@pytest.mark.parametrize("method, factor", [
+    ("e-nerf", 4), ("nerf", 4), ("e-nerfacto", 4), ("nerfacto-plain", 4),
+    ("e-nerf-small", 8), ("nerf-small", 8), ("e-nerfacto-small", 8), ("nerfacto-plain-small", 8),
+])
+def test_paper_sized_methods_read_factor_4_and_small_ones_factor_8(method, factor):
+    """The NeRF paper's LLFF protocol is images_4 (1008 x 756); the CPU-sized presets use images_8."""
+    from nerfstudio.plugins.registry import discover_methods
+
+    configs, _ = discover_methods()
+    assert configs[method].pipeline.datamanager.dataparser.downscale_factor == factor
+
+
+def test_paper_methods_load_the_shipped_images_4_of_fern(repo_fern):
+    """``ns-train e-nerf --data llff/fern`` works from a checkout: the repo ships fern's images_4."""
+    from wcnerf.nerf.methods import e_nerf
+
+    parser = e_nerf.config.pipeline.datamanager.dataparser.setup()
+    outputs = parser.get_dataparser_outputs("train")
+    assert all(p.parent == repo_fern / "images_4" for p in outputs.image_filenames)
+    assert (int(outputs.cameras.width[0]), int(outputs.cameras.height[0])) == (1008, 756)
 
 
 # ----------------------------------------------------------------------------- families

@@ -110,6 +110,12 @@ def scene_problem(folder: PathLike, downscale_factor: Optional[int] = None) -> O
         return None
     if wanted.name == "images":
         return f"{folder}: no images/ folder"
+    others = sorted((p.name for p in folder.glob("images_*") if p.is_dir() and p.name[7:].isdigit()),
+                    key=lambda name: int(name[7:]))
+    if others:  # e.g. the paper-sized methods (factor 4) on a scene shipped at factor 8 only
+        return (f"{folder}: neither {wanted.name}/ nor images/ to build it from (it has {', '.join(others)}/: "
+                f"pick that factor with the llff dataparser's --downscale-factor, e.g. "
+                f"`ns-train ... llff --downscale-factor {others[0][7:]}`)")
     return f"{folder}: neither {wanted.name}/ nor images/ to build it from"
 
 

@@ -25,6 +25,7 @@ __all__ = ["PAPER", "SMALL", "e_nerf", "e_nerf_small", "make_config", "nerf", "n
 PAPER = Preset(
     max_num_iterations=200_000,
     rays=4096,
+    downscale_factor=4,
     lr=5e-4,
     lr_final=5e-5,
     model=dict(analysis_every=5000),  # otherwise ENeRFModelConfig defaults: the paper's network
@@ -34,11 +35,13 @@ PAPER = Preset(
     steps_per_save=5000,
     vis="viewer+tensorboard",
 )
-"""NeRF paper, LLFF: 8x256 MLPs, 64 + 128 samples, 4096 rays, Adam 5e-4 -> 5e-5, 200k steps."""
+"""NeRF paper, LLFF: 8x256 MLPs, 64 + 128 samples, 4096 rays, Adam 5e-4 -> 5e-5, 200k steps,
+images at factor 4."""
 
 SMALL = Preset(
     max_num_iterations=3000,
     rays=512,
+    downscale_factor=8,
     lr=5e-3,
     lr_final=5e-4,
     model=dict(

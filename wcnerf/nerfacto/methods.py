@@ -23,7 +23,6 @@ with non-NDC data).
 
 from __future__ import annotations
 
-from wcnerf.data.llff import LLFFDataParserConfig
 from wcnerf.nerfacto.model import ENerfactoModelConfig
 from wcnerf.plugin.presets import Preset, adam_decay, method_pair, trainer_config
 from wcnerf.plugin.trainer import WCTrainerConfig
@@ -41,6 +40,7 @@ __all__ = [
 NERFACTO = Preset(
     max_num_iterations=30_000,
     rays=4096,
+    downscale_factor=4,
     lr=1e-2,
     lr_final=1e-4,
     decay_steps=200_000,
@@ -53,11 +53,12 @@ NERFACTO = Preset(
 )
 """nerfstudio's ``nerfacto`` method: 30k steps of 4096 rays, Adam 1e-2 decaying towards 1e-4
 over 200k steps (nerfacto's schedule), 256 + 96 proposal and 48 field samples, 16-level
-2^19 hash grid up to resolution 2048."""
+2^19 hash grid up to resolution 2048; images at factor 4 (the NeRF paper's LLFF protocol)."""
 
 NERFACTO_SMALL = Preset(
     max_num_iterations=2000,
     rays=512,
+    downscale_factor=8,
     lr=1e-2,
     lr_final=1e-3,
     decay_steps=None,
@@ -97,7 +98,7 @@ def make_nerfacto_config(method_name: str, conditioning: str, preset: Preset) ->
     }
     config = trainer_config(method_name, preset, model, optimizers)
     # LLFF in world space with nerfacto's scene contraction (see wcnerf.nerfacto.model); `llff --ndc True` for NDC.
-    config.pipeline.datamanager.dataparser = LLFFDataParserConfig(ndc=False)
+    config.pipeline.datamanager.dataparser.ndc = False
     return config
 
 

@@ -55,6 +55,9 @@ class Preset:
     """Training steps."""
     rays: int
     """Rays per training (and evaluation) batch."""
+    downscale_factor: int
+    """The LLFF dataparser's ``images_<factor>/``: 4 is the NeRF paper's LLFF protocol (1008 x 756
+    images), 8 the CPU-sized one."""
     lr: float
     """Initial learning rate of the model's groups."""
     lr_final: float
@@ -95,7 +98,7 @@ def trainer_config(
     method_name: str, preset: Preset, model: ModelConfig, optimizers: Dict[str, Any]
 ) -> WCTrainerConfig:
     """The wcnerf trainer around any model config: LLFF dataparser, device and mixed precision
-    chosen at run time, viewer on 127.0.0.1; schedule and ray batch from ``preset``."""
+    chosen at run time, viewer on 127.0.0.1; schedule, ray batch and image factor from ``preset``."""
     return WCTrainerConfig(
         method_name=method_name,
         max_num_iterations=preset.max_num_iterations,
@@ -110,7 +113,7 @@ def trainer_config(
         viewer=ViewerConfig(websocket_host="127.0.0.1", quit_on_train_completion=True),
         pipeline=VanillaPipelineConfig(
             datamanager=VanillaDataManagerConfig(
-                dataparser=LLFFDataParserConfig(),
+                dataparser=LLFFDataParserConfig(downscale_factor=preset.downscale_factor),
                 train_num_rays_per_batch=preset.rays,
                 eval_num_rays_per_batch=preset.rays,
             ),
