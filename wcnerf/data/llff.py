@@ -77,6 +77,17 @@ class LLFFDataParserConfig(DataParserConfig):
     """Non-NDC mode: far = max scaled bound * far_factor (nerf-pytorch: 1.0)."""
 
 
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    """Each warning about a scene once per process (the run's pre-flight check and its
+    datamanager both load the scene)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        CONSOLE.print(f"[bold yellow]Warning: {message}", soft_wrap=True, highlight=False)
+
+
 @dataclass
 class LLFF(DataParser):
     """LLFF dataparser (NeRF reference loader geometry)."""
@@ -92,9 +103,11 @@ class LLFF(DataParser):
         """The whole scene (all images), resolved and checked once per parser."""
         cfg = self.config
         root = resolve_data_path(cfg.data, cfg.downscale_factor)
-        key = (str(root.resolve()), cfg.downscale_factor, cfg.bd_factor)
+        key = (str(root.resolve()), cfg.downscale_factor, cfg.bd_factor, cfg.holdout_every)
         if self._cache is None or self._cache[0] != key:
-            scene = load_llff_scene(root, cfg.downscale_factor, bd_factor=cfg.bd_factor)
+            scene = load_llff_scene(root, cfg.downscale_factor, bd_factor=cfg.bd_factor, holdout_every=cfg.holdout_every)
+            for note in scene.warnings:
+                _warn_once(note)
             full_h, full_w, _ = scene.full_hwf
             f = cfg.downscale_factor
             if abs(scene.height * f - full_h) > f or abs(scene.width * f - full_w) > f:

@@ -18,6 +18,7 @@ and yenchenlin/nerf-pytorch, itself derived from Fyusion/LLFF) step by step:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ __all__ = [
     "recenter_poses",
     "load_llff_scene",
     "split_indices",
+    "check_geometry",
+    "check_split",
+    "ROTATION_TOLERANCE",
+    "BASELINE_FRACTION",
+    "BOUNDS_RATIO_WARN",
+    "BOUNDS_RATIO_MAX",
 ]
 
 POSES_FILE = "poses_bounds.npy"
@@ -54,6 +61,26 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 class LLFFDataError(ValueError):
     """A problem with an LLFF scene on disk. The message starts with the offending path."""
+
+
+ROTATION_TOLERANCE = 1e-3
+"""Largest accepted ``max |R^T R - I|`` and ``|det R - 1|`` of a pose's rotation block. Real
+captures (COLMAP, float64) are orthonormal to ~1e-15 and float32 copies to ~1e-7; 1e-3 admits
+poses rounded to about four digits and refuses anything that is not a rotation (a zero block,
+two equal columns, a scale, a reflection)."""
+
+BASELINE_FRACTION = 1e-4
+"""Cameras must span a baseline: the largest distance of a camera centre from their mean must
+be at least this fraction of the median near bound (fern: 0.29, flower: 0.26). Below it every
+view sees the scene from one point and depth is not observable."""
+
+BOUNDS_RATIO_WARN = 1e3
+"""``max(far) / min(near)`` above this draws a warning (fern: 4.7, flower: 9.9)."""
+
+BOUNDS_RATIO_MAX = 1e6
+"""``max(far) / min(near)`` above this is refused: the scene is scaled by ``1 / min(near)``,
+so one tiny near bound blows every camera position up by that factor (a near bound of 1e-30
+scales the scene by 1e30) and float32 rays no longer resolve it."""
 
 
 # --------------------------------------------------------------------------------------
@@ -94,8 +121,8 @@ def scene_candidates(data: PathLike) -> List[Path]:
 def scene_problem(folder: PathLike, downscale_factor: Optional[int] = None) -> Optional[str]:
     """Why ``folder`` is not a usable LLFF scene (for ``downscale_factor``, if given), or None.
 
-    A usable scene is a folder with ``poses_bounds.npy`` and either ``images_<factor>/`` or
-    ``images/`` (from which :func:`load_llff_scene` makes ``images_<factor>/``). The message
+    A usable scene is a folder with a readable ``poses_bounds.npy`` of possible cameras
+    (:func:`check_geometry`) and either ``images_<factor>/`` or ``images/`` (from which :func:`load_llff_scene` makes ``images_<factor>/``). The message
     starts with the folder.
     """
     folder = Path(folder)
@@ -103,6 +130,10 @@ def scene_problem(folder: PathLike, downscale_factor: Optional[int] = None) -> O
         return f"{folder}: not a folder"
     if not (folder / POSES_FILE).is_file():
         return f"{folder}: no {POSES_FILE} (not an LLFF / nerf_llff_data scene folder)"
+    try:  # the cameras themselves (cheap: no image is read)
+        check_geometry(*load_poses_bounds(folder / POSES_FILE), folder / POSES_FILE)
+    except LLFFDataError as exc:
+        return str(exc)
     if downscale_factor is None:
         return None
     wanted = image_dir_for(folder, downscale_factor)
@@ -344,6 +375,94 @@ def recenter_poses(poses: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return (inv @ homog)[:, :3, :4], inv[:3, :4]
 
 
+def _rows(idx: Sequence[int], limit: int = 3) -> str:
+    shown = ", ".join(str(int(i)) for i in list(idx)[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"row{'s' if len(idx) > 1 else ''} {shown}{more}"
+
+
+def check_geometry(poses: np.ndarray, bounds: np.ndarray, path: PathLike) -> List[str]:
+    """Refuse impossible camera geometry of ``poses_bounds.npy`` (``poses (N, 3, 5)``,
+    ``bounds (N, 2)`` as from :func:`load_poses_bounds`); return warnings for usable but
+    unusual geometry (one string each, with the numbers). Raises :class:`LLFFDataError`
+    starting with ``path`` for:
+
+    * a row whose near bound is not below its far bound;
+    * a rotation block that is not a rotation: ``max |R^T R - I|`` or ``|det R - 1|`` above
+      :data:`ROTATION_TOLERANCE` (a zero block trains to NaN, a singular one to nonsense);
+    * cameras that do not span a baseline: every centre within :data:`BASELINE_FRACTION` of
+      the median near bound of their mean (all cameras at one pose); not checked for one image;
+    * bounds spanning more than :data:`BOUNDS_RATIO_MAX` (``max far / min near``).
+
+    Warns when the bounds span more than :data:`BOUNDS_RATIO_WARN`.
+    """
+    poses = np.asarray(poses, dtype=np.float64)
+    bounds = np.asarray(bounds, dtype=np.float64)
+    warnings_: List[str] = []
+    bad = np.flatnonzero(bounds[:, 0] >= bounds[:, 1])
+    if len(bad):
+        i = int(bad[0])
+        raise LLFFDataError(
+            f"{path}: near bound >= far bound in {_rows(bad)} (row {i}: near {bounds[i, 0]:g}, far {bounds[i, 1]:g});"
+            " columns 15 and 16 of each row are the near and far depth of that image, near < far"
+        )
+    rot = poses[:, :, :3]
+    ortho = np.abs(np.einsum("nji,njk->nik", rot, rot) - np.eye(3)).max(axis=(1, 2))
+    det = np.linalg.det(rot)
+    bad = np.flatnonzero((ortho > ROTATION_TOLERANCE) | (np.abs(det - 1.0) > ROTATION_TOLERANCE))
+    if len(bad):
+        i = int(bad[0])
+        raise LLFFDataError(
+            f"{path}: the rotation block (columns 0-2 of the 3x5 pose) is not a rotation in {_rows(bad)} "
+            f"(row {i}: max |R^T R - I| = {ortho[i]:.3g}, det R = {det[i]:.3g}; a rotation has 0 and 1, "
+            f"tolerance {ROTATION_TOLERANCE:g}); the poses must be camera-to-world rotations"
+        )
+    centres = poses[:, :, 3]
+    depth = float(np.median(bounds[:, 0]))
+    if len(centres) > 1:
+        spread = float(np.linalg.norm(centres - centres.mean(0), axis=1).max())
+        if not spread >= BASELINE_FRACTION * depth:
+            raise LLFFDataError(
+                f"{path}: the {len(centres)} cameras do not span a baseline: every centre is within {spread:.3g} "
+                f"of their mean, {spread / depth:.3g} of the median near depth {depth:g} (at least "
+                f"{BASELINE_FRACTION:g} is needed to see depth); the views must be taken from different places"
+            )
+    ratio = float(bounds.max() / bounds.min())
+    if not ratio <= BOUNDS_RATIO_MAX:
+        raise LLFFDataError(
+            f"{path}: depth bounds span {ratio:.3g}x (nearest {bounds.min():g}, farthest {bounds.max():g}); the "
+            f"scene is scaled by 1/nearest, which at more than {BOUNDS_RATIO_MAX:g}x leaves float32 rays unable to "
+            "resolve it; check the near bounds (column 15)"
+        )
+    if ratio > BOUNDS_RATIO_WARN:
+        warnings_.append(
+            f"{path}: depth bounds span {ratio:.3g}x (nearest {bounds.min():g}, farthest {bounds.max():g}; typical "
+            f"LLFF scenes span under 20x): most samples will go to the near range; check the near bounds"
+        )
+    return warnings_
+
+
+def check_split(num_images: int, holdout_every: int, path: PathLike, need_eval: bool = True) -> None:
+    """Refuse a :func:`split_indices` split that leaves no training image, or no held-out image
+    when ``need_eval``; the message says which ``holdout_every`` would work."""
+    train = split_indices(num_images, holdout_every, "train")
+    held = split_indices(num_images, holdout_every, "eval")
+    if not train:
+        if num_images == 1:
+            fix = "only --holdout-every 0 (train and evaluate on that one image) would run"
+        else:
+            fix = "e.g. --holdout-every 8 (NeRF's), or 0 to train and evaluate on every image"
+        raise LLFFDataError(
+            f"{path}: {num_images} image{'s' if num_images != 1 else ''} with holdout_every={holdout_every} "
+            f"(image i held out when i % {holdout_every} == 0) leaves no training image; {fix}"
+        )
+    if need_eval and not held:
+        raise LLFFDataError(
+            f"{path}: {num_images} images with holdout_every={holdout_every} leave no held-out image for evaluation;"
+            f" use a holdout_every between 2 and {max(2, num_images)}, or 0 to evaluate on the training images"
+        )
+
+
 def split_indices(num_images: int, holdout_every: int, split: str) -> List[int]:
     """Reference ``llffhold`` split: index % holdout_every == 0 is held out for eval.
 
@@ -380,26 +499,46 @@ class LLFFScene:
     """``3 x 4`` world transform with ``new = scale * (transform @ old)`` (nerfstudio's)."""
     full_hwf: Tuple[float, float, float]
     """``(H, W, focal)`` at full resolution, as stored in poses_bounds.npy (first row)."""
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    """Unusual but usable input found while loading (each with its numbers), for the caller to show."""
+
+
+_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
+"""8-bit PIL modes nerfstudio reads correctly (it repeats a grey channel to RGB), by channel count."""
 
 
 def _check_images(paths: Sequence[Path]) -> Tuple[int, int]:
-    """Decode every image fully; all must share one size. Returns ``(H, W)``."""
+    """Decode every image fully; all must share one size and be 8-bit grey, RGB or RGBA, with
+    alpha in all or none. Returns ``(H, W)``."""
     from PIL import Image
 
     size0: Optional[Tuple[int, int]] = None
+    mode0 = ""
     for path in paths:
         try:
             with Image.open(path) as im:
                 im.load()
                 size = im.size  # (W, H)
+                mode = im.mode
         except Exception as exc:  # noqa: BLE001
             raise LLFFDataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        if mode not in _CHANNELS:
+            raise LLFFDataError(
+                f"{path}: image mode {mode} is not 8-bit grey, RGB or RGBA (nerfstudio would misread it);"
+                " convert it to 8-bit RGB (e.g. PIL: Image.open(p).convert('RGB').save(p))"
+            )
         if size0 is None:
-            size0 = size
+            size0, mode0 = size, mode
         elif size != size0:
             raise LLFFDataError(
                 f"{path}: image is {size[0]}x{size[1]} but {paths[0].name} is {size0[0]}x{size0[1]}"
                 " (all images of a scene must have the same size)"
+            )
+        elif (mode == "RGBA") != (mode0 == "RGBA"):
+            raise LLFFDataError(
+                f"{path}: image has {_CHANNELS[mode]} channels ({mode}) but {paths[0].name} has {_CHANNELS[mode0]}"
+                f" ({mode0}); an alpha channel must be in all images of a scene or in none: convert it"
+                f" (e.g. PIL: Image.open(p).convert('{'RGB' if mode == 'RGBA' else 'RGBA'}').save(p))"
             )
     assert size0 is not None
     return size0[1], size0[0]
@@ -411,8 +550,13 @@ def load_llff_scene(
     *,
     bd_factor: float = 0.75,
     show_progress: bool = True,
+    holdout_every: Optional[int] = None,
 ) -> LLFFScene:
-    """Load an LLFF scene folder, downsampling ``images/`` into ``images_<factor>/`` if needed."""
+    """Load an LLFF scene folder, downsampling ``images/`` into ``images_<factor>/`` if needed.
+
+    The geometry is checked first (:func:`check_geometry`: impossible cameras or bounds are
+    refused, unusual ones listed in ``LLFFScene.warnings``), and, when ``holdout_every`` is
+    given, the train / held-out split (:func:`check_split`)."""
     root = Path(root)
     if not root.is_dir():
         raise LLFFDataError(f"{root}: not a folder (an LLFF scene is a folder with {POSES_FILE})")
@@ -421,6 +565,9 @@ def load_llff_scene(
     poses_file = root / POSES_FILE
     raw_poses, bounds = load_poses_bounds(poses_file)
     n = raw_poses.shape[0]
+    notes = check_geometry(raw_poses, bounds, poses_file)
+    if holdout_every is not None:
+        check_split(n, holdout_every, poses_file)
 
     img_dir = image_dir_for(root, downscale_factor)
     if not img_dir.is_dir():
@@ -471,4 +618,5 @@ def load_llff_scene(
         scale=float(scale),
         transform=transform,
         full_hwf=(full_h, full_w, full_f),
+        warnings=notes,
     )
