@@ -256,6 +256,7 @@ def kappa_figure(
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     from wcnerf.eval.kappa import KAPPA_METRICS
 
@@ -281,7 +282,7 @@ def kappa_figure(
             keep = [l for l in layers
                     if not _trivial([r[3].get(part, {}).get(metric, {}).get(l, []) for r in runs])]
             left_out.update(f"{part}/{l}" for l in layers if l not in keep)
-            drawn = False
+            drawn, xs = False, []
             for method in methods:
                 per_run = [_layer_stats(r[3].get(part, {}).get(metric, {}), keep) for r in runs if r[1] == method]
                 per_run = [s for s in per_run if s[0]]
@@ -290,12 +291,16 @@ def kappa_figure(
                 n = len(per_run)
                 for k, style in ((1, "-"), (2, "--")):
                     steps, vals = _geo_mean([(s[0], s[k]) for s in per_run])
+                    xs += steps
                     ax.plot(steps, vals, style, color=colors[method], lw=1.6 if k == 1 else 1.1,
                             marker="o" if len(steps) <= 30 else None, ms=3,
                             label=f"{method_display(method)} ({n} run{'s' if n > 1 else ''})" if k == 1 else None)
                 drawn = True
             if drawn:
                 ax.set_yscale("log")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if min(xs) == max(xs):  # one analysis step (a short run): not a range of -0.04 .. 0.04
+                    ax.set_xlim(min(xs) - 1, max(xs) + 1)
             else:
                 ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
             ax.set_title(f"{part} ({len(keep)} layers)" if i == 0 else part, fontsize=10)
