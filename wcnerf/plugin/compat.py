@@ -23,6 +23,12 @@ nerfstudio's entry-point discovery does it before any command touches a checkpoi
   :func:`build_lpips` builds it only from weights already present (hub cache, a path given
   in the model config, or ``$WCNERF_LPIPS_WEIGHTS``) and otherwise returns ``None`` with the
   reason; LPIPS is then omitted, never computed from random weights.
+* **Input errors without a traceback.** :func:`install_input_error_hook` (applied by
+  :func:`install`) turns our input-error types (:data:`INPUT_ERRORS`: an unusable LLFF scene,
+  a run that cannot start as asked, e.g. a wrong ``--load-dir``) raised anywhere in ``ns-train``
+  / ``ns-eval`` / ``ns-render`` into ``error: <message>`` on stderr and exit code 2, and removes
+  the run folder this process created if it holds nothing but ``config.yml``. Every other
+  exception (a genuine bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ __all__ = [
     "find_alexnet_weights",
     "guard_nerfacc_cuda_jit",
     "install",
+    "install_input_error_hook",
+    "INPUT_ERROR_EXIT",
+    "RunInputError",
     "register_safe_globals",
     "sanitize",
 ]
@@ -212,14 +221,103 @@ def build_lpips(explicit: Optional[Path] = None):
     return metric, ""
 
 
+# --------------------------------------------------------------------------- input errors
+INPUT_ERROR_EXIT = 2
+"""Exit code of a command refused for its input (as argparse / tyro use for bad arguments)."""
+
+
+class RunInputError(RuntimeError):
+    """A run that cannot start or continue as asked (a ``--load-dir`` that holds no usable
+    checkpoint, an output folder that cannot be written). The message starts with the path."""
+
+
+_CREATED_RUN_DIRS: list = []
+
+
+def note_run_dir(path: Path) -> None:
+    """Record a run folder this process created (nerfstudio's ``save_config``); an input error
+    removes it again if it holds nothing but ``config.yml``."""
+    _CREATED_RUN_DIRS.append(Path(path))
+
+
+def _input_errors() -> tuple:
+    from wcnerf.data.llff_scene import LLFFDataError
+
+    return (LLFFDataError, RunInputError)
+
+
+def _input_error_in(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """``exc`` or an exception it was raised from / during that is one of our input errors."""
+    kinds, seen = _input_errors(), set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, kinds):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def remove_config_only_run_dirs() -> list:
+    """Remove the run folders this process created that hold only ``config.yml``; returns them."""
+    import shutil
+
+    removed = []
+    for run in _CREATED_RUN_DIRS:
+        try:
+            if run.is_dir() and {p.name for p in run.iterdir()} <= {"config.yml"}:
+                shutil.rmtree(run)
+                removed.append(run)
+        except OSError:
+            pass
+    return removed
+
+
+def _input_error_hook(exc_type, exc, tb, _previous=[sys.excepthook]) -> None:  # noqa: B006
+    err = _input_error_in(exc)
+    if err is None:
+        _previous[0](exc_type, exc, tb)
+        return
+    remove_config_only_run_dirs()
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001
+        pass
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    # os._exit: the exit code of an uncaught exception cannot be chosen otherwise, and the
+    # viewer's / writers' threads must not keep a refused run alive.
+    os._exit(INPUT_ERROR_EXIT)
+
+
+def install_input_error_hook() -> None:
+    """Make our input errors end the process with one line and exit code 2 (see module doc)."""
+    if sys.excepthook is not _input_error_hook:
+        _input_error_hook.__defaults__[0][0] = sys.excepthook  # type: ignore[index]
+        sys.excepthook = _input_error_hook
+    try:
+        from nerfstudio.configs.experiment_config import ExperimentConfig
+    except ImportError:
+        return
+    save = ExperimentConfig.save_config
+    if getattr(save, "_wcnerf_noted", False):
+        return
+
+    def save_config(self) -> None:
+        save(self)
+        note_run_dir(self.get_base_dir())
+
+    save_config._wcnerf_noted = True  # type: ignore[attr-defined]
+    ExperimentConfig.save_config = save_config  # type: ignore[method-assign]
+
+
 # --------------------------------------------------------------------------- install
 def install() -> None:
-    """Apply the process-wide fixes once (safe globals, nerfacc guard)."""
+    """Apply the process-wide fixes once (safe globals, nerfacc guard, input-error hook)."""
     global _INSTALLED
     if _INSTALLED:
         return
     register_safe_globals()
     guard_nerfacc_cuda_jit()
+    install_input_error_hook()
     _INSTALLED = True
 
 

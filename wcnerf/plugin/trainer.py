@@ -10,16 +10,30 @@
   would run ``max_num_iterations`` *more* steps, past the end of the learning-rate schedule);
   ``--resume-to-max-iterations False`` restores nerfstudio's behaviour;
 * :class:`RunExponentialDecaySchedulerConfig` with ``max_steps=None`` decays over the run's
-  ``max_num_iterations``, so ``--max-num-iterations`` alone rescales the schedule.
+  ``max_num_iterations``, so ``--max-num-iterations`` alone rescales the schedule;
+* a pre-flight check before the config is printed and ``config.yml`` written
+  (:meth:`WCTrainerConfig.preflight`): the LLFF scene (:func:`wcnerf.data.llff_scene.load_llff_scene`
+  with its geometry and split checks), the output folder (writable, not under a file) and
+  ``--load-dir`` (a ``nerfstudio_models/`` folder holding a readable ``step-*.ckpt``). Mistakes
+  raise :class:`wcnerf.data.llff_scene.LLFFDataError` or :class:`wcnerf.plugin.compat.RunInputError`,
+  which :mod:`wcnerf.plugin.compat` prints as one line with exit code 2. Rerunning the resume
+  command of a finished run says so and exits 0. After a resume the progress line counts
+  toward the run's real total.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
+import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Type
+from typing import List, Optional, Type
+
+import torch
 
 from torch.optim import Optimizer, lr_scheduler
 
@@ -29,9 +43,91 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from wcnerf.plugin.compat import atomic_torch_save, sanitize
+from wcnerf.plugin.compat import RunInputError, atomic_torch_save, sanitize
 
-__all__ = ["RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig"]
+__all__ = ["RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig", "checkpoints_in", "read_checkpoint"]
+
+_CKPT = re.compile(r"^step-(\d+)\.ckpt$")
+
+
+def checkpoints_in(load_dir: Path) -> List[Path]:
+    """The ``step-<N>.ckpt`` files of a ``nerfstudio_models/`` folder, by step (other files are
+    ignored, with a warning). Raises :class:`RunInputError` saying what ``--load-dir`` expects."""
+    load_dir = Path(load_dir)
+    expect = "--load-dir takes the nerfstudio_models/ folder of a run (it holds step-NNNNNNNNN.ckpt files)"
+    if not load_dir.exists():
+        raise RunInputError(f"{load_dir}: not found; {expect}")
+    if not load_dir.is_dir():
+        hint = " (for one checkpoint file use --load-checkpoint)" if load_dir.suffix == ".ckpt" else ""
+        raise RunInputError(f"{load_dir}: is a file, not a folder; {expect}{hint}")
+    names = sorted(os.listdir(load_dir))
+    ckpts = sorted((load_dir / n for n in names if _CKPT.match(n)), key=lambda p: int(_CKPT.match(p.name).group(1)))
+    if not ckpts:
+        if (load_dir / "nerfstudio_models").is_dir():
+            raise RunInputError(f"{load_dir}: is a run folder; --load-dir takes its checkpoint folder: "
+                                f"--load-dir {load_dir / 'nerfstudio_models'}")
+        what = "is empty" if not names else f"holds no step-NNNNNNNNN.ckpt (only {', '.join(names[:3])})"
+        raise RunInputError(f"{load_dir}: {what}; {expect} (a run stopped before its first save has none: "
+                            "train it from scratch)")
+    stray = [n for n in names if not _CKPT.match(n)]
+    if stray:
+        CONSOLE.print(f"[bold yellow]Warning: {load_dir}: ignoring {len(stray)} file(s) that are not checkpoints "
+                      f"({', '.join(stray[:3])})", soft_wrap=True, highlight=False)
+    return ckpts
+
+
+def read_checkpoint(path: Path) -> dict:
+    """``torch.load`` of a nerfstudio checkpoint, or :class:`RunInputError` saying why it is unusable."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a damaged file is the input's problem, whatever torch raises
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunInputError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {first}); it is "
+                            "truncated or damaged: delete it to resume from the previous one") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "pipeline" not in state:
+        raise RunInputError(f"{path}: is not a nerfstudio checkpoint (expected a dict with 'step' and 'pipeline')")
+    return state
+
+
+def _check_fits(pipeline, saved: dict, path: Path) -> None:
+    """Refuse a checkpoint whose tensors do not match the pipeline's by name and shape
+    (nerfstudio's ``load_state_dict`` would fall back to a non-strict load and train on)."""
+    pipeline = pipeline.module if hasattr(pipeline, "module") else pipeline
+    mine = {k: tuple(v.shape) for k, v in pipeline.state_dict().items() if hasattr(v, "shape")}
+    theirs = {(k[len("module."):] if k.startswith("module.") else k): tuple(v.shape)
+              for k, v in saved.items() if hasattr(v, "shape")}
+    missing = sorted(set(mine) - set(theirs))
+    extra = sorted(set(theirs) - set(mine))
+    shape = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) of this model missing, e.g. {missing[0]}")
+        if extra:
+            parts.append(f"{len(extra)} unknown, e.g. {extra[0]}")
+        if shape:
+            parts.append(f"{len(shape)} of another shape, e.g. {shape[0]} {theirs[shape[0]]} vs {mine[shape[0]]}")
+        raise RunInputError(f"{path}: does not fit this method's model ({'; '.join(parts)}); it was written by another "
+                            "method or other model settings: resume with those (see its run's config.yml)")
+
+
+def _check_writable(base_dir: Path) -> None:
+    """Refuse, naming the path and the cause, a run folder that cannot be created or written."""
+    probe_root = Path(base_dir)
+    while not probe_root.exists() and probe_root != probe_root.parent:
+        probe_root = probe_root.parent
+    if probe_root.exists() and not probe_root.is_dir():
+        raise RunInputError(f"{probe_root}: is a file, so the run folder {base_dir} cannot be made under it; "
+                            "choose another --output-dir")
+    try:
+        base_dir.mkdir(parents=True, exist_ok=True)
+        probe = base_dir / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise RunInputError(f"{base_dir}: cannot write the run folder ({exc.strerror or exc}); choose another "
+                            "--output-dir") from None
 
 
 class RunExponentialDecayScheduler(ExponentialDecayScheduler):
@@ -80,6 +176,43 @@ class WCTrainerConfig(TrainerConfig):
     """With --load-dir: stop at max_num_iterations in total (False: nerfstudio's behaviour, run
     max_num_iterations more steps)."""
 
+    def print_to_terminal(self) -> None:
+        # ns-train's main() calls this right before save_config(): the one hook before anything
+        # is printed or written, so a refused run leaves no config dump and no run folder.
+        self.preflight()
+        super().print_to_terminal()
+
+    def preflight(self) -> None:
+        """Check the scene, the output folder and --load-dir before training (see module doc);
+        exits 0 with a message when --load-dir holds a finished run."""
+        from wcnerf.data.llff import LLFFDataParserConfig
+
+        dm = self.pipeline.datamanager
+        parser_cfg = getattr(dm, "dataparser", None)
+        if isinstance(parser_cfg, LLFFDataParserConfig):
+            data = getattr(dm, "data", None) or parser_cfg.data
+            parser_cfg = dataclasses.replace(parser_cfg, data=Path(data))
+            parser_cfg.setup().load_scene()
+        if self.load_dir is not None:
+            ckpts = checkpoints_in(self.load_dir)
+            wanted = ckpts[-1]
+            if self.load_step is not None:
+                wanted = self.load_dir / f"step-{self.load_step:09d}.ckpt"
+                if wanted not in ckpts:
+                    have = ", ".join(str(int(_CKPT.match(p.name).group(1))) for p in ckpts)
+                    raise RunInputError(f"{wanted}: no such checkpoint; --load-step can be one of {have}")
+            step = read_checkpoint(wanted)["step"]
+            if self.resume_to_max_iterations and step + 1 >= self.max_num_iterations:
+                CONSOLE.print(f"{self.load_dir}: the run is finished (its last checkpoint is step {step} and "
+                              f"max_num_iterations is {self.max_num_iterations}); nothing to train. Raise "
+                              "--max-num-iterations to train it further.", soft_wrap=True, highlight=False)
+                sys.exit(0)
+        elif self.load_checkpoint is not None:
+            if not Path(self.load_checkpoint).is_file():
+                raise RunInputError(f"{self.load_checkpoint}: not a file; --load-checkpoint takes one step-*.ckpt file")
+            read_checkpoint(self.load_checkpoint)
+        _check_writable(self.get_base_dir())
+
 
 class WCTrainer(Trainer):
     """nerfstudio's Trainer with atomic, portable checkpoints and resume-to-the-end."""
@@ -96,10 +229,47 @@ class WCTrainer(Trainer):
             optimizer_config[group] = spec
         return Optimizers(optimizer_config, self.pipeline.get_param_groups())
 
-    def _load_checkpoint(self) -> None:
-        super()._load_checkpoint()
+    def setup(self, test_mode="val") -> None:
+        super().setup(test_mode=test_mode)
         if self._start_step > 0 and getattr(self.config, "resume_to_max_iterations", True):
-            total = int(self.config.max_num_iterations)
+            # The progress line and its ETA count toward the run's real total, not the remainder.
+            from nerfstudio.utils import writer
+
+            writer.GLOBAL_BUFFER["max_iter"] = self._total_iterations
+
+    def _load_checkpoint(self) -> None:
+        """nerfstudio's loader with its mistakes explained (:class:`RunInputError`): only
+        ``step-<N>.ckpt`` files count, a damaged one or one of another model is named."""
+        cfg = self.config
+        self._total_iterations = int(cfg.max_num_iterations)
+        if cfg.load_dir is not None:
+            ckpts = checkpoints_in(cfg.load_dir)
+            load_path = ckpts[-1] if cfg.load_step is None else cfg.load_dir / f"step-{cfg.load_step:09d}.ckpt"
+            if not load_path.is_file():
+                raise RunInputError(f"{load_path}: no such checkpoint in {cfg.load_dir}")
+        elif cfg.load_checkpoint is not None:
+            load_path = Path(cfg.load_checkpoint)
+        else:
+            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
+            return
+        loaded = read_checkpoint(load_path)
+        _check_fits(self.pipeline, loaded["pipeline"], load_path)
+        try:
+            self.pipeline.load_pipeline(loaded["pipeline"], loaded["step"])
+            self.optimizers.load_optimizers(loaded["optimizers"])
+            if "schedulers" in loaded and cfg.load_scheduler:
+                self.optimizers.load_schedulers(loaded["schedulers"])
+            self.grad_scaler.load_state_dict(loaded["scalers"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RunInputError(
+                f"{load_path}: does not fit this method's model and optimizers ({type(exc).__name__}: {first[:300]}); "
+                "resume with the method and model settings that wrote it (its run's config.yml)"
+            ) from None
+        self._start_step = loaded["step"] + 1
+        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {load_path}")
+        if self._start_step > 0 and getattr(cfg, "resume_to_max_iterations", True):
+            total = int(cfg.max_num_iterations)
             remaining = max(total - self._start_step, 0)
             CONSOLE.print(
                 f"Resuming at step {self._start_step}: {remaining} more iteration(s) to reach "
