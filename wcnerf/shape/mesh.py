@@ -16,6 +16,19 @@ import numpy as np
 import trimesh
 
 
+FLAT_FRACTION = 1e-5
+"""A bounding box whose smallest side is below this fraction of its largest is flat: the mesh
+(a triangle, a square, any planar sheet) encloses no volume."""
+
+DEGENERATE_HEIGHT = 1e-8
+"""A triangle is degenerate when one of its heights is below this, measured after
+normalisation into [-1, 1]^3 (trimesh's merge tolerance), i.e. relative to the mesh's own
+size: the same mesh at 1e-9 or 1e9 keeps the same faces."""
+
+VOLUME_PROBES = 8192
+"""Random points in the bounding box at which the winding number is probed for an interior."""
+
+
 class MeshLoadError(ValueError):
     """A mesh file could not be used. The message is ``"<path>: <problem>"``."""
 
@@ -81,11 +94,40 @@ def _as_triangle_mesh(loaded, path: Path) -> trimesh.Trimesh:
     return loaded
 
 
-def load_mesh(path: str | Path, margin: float = 0.05) -> ShapeMesh:
+def _normalization(mesh: trimesh.Trimesh, margin: float, path: Path) -> Normalization:
+    lo, hi = mesh.bounds
+    extent = float((hi - lo).max())
+    if not (extent > 0 and np.isfinite(extent)):
+        raise MeshLoadError(path, "has zero size" if extent == 0 else f"has an unusable size ({extent:g})")
+    return Normalization(center=(lo + hi) / 2.0, scale=2.0 * (1.0 - margin) / extent)
+
+
+def _check_encloses_volume(unit: trimesh.Trimesh, original: trimesh.Trimesh, path: Path) -> None:
+    """Refuse a mesh with no interior: a flat bounding box (:data:`FLAT_FRACTION`), or a winding
+    number of at most 1/2 at every one of :data:`VOLUME_PROBES` random points of its box."""
+    sides = original.bounds[1] - original.bounds[0]
+    if sides.min() < FLAT_FRACTION * sides.max():
+        dims = " x ".join(f"{d:.3g}" for d in sides)
+        raise MeshLoadError(path, f"is flat (bounding box {dims}): it encloses no volume, and occupancy and SDF "
+                                  "fitting need a closed surface around an interior")
+    from .sampling import winding_number
+
+    lo, hi = unit.bounds
+    probes = np.random.default_rng(0).uniform(lo, hi, size=(VOLUME_PROBES, 3))
+    w = np.abs(winding_number(unit.vertices, unit.faces, probes))
+    if not (w > 0.5).any():
+        raise MeshLoadError(path, f"encloses no volume (winding number at most {w.max():.2g} at {VOLUME_PROBES} points "
+                                  "in its bounding box; inside is above 0.5): occupancy and SDF fitting need a closed "
+                                  "surface around an interior")
+
+
+def load_mesh(path: str | Path, margin: float = 0.05, require_volume: bool = True) -> ShapeMesh:
     """Read any triangle mesh trimesh understands and normalise it into [-1+margin, 1-margin]^3.
 
     Raises :class:`MeshLoadError` (never a deep library traceback) for a missing, empty,
-    unreadable, non-triangle or degenerate file.
+    unreadable, non-triangle or degenerate file, and (``require_volume``, for the occupancy
+    and SDF tasks) for a mesh that encloses no volume. Degenerate triangles are dropped by a
+    test relative to the mesh's size (:data:`DEGENERATE_HEIGHT`).
     """
     path = Path(path)
     if not path.exists():
@@ -114,16 +156,19 @@ def load_mesh(path: str | Path, margin: float = 0.05) -> ShapeMesh:
     # would otherwise distort the bounding box).
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
     mesh.remove_unreferenced_vertices()
-    mesh.update_faces(mesh.nondegenerate_faces())
-    mesh.remove_unreferenced_vertices()
-    if len(mesh.faces) == 0:
-        raise MeshLoadError(path, "has only degenerate (zero-area) triangles")
-    lo, hi = mesh.bounds
-    extent = float((hi - lo).max())
-    if not extent > 0:
-        raise MeshLoadError(path, "has zero size")
-    norm = Normalization(center=(lo + hi) / 2.0, scale=2.0 * (1.0 - margin) / extent)
+    norm = _normalization(mesh, margin, path)
+    # Degenerate triangles are judged in unit coordinates, i.e. relative to the mesh's size.
     unit = trimesh.Trimesh(vertices=norm.to_unit(mesh.vertices), faces=mesh.faces.copy(), process=False)
+    keep = unit.nondegenerate_faces(height=DEGENERATE_HEIGHT)
+    if not keep.any():
+        raise MeshLoadError(path, "has only degenerate (zero-area) triangles")
+    if not keep.all():
+        mesh.update_faces(keep)
+        mesh.remove_unreferenced_vertices()
+        norm = _normalization(mesh, margin, path)
+    unit = trimesh.Trimesh(vertices=norm.to_unit(mesh.vertices), faces=mesh.faces.copy(), process=False)
+    if require_volume:
+        _check_encloses_volume(unit, mesh, path)
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(mesh.vertices, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(mesh.faces, dtype=np.int64).tobytes())

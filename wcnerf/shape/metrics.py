@@ -15,12 +15,13 @@ from .sampling import closest_points, inside, sample_surface
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean occupancy arrays (1.0 when both are empty)."""
+    """Intersection over union of two boolean occupancy arrays; NaN (undefined, not a perfect
+    1.0) when both are empty: an empty prediction of an empty truth measures nothing."""
     a = np.asarray(a, dtype=bool)
     b = np.asarray(b, dtype=bool)
     union = np.logical_or(a, b).sum()
     if union == 0:
-        return 1.0
+        return float("nan")
     return float(np.logical_and(a, b).sum() / union)
 
 
