@@ -14,7 +14,40 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-__all__ = ["atomic_path", "write_json", "write_text"]
+__all__ = ["WriteError", "atomic_path", "ensure_writable_dir", "write_json", "write_text"]
+
+
+class WriteError(OSError):
+    """An output that could not be written: ``"<target>: cannot write (<cause>)"``, with the free
+    space when the disk is full. The target keeps its previous content (nothing half-written)."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+        return str(self.strerror)
+
+
+def _torch_write_failure(exc: BaseException) -> bool:
+    """torch.save reports a failed write (e.g. a full disk) as a RuntimeError of its zip writer."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter" in text
+                                              or "file write failed" in text)
+
+
+def write_error(path: Path, exc: BaseException, where: Optional[Path] = None) -> WriteError:
+    """A :class:`WriteError` for ``path`` from the OSError (or torch write failure) ``exc``."""
+    import errno
+    import shutil
+
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+    code = exc.errno if isinstance(exc, OSError) else None
+    try:
+        free = shutil.disk_usage(where or Path(path).parent).free
+    except OSError:
+        free = None
+    if code == errno.ENOSPC or (code is None and free is not None and free < 16 * 2**20):
+        cause = f"no space left on the device: {free / 2**20:.1f} MB free" if free is not None else "no space left on the device"
+    elif code is None:
+        cause = f"the write failed: {cause}"
+    return WriteError(code or errno.EIO, f"{path}: cannot write ({cause}); its previous version, if any, is kept")
 
 
 @contextmanager
@@ -25,7 +58,9 @@ def atomic_path(path: Path, *, tmp_dir: Optional[Path] = None) -> Iterator[Path]
     The temporary name keeps ``path``'s suffix, because numpy, trimesh, matplotlib and imageio
     pick the format from it. ``tmp_dir`` (default: ``path``'s folder, same file system) puts
     it elsewhere, e.g. outside a folder whose file names another program parses. Created with
-    ``open``, so it gets the umask's permissions (``mkstemp`` would give 0600).
+    ``open``, so it gets the umask's permissions (``mkstemp`` would give 0600). A failed write
+    (an OSError, or torch's zip writer failing on a full disk) is raised as :class:`WriteError`
+    naming ``path`` and the cause.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,9 +72,11 @@ def atomic_path(path: Path, *, tmp_dir: Optional[Path] = None) -> Iterator[Path]
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        if isinstance(exc, WriteError) or not (isinstance(exc, OSError) or _torch_write_failure(exc)):
+            raise
+        raise write_error(path, exc, tmp_dir) from exc
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -48,6 +85,32 @@ def atomic_path(path: Path, *, tmp_dir: Optional[Path] = None) -> Iterator[Path]
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def ensure_writable_dir(folder: Path, flag: str = "--output-dir") -> None:
+    """Create ``folder`` and write (then remove) a probe file in it, or raise :class:`WriteError`
+    naming the folder and the cause (a path under a regular file, a read-only file system,
+    permissions, a full disk): called at start-up, before any work, where it can be known."""
+    import errno
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise WriteError(errno.ENOTDIR, f"{existing}: is a file, so the folder {folder} cannot be made under it; "
+                                        f"choose another {flag}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(probe, "wb") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise WriteError(exc.errno or errno.EIO, f"{folder}: cannot write there ({exc.strerror or exc}); choose "
+                                                 f"another {flag}") from None
 
 
 def write_text(path: Path, text: str) -> None:

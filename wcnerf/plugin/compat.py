@@ -24,8 +24,9 @@ nerfstudio's entry-point discovery does it before any command touches a checkpoi
   in the model config, or ``$WCNERF_LPIPS_WEIGHTS``) and otherwise returns ``None`` with the
   reason; LPIPS is then omitted, never computed from random weights.
 * **Input errors without a traceback.** :func:`install_input_error_hook` (applied by
-  :func:`install`) turns our input-error types (:data:`INPUT_ERRORS`: an unusable LLFF scene,
-  a run that cannot start as asked, e.g. a wrong ``--load-dir``) raised anywhere in ``ns-train``
+  :func:`install`) turns our input-error types (an unusable LLFF scene,
+  a run that cannot start as asked, e.g. a wrong ``--load-dir``, an output that cannot be
+  written, :class:`wcnerf.atomic.WriteError`) raised anywhere in ``ns-train``
   / ``ns-eval`` / ``ns-render`` into ``error: <message>`` on stderr and exit code 2, and removes
   the run folder this process created if it holds nothing but ``config.yml``. Every other
   exception (a genuine bug) keeps its traceback.
@@ -241,9 +242,10 @@ def note_run_dir(path: Path) -> None:
 
 
 def _input_errors() -> tuple:
+    from wcnerf.atomic import WriteError
     from wcnerf.data.llff_scene import LLFFDataError
 
-    return (LLFFDataError, RunInputError)
+    return (LLFFDataError, RunInputError, WriteError)
 
 
 def _input_error_in(exc: Optional[BaseException]) -> Optional[BaseException]:

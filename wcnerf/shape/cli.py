@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import tyro
 
+from ..atomic import WriteError
 from .mesh import MeshLoadError
 from .train import FitConfig, FitResult, RunError, fit
 
@@ -60,7 +61,7 @@ def run(cfg: FitConfig) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-    except (MeshLoadError, RunError, ValueError) as exc:
+    except (MeshLoadError, RunError, ValueError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

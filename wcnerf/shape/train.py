@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_path, ensure_writable_dir, write_text
 from .extract import evaluate_grid, evaluate_points, marching_cubes, to_original, write_mesh
 from ..conditioning import available, post_step
 from .field import FieldConfig, build_field
@@ -314,6 +314,8 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     if device.type == "cuda":  # CPU kernels are deterministic already (and this import is slow)
         torch.use_deterministic_algorithms(True, warn_only=True)
 
+    ensure_writable_dir(run_dir)  # at start-up: a read-only disk or a path under a file, before any work
+    ensure_writable_dir(cache_dir, "--cache-dir")
     if cfg.overwrite and run_dir.exists():
         for name in ("checkpoint.pt", "metrics.json", "mesh.ply", "curves.png", "fit.png", "config.json"):
             (run_dir / name).unlink(missing_ok=True)
@@ -494,12 +496,17 @@ def evaluate(cfg: FitConfig, model, shape: ShapeMesh, samples, device, run_dir: 
     mesh_orig = to_original(mesh_unit, shape.normalization)
     write_mesh(mesh_orig, run_dir / "mesh.ply")
     scale = shape.normalization.scale
-    metrics = {"iou_points": iou_points, "iou_grid": iou_grid, **surf,
+    metrics = {"iou_points": _defined(iou_points), "iou_grid": _defined(iou_grid), **surf,
                "chamfer_l1_original": None if surf["chamfer_l1"] is None else surf["chamfer_l1"] / scale,
                "mesh_vertices": int(len(mesh_unit.vertices)), "mesh_faces": int(len(mesh_unit.faces)),
                "normalization": shape.normalization.as_dict(), "eval_seconds": time.perf_counter() - t0}
     model.train()
     return metrics
+
+
+def _defined(value: float) -> Optional[float]:
+    """None for an undefined (NaN) metric, e.g. the IoU of two empty sets (metrics.json stays JSON)."""
+    return value if math.isfinite(value) else None
 
 
 def load_field(run_dir: Path, device: Optional[torch.device] = None):
