@@ -152,6 +152,9 @@ def load_mesh(path: str | Path, margin: float = 0.05, require_volume: bool = Tru
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     if not np.isfinite(vertices).all():
         raise MeshLoadError(path, "has non-finite vertex coordinates")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        bad = int(faces.min()) if faces.min() < 0 else int(faces.max())
+        raise MeshLoadError(path, f"a face refers to vertex {bad}, but the vertices are numbered 0 to {len(vertices) - 1}")
     # Keep only referenced vertices (scans such as the bunny carry unreferenced ones that
     # would otherwise distort the bounding box).
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
