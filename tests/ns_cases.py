@@ -5,8 +5,13 @@ console-script entry point with that case's argv, exactly as the ``ns-train`` sc
 (an uncaught exception goes through ``sys.excepthook``, so wcnerf's input-error hook acts as in
 a real run). Cases run in order, so a later case may use an earlier one's run folder.
 
-    python tests/ns_cases.py cases.json      # [{"name", "entry": "train"|"eval", "argv": [...],
-                                             #   "before": optional python code run first}, ...]
+    python tests/ns_cases.py cases.json      # [{"name", "entry": "train"|"eval"|"shape", "argv": [...],
+                                             #   "before": optional code run first in the driver,
+                                             #   "child": optional code run in the child (patches,
+                                             #   e.g. a SIGKILL at a chosen point)}, ...]
+
+``shape`` is ``shape_fit.py`` (:func:`wcnerf.shape.cli.main`). A child killed by a signal has
+the negative signal number as its code (-9 for SIGKILL).
 
 Writes ``<name>.out``, ``<name>.err`` and ``results.json`` (``{name: exit code}``) beside
 cases.json.
@@ -26,7 +31,12 @@ def main(cases_file: str) -> int:
     import nerfstudio.scripts.train as ns_train
     from nerfstudio.configs import method_configs  # noqa: F401 - method discovery, once
 
-    entries = {"train": ns_train.entrypoint, "eval": ns_eval.entrypoint}
+    from wcnerf.shape.cli import main as shape_main
+
+    def shape_fit() -> None:
+        sys.exit(shape_main(sys.argv[1:]))
+
+    entries = {"train": ns_train.entrypoint, "eval": ns_eval.entrypoint, "shape": shape_fit}
     cases_path = Path(cases_file)
     folder = cases_path.parent
     results = {}
@@ -45,6 +55,8 @@ def main(cases_file: str) -> int:
             code = 0
             try:
                 sys.argv = [f"ns-{case['entry']}", *case["argv"]]
+                if case.get("child"):
+                    exec(case["child"], {"Path": Path})  # noqa: S102 - test code from the test itself
                 entries[case["entry"]]()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-__all__ = ["WriteError", "atomic_path", "ensure_writable_dir", "write_json", "write_text"]
+__all__ = ["WriteError", "atomic_path", "ensure_writable_dir", "remove_stale_temporaries", "write_json", "write_text"]
 
 
 class WriteError(OSError):
@@ -85,6 +86,40 @@ def atomic_path(path: Path, *, tmp_dir: Optional[Path] = None) -> Iterator[Path]
             os.close(dir_fd)
     except OSError:
         pass
+
+
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder: Path) -> list:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when its process was
+    killed (SIGKILL, power loss) in the middle of a write: those whose process is gone. Returns
+    the removed paths. A live process's temporary (another writer) is left alone."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TMP_NAME.match(p.name)
+        if not m or not p.is_file():
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid():
+            continue  # this process's own: in use
+        try:
+            os.kill(pid, 0)
+            continue  # alive: another writer's write in progress
+        except ProcessLookupError:
+            pass  # gone: its temporary is debris
+        except OSError:
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def ensure_writable_dir(folder: Path, flag: str = "--output-dir") -> None:

@@ -194,6 +194,10 @@ class WCTrainerConfig(TrainerConfig):
             parser_cfg = dataclasses.replace(parser_cfg, data=Path(data))
             parser_cfg.setup().load_scene()
         if self.load_dir is not None:
+            from wcnerf.atomic import remove_stale_temporaries
+
+            # a run killed while writing a checkpoint leaves its temporary file beside nerfstudio_models/
+            remove_stale_temporaries(Path(self.load_dir).parent)
             ckpts = checkpoints_in(self.load_dir)
             wanted = ckpts[-1]
             if self.load_step is not None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from ..atomic import atomic_path, ensure_writable_dir, write_text
+from ..atomic import atomic_path, ensure_writable_dir, remove_stale_temporaries, write_text
 from .extract import evaluate_grid, evaluate_points, marching_cubes, to_original, write_mesh
 from ..conditioning import available, post_step
 from .field import FieldConfig, build_field
@@ -316,6 +316,8 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
 
     ensure_writable_dir(run_dir)  # at start-up: a read-only disk or a path under a file, before any work
     ensure_writable_dir(cache_dir, "--cache-dir")
+    remove_stale_temporaries(run_dir)  # half-written files of a run killed mid-write (never loaded)
+    remove_stale_temporaries(cache_dir)
     if cfg.overwrite and run_dir.exists():
         for name in ("checkpoint.pt", "metrics.json", "mesh.ply", "curves.png", "fit.png", "config.json"):
             (run_dir / name).unlink(missing_ok=True)
