@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import os
 import socket
+import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from wcnerf.atomic import write_json
 from wcnerf.eval.protocols import Protocol
+from wcnerf.lease import lease_is_live, read_lease
 
 __all__ = [
     "STATUS_FILE",
@@ -50,6 +52,8 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.json"
 HELDOUT_DIR = "heldout"
+PROGRESS_EVERY = 5.0
+"""Seconds between two progress records in status.json."""
 
 
 def _now() -> str:
@@ -175,17 +179,21 @@ def _pid_alive(pid: Any) -> bool:
 
 
 def run_state(run_dir: Path) -> str:
-    """``done`` (metrics.json exists), ``running`` (another live process on this host holds it),
+    """``done`` (metrics.json exists), ``running`` (a live lease on the folder, held by a process
+    on any host, see :mod:`wcnerf.lease`; or, without a lease, a live process on this host),
     ``failed``, ``interrupted`` (a kill left it running/unfinished) or ``pending`` (never started)."""
     run_dir = Path(run_dir)
     if read_json(run_dir / METRICS_FILE) is not None:
         return "done"
+    lease = read_lease(run_dir)
+    if lease is not None and lease_is_live(lease):
+        return "running"
     status = read_json(run_dir / STATUS_FILE)
     if status is None:
         return "pending"
     state = status.get("status")
     if state == "running":
-        if status.get("host") == socket.gethostname() and _pid_alive(status.get("pid")):
+        if lease is None and status.get("host") == socket.gethostname() and _pid_alive(status.get("pid")):
             return "running"
         return "interrupted"
     if state in ("failed", "interrupted"):
@@ -213,8 +221,13 @@ def _error_text(exc: BaseException) -> str:
     )
 
 
-def execute(spec: RunSpec, runner: Runner) -> Tuple[str, Optional[str]]:
-    """Run one spec through the runner, recording status; returns (status, error)."""
+def execute(spec: RunSpec, runner: Runner, sweep_id: Optional[str] = None, job_id: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """Run one spec through the runner, recording status; returns (status, error).
+
+    ``sweep_id`` / ``job_id`` (recorded in status.json) name the sweep invocation and the worker's
+    job that ran it (a failed run is tried once per sweep). The progress the runner reports is
+    kept in status.json's ``progress`` (step, total, measured seconds per iteration), at most
+    every few seconds, for the sweep's ETA."""
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_json(run_dir / STATUS_FILE) or {}
@@ -236,6 +249,9 @@ def execute(spec: RunSpec, runner: Runner) -> Tuple[str, Optional[str]]:
         error=None,
         settings=spec.settings(),
         history=history[-10:],
+        sweep=sweep_id,
+        job_id=job_id,
+        progress=None,
     )
     if spec.scene.error:
         err = spec.scene.error
@@ -243,11 +259,24 @@ def execute(spec: RunSpec, runner: Runner) -> Tuple[str, Optional[str]]:
         return "failed", err
     outer_report = spec.report
 
+    clock = {"last": 0.0, "first": None}
+
     def report(stage: str, step: Optional[int] = None, total: Optional[int] = None) -> None:
+        now = time.monotonic()
+        fields: Dict[str, Any] = {}
         if stage != getattr(report, "_last", None):
             report._last = stage  # type: ignore[attr-defined]
+            fields["stage"] = stage
+        if step is not None and total and now - clock["last"] >= PROGRESS_EVERY:
+            first = clock["first"]
+            if first is None or step < first[1]:
+                clock["first"] = first = (now, step)
+            rate = (now - first[0]) / (step - first[1]) if step > first[1] else None
+            fields["progress"] = {"step": int(step), "total": int(total), "sec_per_iter": rate, "at": time.time()}
+        if fields:
+            clock["last"] = now if "progress" in fields else clock["last"]
             try:
-                _set_status(run_dir, stage=stage)
+                _set_status(run_dir, **fields)
             except OSError:
                 pass
         outer_report(stage, step, total)
@@ -257,8 +286,8 @@ def execute(spec: RunSpec, runner: Runner) -> Tuple[str, Optional[str]]:
         result = runner(spec)
         if not isinstance(result, RunResult):
             raise TypeError(f"runner returned {type(result).__name__}, not RunResult")
-    except KeyboardInterrupt:
-        _set_status(run_dir, status="interrupted", error="interrupted (Ctrl-C or kill); continues on the next invocation", finished=_now())
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: a scheduler's time limit (submitit requeues)
+        _set_status(run_dir, status="interrupted", error="interrupted (Ctrl-C, kill or time limit); continues on the next invocation", finished=_now())
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is fatal to the sweep
         err = _error_text(exc)
