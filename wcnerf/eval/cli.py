@@ -19,7 +19,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Literal, Optional, Sequence, Tuple, TypeVar
 
 import tyro
 from rich.console import Console
@@ -29,7 +29,7 @@ from typing_extensions import Annotated
 
 from wcnerf.eval.sweep import parse_list
 
-__all__ = ["CompareLLFF", "Selection", "Execution", "main"]
+__all__ = ["CompareLLFF", "Selection", "Execution", "Engine", "cpu_refusal", "main"]
 
 T = TypeVar("T")
 
@@ -81,6 +81,71 @@ class Execution:
 
 
 @dataclass
+class Engine:
+    """Where the runs are run: workers on this machine, on a Ray cluster or as SLURM jobs. Each
+    worker claims the next unfinished run by a lease on its folder, trains and evaluates it, and
+    repeats; the reports are written when all are done (docs/compare.md)."""
+
+    executor: Literal["local", "ray", "slurm"] = "local"
+    """local: worker processes here (one per visible GPU; on a CPU --workers N processes with
+    the protocol's threads each); ray: Ray tasks with one GPU (or the protocol's CPUs) each;
+    slurm: a job array through submitit."""
+    workers: Optional[int] = None
+    """Number of workers (default: local, one per visible GPU, else 1; ray, one per GPU of the
+    cluster, else CPUs / threads; slurm, 1). Runs are handed out one at a time."""
+    lease_seconds: float = 120.0
+    """A run whose worker has not renewed its lease for this long is taken over (it resumes
+    from its last checkpoint)."""
+    progress_every: float = 30.0
+    """Seconds between two progress lines (runs done / running / left, ETA)."""
+    ray_address: Optional[str] = None
+    """An existing Ray cluster (`auto` on a cluster node, or ray://HOST:10001); default: a
+    local Ray started for the sweep."""
+    slurm_partition: Optional[str] = None
+    slurm_time_min: int = 24 * 60
+    """Time limit of each worker job in minutes; at the limit the job is requeued and its run
+    continues from its last checkpoint."""
+    slurm_gpus: int = 1
+    """GPUs per worker job."""
+    slurm_cpus: int = 4
+    """CPUs per worker job."""
+    slurm_mem_gb: Optional[float] = None
+    slurm_folder: Optional[Path] = None
+    """submitit's logs and job pickles (default <output-root>/<protocol>/slurm/)."""
+    slurm_local: bool = False
+    """Run the same submitit job array on this machine (submitit's local executor), to try it."""
+    detach: bool = False
+    """slurm: submit the jobs and return; `--report-only` writes the reports later."""
+    allow_cpu: bool = False
+    """Run a protocol of more than 20000 iterations without a GPU anyway."""
+
+
+CPU_ITERATION_LIMIT = 20000
+
+
+def cpu_refusal(protocol: Any, executor: str, allow_cpu: bool) -> Optional[str]:
+    """Why a long protocol must not start on a CPU here (None when it may): the `paper`
+    protocol's 200k iterations take days per run on a GPU and months on a CPU."""
+    if allow_cpu or protocol.max_num_iterations <= CPU_ITERATION_LIMIT or executor != "local":
+        return None
+    if protocol.device == "cpu":
+        where = "its device is `cpu`"
+    elif protocol.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+        where = "no CUDA GPU is visible here (torch.cuda.is_available() is False)"
+    else:
+        return None
+    return (
+        f"protocol `{protocol.name}` trains {protocol.max_num_iterations} iterations per run and {where}: "
+        "at CPU speed that is weeks per run. Use `--protocol cpu`, fewer iterations (`--max-num-iterations N`), "
+        "a GPU machine or cluster (`--executor ray|slurm`), or pass `--allow-cpu` to run it anyway."
+    )
+
+
+@dataclass
 class CompareLLFF:
     """Train and evaluate NeRF and E-NeRF (and other conditioners) on LLFF scenes."""
 
@@ -88,6 +153,7 @@ class CompareLLFF:
     """Protocol name (configs/protocols/<name>.yaml: paper, cpu) or path to a protocol YAML."""
     select: tyro.conf.OmitArgPrefixes[Selection] = field(default_factory=Selection)
     run: tyro.conf.OmitArgPrefixes[Execution] = field(default_factory=Execution)
+    engine: tyro.conf.OmitArgPrefixes[Engine] = field(default_factory=Engine)
     output_root: Path = Path("outputs/compare")
     """Outputs go to <output-root>/<protocol>/."""
     report_only: bool = False
@@ -139,6 +205,13 @@ class CompareLLFF:
             write_reports(out_dir, records, protocol, console=console)
             return 1 if any(r["status"] == "failed" for r in records) else 0
 
+        eng = self.engine
+        refusal = cpu_refusal(protocol, eng.executor, eng.allow_cpu)
+        if refusal:
+            console.print(f"[red]refused[/]: {escape(refusal)}")
+            return 2
+        options, workers = self._engine_options(out_dir)
+
         def _sigterm(signum, frame):  # `kill PID`: stop like Ctrl-C (status + reports written)
             raise KeyboardInterrupt
 
@@ -153,6 +226,11 @@ class CompareLLFF:
             retry_failed=self.run.retry_failed,
             redo=self.run.redo,
             console=console,
+            executor=eng.executor,
+            workers=workers,
+            executor_options=options,
+            lease_seconds=eng.lease_seconds,
+            progress_every=eng.progress_every,
         )
         failed = summary.n_failed_total
         console.print(
@@ -162,6 +240,31 @@ class CompareLLFF:
         if summary.interrupted:
             return 130
         return 1 if failed else 0
+
+
+    def _engine_options(self, out_dir: Path) -> Tuple[Any, Optional[int]]:
+        """The executor's options and the number of workers (None: the engine's default)."""
+        from wcnerf.eval.executors import LocalOptions, RayOptions, SlurmOptions, visible_gpus
+
+        eng = self.engine
+        if eng.executor == "local":
+            gpus = visible_gpus()
+            return LocalOptions(gpus=gpus), eng.workers or max(1, len(gpus))
+        if eng.executor == "ray":
+            return RayOptions(address=eng.ray_address), eng.workers
+        return (
+            SlurmOptions(
+                partition=eng.slurm_partition,
+                time_min=eng.slurm_time_min,
+                gpus_per_worker=eng.slurm_gpus,
+                cpus_per_worker=eng.slurm_cpus,
+                mem_gb=eng.slurm_mem_gb,
+                folder=eng.slurm_folder,
+                cluster="local" if eng.slurm_local else None,
+                detach=eng.detach,
+            ),
+            eng.workers or 1,
+        )
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:

@@ -24,6 +24,7 @@ from wcnerf.data.llff_scene import LLFFDataError, resolve_data_path, scene_probl
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.reports import collect_records, default_console, write_reports
 from wcnerf.eval.runs import METRICS_FILE, MethodSpec, RunSpec, Runner, SceneSpec, execute, read_json, run_dir_for, run_state
+from wcnerf.lease import Lease, describe_holder
 
 __all__ = [
     "SweepSummary",
@@ -152,6 +153,8 @@ class SweepSummary:
     interrupted: bool = False
     records: List[Dict[str, Any]] = field(default_factory=list)
     reports: Dict[str, Optional[Path]] = field(default_factory=dict)
+    workers: List[Any] = field(default_factory=list)
+    """The workers' reports (:class:`wcnerf.eval.workers.WorkerReport`, or why a worker died)."""
 
     @property
     def n_failed_total(self) -> int:
@@ -171,13 +174,23 @@ def run_sweep(
     console: Any = None,
     show_progress: bool = True,
     write_report: bool = True,
+    executor: Optional[str] = None,
+    workers: Optional[int] = 1,
+    executor_options: Any = None,
+    lease_seconds: Optional[float] = None,
+    progress_every: float = 30.0,
 ) -> SweepSummary:
     """Run every planned (scene, method, seed) that has not finished, then write the reports.
 
     Finished runs (``metrics.json`` present) are never redone (unless ``redo``, which deletes
     the run folders of the planned runs first); failed and interrupted runs are run again
     (failed ones only when ``retry_failed``); runs held by another live process are left alone.
+    Every run is claimed by a lease on its folder (:mod:`wcnerf.lease`) before it is run.
     Ctrl-C marks the current run interrupted and still writes the reports.
+
+    ``executor`` (``local``, ``ray``, ``slurm``; :mod:`wcnerf.eval.executors`) with ``workers``
+    starts that many workers (:func:`wcnerf.eval.workers.work`) on that engine instead of
+    running the runs here; ``local`` with one worker runs them in this process.
     """
     console = default_console(console)
     out_dir = Path(output_root) / protocol.name
@@ -205,11 +218,16 @@ def run_sweep(
         f"{len(todo)} to run" + (f", {summary.skipped_failed} failed left as they are" if summary.skipped_failed else "")
     )
     try:
-        if show_progress and todo:
-            _run_with_progress(todo, runner, summary, console)
+        if executor is not None and not (executor == "local" and (workers or 1) <= 1):
+            if todo or any(run_state(s.run_dir) == "running" for s in plan):
+                _run_with_workers(protocol, scenes, methods, seeds, runner, out_dir, summary, console,
+                                  executor=executor, workers=workers, options=executor_options,
+                                  retry_failed=retry_failed, lease_seconds=lease_seconds, progress_every=progress_every)
+        elif show_progress and todo:
+            _run_with_progress(todo, runner, summary, console, lease_seconds)
         else:
             for spec in todo:
-                _run_one(spec, runner, summary, console)
+                _run_one(spec, runner, summary, console, lease_seconds)
     except KeyboardInterrupt:
         summary.interrupted = True
         console.print("[red]interrupted[/]: the same command continues where this stopped")
@@ -240,7 +258,7 @@ def _warn_if_settings_changed(spec: RunSpec, console: Any) -> None:
         )
 
 
-def _run_one(spec: RunSpec, runner: Runner, summary: SweepSummary, console: Any) -> None:
+def _run_one(spec: RunSpec, runner: Runner, summary: SweepSummary, console: Any, lease_seconds: Optional[float] = None) -> None:
     state = run_state(spec.run_dir)  # again: another process may have taken or finished it meanwhile
     if state == "done":
         summary.skipped_done += 1
@@ -249,8 +267,19 @@ def _run_one(spec: RunSpec, runner: Runner, summary: SweepSummary, console: Any)
         summary.skipped_running += 1
         console.print(f"[yellow]skip[/] {_name(spec)}: being run by another process ({escape(str(spec.run_dir))})")
         return
-    console.print(f"[cyan]run[/] {_name(spec)} -> {escape(str(spec.run_dir))}")
-    status, err = execute(spec, runner)
+    lease = Lease(spec.run_dir, stale_after=lease_seconds, info={"sweep": "inline"})
+    if not lease.try_acquire():  # claimed by another process between the check and now
+        summary.skipped_running += 1
+        console.print(f"[yellow]skip[/] {_name(spec)}: being run by another process ({escape(describe_holder(lease.holder()))})")
+        return
+    try:
+        if read_json(spec.run_dir / METRICS_FILE) is not None:  # finished meanwhile
+            summary.skipped_done += 1
+            return
+        console.print(f"[cyan]run[/] {_name(spec)} -> {escape(str(spec.run_dir))}")
+        status, err = execute(spec, runner)
+    finally:
+        lease.release()
     summary.ran += 1
     if status == "done":
         summary.done += 1
@@ -269,14 +298,36 @@ def _f(x: Any, d: int = 2) -> str:
         return "–"
 
 
-def _run_with_progress(todo: Sequence[RunSpec], runner: Runner, summary: SweepSummary, console: Any) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _run_with_workers(protocol, scenes, methods, seeds, runner, out_dir, summary, console, *, executor, workers,
+                      options, retry_failed, lease_seconds, progress_every) -> None:
+    """Hand the plan to ``workers`` workers on the engine ``executor``; count what they ran."""
+    from wcnerf.eval.executors import run_with_executor
+    from wcnerf.eval.workers import SweepJob
+
+    kw = {"lease_seconds": float(lease_seconds)} if lease_seconds is not None else {}
+    job = SweepJob(protocol, list(scenes), list(methods), [int(s) for s in seeds], Path(out_dir).resolve(), runner,
+                   retry_failed=retry_failed, **kw)
+    results = run_with_executor(executor, job, workers, options, console=console, progress_every=progress_every)
+    for rep in results:
+        for r in getattr(rep, "ran", []):
+            summary.ran += 1
+            if r["status"] == "done":
+                summary.done += 1
+            else:
+                summary.failed += 1
+    summary.workers = [r for r in results]
+
+
+def _run_with_progress(todo: Sequence[RunSpec], runner: Runner, summary: SweepSummary, console: Any,
+                       lease_seconds: Optional[float] = None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),  # per run: from its measured iterations; overall: from the runs done
         console=console,
         transient=False,
     ) as progress:
@@ -294,7 +345,7 @@ def _run_with_progress(todo: Sequence[RunSpec], runner: Runner, summary: SweepSu
 
             spec.report = report
             try:
-                _run_one(spec, runner, summary, progress.console)
+                _run_one(spec, runner, summary, progress.console, lease_seconds)
             finally:
                 progress.remove_task(current)
             progress.advance(overall)
