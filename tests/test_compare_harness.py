@@ -17,6 +17,7 @@ from wcnerf.eval.runs import MethodSpec, RunFailed, RunResult, SceneSpec, run_st
 from wcnerf.eval.sweep import resolve_methods, resolve_scenes, run_sweep
 from wcnerf.eval.table import read_results_csv
 
+from fake_runner import FakeRunner  # a plain module: worker processes import it too
 from helpers import REPO
 
 
@@ -34,45 +35,6 @@ def proto(**kw) -> Protocol:
 
 SCENES = [SceneSpec("fern", Path("/nonexistent/fern")), SceneSpec("flower", Path("/nonexistent/flower"))]
 METHODS = [MethodSpec("nerf", "nerf-small"), MethodSpec("e-nerf", "e-nerf-small")]
-
-
-class FakeRunner:
-    """Deterministic metrics; raises for the keys in ``fail``; writes curves and a held-out view."""
-
-    def __init__(self, fail=(), interrupt=(), figures=True):
-        self.calls = []
-        self.fail = set(fail)
-        self.interrupt = set(interrupt)
-        self.figures = figures
-
-    def __call__(self, spec):
-        self.calls.append(spec.key)
-        spec.report("train", 5, spec.iterations)
-        if spec.key in self.interrupt:
-            raise KeyboardInterrupt
-        if spec.key in self.fail:
-            raise RunFailed("train failed (exit code 1)", "Traceback (most recent call last):\nRuntimeError: fake boom")
-        bonus = 1.0 if spec.method.label == "e-nerf" else 0.0
-        psnr = 20.0 + bonus + 0.1 * spec.seed + (5.0 if spec.scene.label == "flower" else 0.0)
-        if self.figures:
-            steps = list(range(0, spec.iterations, 2))
-            (spec.run_dir / "curves.json").write_text(
-                json.dumps(
-                    {
-                        "train": {"step": steps, "psnr": [10 + s + bonus for s in steps]},
-                        "heldout": {"step": steps, "psnr": [9 + s + bonus for s in steps], "source": "fake"},
-                    }
-                )
-            )
-            import imageio.v3 as iio
-
-            rng = np.random.default_rng(spec.seed)
-            gt = (rng.random((12, 16, 3)) * 255).astype(np.uint8)
-            noise = rng.integers(-20, 20, gt.shape) if spec.method.label == "nerf" else rng.integers(-5, 5, gt.shape)
-            (spec.run_dir / "heldout").mkdir(exist_ok=True)
-            iio.imwrite(spec.run_dir / "heldout" / "gt_0000.png", gt)
-            iio.imwrite(spec.run_dir / "heldout" / "pred_0000.png", np.clip(gt.astype(int) + noise, 0, 255).astype(np.uint8))
-        return RunResult(psnr=psnr, ssim=0.5 + bonus / 10, lpips=None, iterations=spec.iterations, sec_per_iter=0.01)
 
 
 def sweep(tmp_path, runner, seeds=(0, 1), **kw):
