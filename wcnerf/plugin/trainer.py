@@ -84,7 +84,8 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - a damaged file is the input's problem, whatever torch raises
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RunInputError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {first}); it is "
-                            "truncated or damaged: delete it to resume from the previous one") from None
+                            "truncated or damaged: resume from an earlier step-*.ckpt of its folder with --load-step, "
+                            "if there is one, or train from scratch") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "pipeline" not in state:
         raise RunInputError(f"{path}: is not a nerfstudio checkpoint (expected a dict with 'step' and 'pipeline')")
     return state
