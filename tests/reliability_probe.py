@@ -1,0 +1,303 @@
+"""Bad-input probe (issue 15): build broken LLFF scenes (copies of fern with one thing broken)
+and broken meshes, feed them to the pure readers, and print a table of the outcomes: refused
+with a clear message (our error type, message starting with the offending path), accepted with
+a warning, accepted silently, or a traceback (any other exception). Not a test module.
+
+    .venv/bin/python tests/reliability_probe.py [--fern PATH] [--ns]
+
+``--ns`` also runs ``ns-train`` on some of the broken scenes and ``--load-dir`` mistakes (about
+a minute; through tests/ns_cases.py) and classifies their output the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import NERF_TINY_ARGS, llff_scene  # noqa: E402
+
+from wcnerf.data.llff_scene import LLFFDataError, load_llff_scene  # noqa: E402
+from wcnerf.shape.mesh import MeshLoadError, load_mesh  # noqa: E402
+
+
+def rot(a, i):
+    return a[i, :15].reshape(3, 5)[:, :3]
+
+
+def pose_edit(fn):
+    def apply(scene: Path):
+        a = np.load(scene / "poses_bounds.npy")
+        out = fn(a)
+        np.save(scene / "poses_bounds.npy", out if isinstance(out, np.ndarray) else a)
+    return apply
+
+
+def image_edit(index, fn):
+    def apply(scene: Path):
+        p = sorted((scene / "images_8").iterdir())[index]
+        fn(p)
+    return apply
+
+
+def _drop_images(keep):
+    def apply(scene: Path):
+        for p in sorted((scene / "images_8").iterdir())[keep:]:
+            p.unlink()
+    return apply
+
+
+def _truncate(p: Path):
+    p.write_bytes(p.read_bytes()[:200])
+
+
+LLFF_CASES = {
+    "fern unchanged": lambda s: None,
+    "poses_bounds.npy missing": lambda s: (s / "poses_bounds.npy").unlink(),
+    "poses_bounds.npy empty file": lambda s: (s / "poses_bounds.npy").write_bytes(b""),
+    "poses_bounds.npy random bytes": lambda s: (s / "poses_bounds.npy").write_bytes(bytes(range(256)) * 4),
+    "poses_bounds.npy truncated": lambda s: _truncate(s / "poses_bounds.npy"),
+    "shape N x 16": pose_edit(lambda a: a[:, :16]),
+    "shape 0 x 17": pose_edit(lambda a: a[:0]),
+    "NaN in a pose": pose_edit(lambda a: a.__setitem__((3, 3), np.nan)),
+    "inf in a bound": pose_edit(lambda a: a.__setitem__((3, 16), np.inf)),
+    "negative near bound": pose_edit(lambda a: a.__setitem__((3, 15), -1.0)),
+    "zero focal": pose_edit(lambda a: a.__setitem__((0, 14), 0.0)),
+    "near >= far in one row": pose_edit(lambda a: a.__setitem__((3, slice(15, 17)), a[3, 16:14:-1])),
+    "zero rotation blocks": pose_edit(lambda a: [rot(a, i).__setitem__(slice(None), 0) for i in range(len(a))]),
+    "singular rotation (two equal columns)": pose_edit(lambda a: rot(a, 5).__setitem__((slice(None), 1), rot(a, 5)[:, 0])),
+    "reflection (det -1)": pose_edit(lambda a: rot(a, 5).__setitem__((slice(None), 2), -rot(a, 5)[:, 2])),
+    "rotation scaled by 2": pose_edit(lambda a: rot(a, 5).__setitem__(slice(None), 2 * rot(a, 5))),
+    "rotations rounded to 4 digits": pose_edit(lambda a: [rot(a, i).__setitem__(slice(None), np.round(rot(a, i), 4))
+                                                          for i in range(len(a))]),
+    "all cameras at one pose": pose_edit(lambda a: a.__setitem__((slice(None), slice(0, 15)), a[0, :15])),
+    "near bound 1e-30 (scene x1e30)": pose_edit(lambda a: a.__setitem__((2, 15), 1e-30)),
+    "near bound 1e-3 (bounds span 8e4x)": pose_edit(lambda a: a.__setitem__((2, 15), 1e-3)),
+    "whole scene scaled by 1e-30": pose_edit(lambda a: (a.__setitem__((slice(None), [3, 8, 13, 15, 16]),
+                                                                      a[:, [3, 8, 13, 15, 16]] * 1e-30))),
+    "one image (holdout_every 8)": lambda s: (pose_edit(lambda a: a[:1])(s), _drop_images(1)(s)),
+    "one image fewer than poses": _drop_images(19),
+    "images_8 missing": lambda s: shutil.rmtree(s / "images_8"),
+    "an image truncated": image_edit(4, _truncate),
+    "an image of another size": image_edit(4, lambda p: Image.open(p).resize((100, 80)).save(p)),
+    "RGBA among RGB": image_edit(4, lambda p: Image.open(p).convert("RGBA").save(p)),
+    "grey among RGB": image_edit(4, lambda p: Image.open(p).convert("L").save(p)),
+    "palette image": image_edit(4, lambda p: Image.open(p).convert("P").save(p)),
+    "16-bit image": image_edit(4, lambda p: Image.fromarray(np.asarray(Image.open(p).convert("L"), np.uint16) * 256)
+                               .save(p)),
+}
+
+
+def _box(scale=1.0):
+    return trimesh.creation.box(extents=[scale] * 3)
+
+
+def _save(mesh, suffix):
+    def make(path: Path) -> Path:
+        path = path.with_suffix(suffix)
+        mesh.export(path)
+        return path
+    return make
+
+
+def _raw(data: bytes, suffix: str):
+    def make(path: Path) -> Path:
+        path = path.with_suffix(suffix)
+        path.write_bytes(data)
+        return path
+    return make
+
+
+def _spot_scaled(s):
+    def make(path: Path) -> Path:
+        from wcnerf.shape.train import DEFAULT_MESH
+
+        m = trimesh.load(DEFAULT_MESH, force="mesh", process=False)
+        m.apply_scale(s)
+        path = path.with_suffix(".ply")
+        m.export(path, encoding="binary")
+        return path
+    return make
+
+
+def _cancelled():
+    cube = trimesh.creation.box()
+    return trimesh.Trimesh(cube.vertices, np.concatenate([cube.faces, cube.faces[:, ::-1]]), process=False)
+
+
+MESH_CASES = {
+    "cube": _save(_box(), ".obj"),
+    "missing file": lambda p: p.with_suffix(".obj"),
+    "empty file": _raw(b"", ".obj"),
+    "random bytes .ply": _raw(bytes(range(256)) * 8, ".ply"),
+    "text garbage .obj": _raw(b"hello\nworld\n", ".obj"),
+    "vertices only (point cloud)": _raw(b"v 0 0 0\nv 1 0 0\nv 0 1 0\n", ".obj"),
+    "NaN vertex": _raw(b"v 0 0 0\nv nan 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 3 4\nf 1 2 4\nf 2 3 4\n", ".obj"),
+    "face index out of range": _raw(b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+                                    b"property float z\nelement face 1\nproperty list uchar int vertex_indices\n"
+                                    b"end_header\n0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n", ".ply"),
+    "collinear triangle": _raw(b"v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n", ".obj"),
+    "single triangle": _raw(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n", ".obj"),
+    "flat square": _raw(b"v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3\nf 1 3 4\n", ".obj"),
+    "cube + its inside-out copy (no volume)": _save(_cancelled(), ".obj"),
+    "sphere with a hole": _save(trimesh.Trimesh(trimesh.creation.icosphere(3).vertices,
+                                                trimesh.creation.icosphere(3).faces[5:], process=False), ".ply"),
+    "spot at 1e-9": _spot_scaled(1e-9),
+    "spot at 1e-7": _spot_scaled(1e-7),
+    "spot at 1e-6": _spot_scaled(1e-6),
+    "spot at 1e9": _spot_scaled(1e9),
+    "a folder": lambda p: (p.mkdir(), p)[1],
+}
+
+
+def classify(fn):
+    """(outcome, detail) of calling fn."""
+    try:
+        result = fn()
+    except (LLFFDataError, MeshLoadError) as exc:
+        return "refused", str(exc).splitlines()[0]
+    except Exception as exc:  # noqa: BLE001
+        return "TRACEBACK", f"{type(exc).__name__}: {exc}"
+    warnings = getattr(result, "warnings", None) or []
+    if warnings:
+        return "warning", warnings[0]
+    return "accepted", ""
+
+
+def probe_llff(fern: Path, work: Path):
+    rows = []
+    for name, breaker in LLFF_CASES.items():
+        scene = work / "llff" / name.replace(" ", "_").replace("/", "_") / "fern"
+        scene.mkdir(parents=True)
+        shutil.copy(fern / "poses_bounds.npy", scene)
+        shutil.copytree(fern / "images_8", scene / "images_8")
+        breaker(scene)
+        outcome, detail = classify(lambda: load_llff_scene(scene, 8, show_progress=False, holdout_every=8))
+        rows.append(("LLFF reader", name, outcome, detail.replace(str(work), "…")))
+    return rows
+
+
+def probe_meshes(work: Path):
+    rows = []
+    for name, make in MESH_CASES.items():
+        folder = work / "mesh" / name.replace(" ", "_").replace("/", "_")
+        folder.mkdir(parents=True)
+        path = make(folder / "mesh")
+        outcome, detail = classify(lambda: load_mesh(path))
+        if outcome == "accepted" and name.startswith("spot"):
+            detail = f"{len(load_mesh(path).mesh.faces)} of 5856 faces kept"
+        rows.append(("mesh loader", name, outcome, detail.replace(str(work), "…")))
+    return rows
+
+
+def probe_ns(fern: Path, work: Path):
+    from tiny_runs import TINY_FACTOR, tiny_env, tiny_fern
+
+    good = tiny_fern(work / "ns" / "good", fern)
+    out = work / "ns" / "outputs"
+    names, cases = {}, []
+
+    def train(name, label, data=good, iters=5, extra=(), method="e-nerf-small"):
+        names[name] = label
+        cases.append({"name": name, "entry": "train", "argv": [
+            method, "--output-dir", str(out), "--experiment-name", "fern", "--timestamp", name,
+            "--max-num-iterations", str(iters), "--steps-per-save", "1000", *NERF_TINY_ARGS, *extra,
+            "llff", "--data", str(data), "--downscale-factor", str(TINY_FACTOR)]})
+
+    for label, fn in [("zero rotation blocks", lambda a: [rot(a, i).__setitem__(slice(None), 0) for i in range(len(a))]),
+                      ("all cameras at one pose", lambda a: a.__setitem__((slice(None), slice(0, 15)), a[0, :15])),
+                      ("near bound 1e-30", lambda a: a.__setitem__((2, 15), 1e-30))]:
+        scene = shutil.copytree(good, work / "ns" / label.replace(" ", "_") / "fern")
+        pose_edit(fn)(scene)
+        train(label.replace(" ", "-"), label, data=scene)
+    scene = shutil.copytree(good, work / "ns" / "one" / "fern")
+    np.save(scene / "poses_bounds.npy", np.load(scene / "poses_bounds.npy")[:1])
+    for p in sorted((scene / f"images_{TINY_FACTOR}").iterdir())[1:]:
+        p.unlink()
+    train("one-image", "one image", data=scene)
+    scene = shutil.copytree(good, work / "ns" / "rgba" / "fern")
+    p = sorted((scene / f"images_{TINY_FACTOR}").iterdir())[3]
+    Image.open(p).convert("RGBA").save(p)
+    train("rgba", "RGBA among RGB", data=scene)
+    train("base", "a good run (8 steps)", iters=8)
+    models = out / "fern" / "e-nerf-small" / "base" / "nerfstudio_models"
+    (work / "ns" / "empty").mkdir()
+    train("ld-missing", "--load-dir missing", extra=["--load-dir", str(work / "ns" / "nope")])
+    train("ld-empty", "--load-dir empty folder", extra=["--load-dir", str(work / "ns" / "empty")])
+    train("ld-run", "--load-dir the run folder", extra=["--load-dir", str(models.parent)])
+    train("ld-other", "--load-dir of the other method", method="nerf-small", iters=12, extra=["--load-dir", str(models)])
+    train("ld-finished", "resume command on a finished run", iters=8, extra=["--load-dir", str(models)])
+    train("ld-resume", "resume to 12 steps, a stray file beside the checkpoints", iters=12,
+          extra=["--load-dir", str(models)])
+    cases[-1]["before"] = f"Path({str(models / 'notes.txt')!r}).write_text('x')"
+    trunc = work / "ns" / "trunc" / "nerfstudio_models"
+    train("ld-trunc", "--load-dir with a truncated checkpoint", extra=["--load-dir", str(trunc)])
+    cases[-1]["before"] = (f"import shutil; shutil.copytree({str(models)!r}, {str(trunc)!r}); "
+                           f"p = sorted(Path({str(trunc)!r}).glob('*.ckpt'))[-1]; p.write_bytes(p.read_bytes()[:5000])")
+    (work / "ns" / "file").write_text("x")
+    train("out-file", "--output-dir under a file", extra=["--output-dir", str(work / "ns" / "file" / "o")])
+    (work / "ns" / "cases.json").write_text(json.dumps(cases))
+    subprocess.run([sys.executable, str(Path(__file__).parent / "ns_cases.py"), str(work / "ns" / "cases.json")],
+                   env=tiny_env(work), check=True, capture_output=True)
+    codes = json.loads((work / "ns" / "results.json").read_text())
+    rows = []
+    for name, label in names.items():
+        text = (work / "ns" / f"{name}.out").read_text() + (work / "ns" / f"{name}.err").read_text()
+        errors = [line for line in text.splitlines() if line.startswith("error: ")]
+        warns = [line for line in text.splitlines() if "Warning:" in line and "wcnerf" not in line.lower()[:0]]
+        if "Traceback" in text:
+            outcome, detail = "TRACEBACK", text.strip().splitlines()[-1]
+        elif codes[name] == 2 and errors:
+            outcome, detail = "refused", errors[0][len("error: "):]
+        elif codes[name] == 0 and "the run is finished" in text:
+            outcome, detail = "finished (exit 0)", "says the run is finished"
+        elif codes[name] == 0 and any("ignoring" in w or "span" in w for w in warns):
+            outcome, detail = "warning", next(w for w in warns if "ignoring" in w or "span" in w).strip()
+        elif codes[name] == 0:
+            outcome, detail = "accepted", ""
+        else:
+            outcome, detail = f"exit {codes[name]}", text.strip().splitlines()[-1] if text.strip() else ""
+        rows.append(("ns-train", label, outcome, detail.replace(str(work), "…")))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fern", type=Path, default=None)
+    ap.add_argument("--ns", action="store_true")
+    args = ap.parse_args()
+    fern = args.fern or llff_scene("fern", 8)
+    if fern is None:
+        print("no fern scene with images_8 found", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="wcnerf-probe-") as tmp:
+        work = Path(tmp)
+        rows = probe_llff(fern, work) + probe_meshes(work)
+        if args.ns:
+            rows += probe_ns(fern, work)
+    print("| reader | input | outcome | message (first line) |")
+    print("|---|---|---|---|")
+    for reader, name, outcome, detail in rows:
+        detail = detail.replace("|", "\\|")
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        print(f"| {reader} | {name} | {outcome} | {detail} |")
+    counts = {}
+    for row in rows:
+        counts[row[2]] = counts.get(row[2], 0) + 1
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
