@@ -105,6 +105,16 @@ def ns_runs(fern, tmp_path_factory):
     case = train("resume", iters=12, extra=["--load-dir", str(models)])
     case["before"] = f"Path({str(models / 'notes.txt')!r}).write_text('x')"
     cases.append(case)
+    # a full disk at the first checkpoint: torch's zip writer fails ("unexpected pos")
+    case = train("disk-full", iters=5, extra=["--steps-per-save", "2"])
+    case["child"] = ("import torch\nreal = torch.save\n"
+                     "def save(obj, f, *a, **k):\n"
+                     "    if 'step-' in str(f):\n"
+                     "        Path(f).write_bytes(b'PK')\n"
+                     "        raise RuntimeError('[enforce fail at inline_container.cc:603] . unexpected pos 161216 vs 161104')\n"
+                     "    return real(obj, f, *a, **k)\n"
+                     "torch.save = save\n")
+    cases.append(case)
     # ns-eval on the finished run after its scene broke
     case = {"name": "eval-broken-scene", "entry": "eval", "argv": [
         "--load-config", str(base / "config.yml"), "--output-path", str(root / "eval.json")]}
@@ -167,3 +177,16 @@ def test_resume_counts_toward_the_real_total(ns_runs):
     assert percents and max(percents) <= 100.0, percents
     run = out / "fern" / "e-nerf-small" / "resume" / "nerfstudio_models"
     assert [p.name for p in run.glob("*.ckpt")] == ["step-000000011.ckpt"]
+
+
+def test_full_disk_at_a_checkpoint_is_one_line(ns_runs):
+    """Issue 15, point 5: the checkpoint write fails as on a full disk: one line naming the
+    checkpoint and the cause, exit 2, and no half-written checkpoint among the checkpoints."""
+    root, out, outcome = ns_runs
+    code, text = outcome("disk-full")
+    assert code == 2 and "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "step-000000002.ckpt: cannot write (" in errors[0], text[-3000:]
+    run = out / "fern" / "e-nerf-small" / "disk-full"
+    assert not list((run / "nerfstudio_models").glob("*")) if (run / "nerfstudio_models").exists() else True
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
