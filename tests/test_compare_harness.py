@@ -164,7 +164,7 @@ def test_resolve_methods_and_aliases():
 def test_resolve_scenes(tmp_path, monkeypatch):
     scene = tmp_path / "root" / "myscene"
     (scene / "images_8").mkdir(parents=True)
-    np.save(scene / "poses_bounds.npy", np.zeros((2, 17)))
+    np.save(scene / "poses_bounds.npy", np.load(REPO / "data/llff/fern/poses_bounds.npy")[:2])  # possible cameras
     monkeypatch.setenv("WCNERF_DATA", str(tmp_path / "root"))
     fern, mine, missing = resolve_scenes(["fern,myscene", str(scene), "nope"], 8)  # myscene twice: once
     assert fern.error is None and fern.path == (REPO / "data/llff/fern").resolve()
