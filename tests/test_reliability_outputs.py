@@ -4,6 +4,7 @@ that the next run would load."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -102,3 +103,17 @@ def test_ns_train_output_on_read_only_disk_refused(read_only_dir):
 
     with pytest.raises(RunInputError, match="Read-only file system"):
         _check_writable(read_only_dir / "outputs" / "fern" / "e-nerf" / "t")
+
+
+def test_a_finished_run_missing_an_output_is_completed_again(small_mesh, tmp_path, capsys):
+    """Issue 15, point 4: a run counts as finished only when all its outputs exist."""
+    args = [str(small_mesh), "--output-dir", str(tmp_path / "out"), *FAST]
+    assert _run(args, capsys)[0] == 0
+    (run,) = (tmp_path / "out" / "blob").glob("none-*")
+    before = json.loads((run / "metrics.json").read_text())
+    (run / "curves.png").unlink()
+    (run / "mesh.ply").unlink()
+    assert _run(args, capsys)[0] == 0
+    assert (run / "curves.png").is_file() and (run / "mesh.ply").is_file()
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["steps"] == before["steps"] == 30 and after["iou_points"] == before["iou_points"]
