@@ -9,10 +9,12 @@ never interrupted (on the same device and torch build).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 import typing
 from dataclasses import asdict, dataclass
@@ -161,6 +163,9 @@ class FitConfig:
     """Steps between checkpoints (a killed run resumes from the last one)."""
     overwrite: bool = False
     """Start from scratch even if the run folder has a checkpoint."""
+    wait: bool = False
+    """When another shape_fit.py is writing the same run folder: wait for it to finish, then
+    continue (or reuse) its run; without it this one refuses, naming the holder."""
     progress: bool = True
     """Show a progress bar."""
     threads: int = 0
@@ -299,7 +304,45 @@ def fit(cfg: FitConfig, run_dir: Optional[Path] = None, shape: Optional[ShapeMes
     """Train (or resume) one field, then extract its mesh and measure it. Returns the metrics.
 
     ``monitor`` (optional) is told about the run every ``cfg.viewer.every`` steps and at the end;
-    ``run_label`` names the run for it (default: the conditioner)."""
+    ``run_label`` names the run for it (default: the conditioner).
+
+    The run folder is claimed by a lease (:mod:`wcnerf.lease`) for the whole fit: a second fit
+    of the same folder (another process or host) refuses with a :class:`RunError` naming the
+    folder and its holder, or, with ``cfg.wait``, waits for it and then resumes (or reuses) its run."""
+    if cfg.field.conditioning not in available():
+        raise ValueError(f"unknown conditioning {cfg.field.conditioning!r}; choose from {', '.join(available())}")
+    shape = shape or load_mesh(cfg.mesh or DEFAULT_MESH, margin=cfg.margin)
+    run_dir = Path(run_dir) if run_dir is not None else cfg.output_dir / shape.name / (cfg.run_name or cfg.default_run_name(shape))
+    ensure_writable_dir(run_dir)
+    with claim_run_dir(run_dir, wait=cfg.wait):
+        return _fit(cfg, run_dir, shape, monitor, run_label)
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path, wait: bool = False):
+    """Hold the lease on ``run_dir`` while the block runs (see :func:`fit`)."""
+    from ..lease import Lease, LeaseHeld, describe_holder
+
+    lease = Lease(run_dir, info={"writer": "shape_fit"})
+    if not lease.try_acquire():
+        holder = lease.holder() or {}
+        if not wait:
+            raise RunError(f"{run_dir} is being written by another shape fit ({describe_holder(holder)}); "
+                           "run this again when it is done, or pass --wait to wait for it and then continue its run")
+        print(f"waiting for {run_dir}: being written by {describe_holder(holder)}", file=sys.stderr, flush=True)
+        try:
+            lease.acquire(wait=True)
+        except LeaseHeld as exc:  # pragma: no cover - only with a timeout
+            raise RunError(str(exc)) from exc
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def _fit(cfg: FitConfig, run_dir: Optional[Path], shape: Optional[ShapeMesh],
+         monitor: Optional[FitMonitor], run_label: Optional[str]) -> FitResult:
+    """:func:`fit` in its claimed run folder."""
     conditioning, optim = cfg.field.conditioning, cfg.optim
     if conditioning not in available():
         raise ValueError(f"unknown conditioning {conditioning!r}; choose from {', '.join(available())}")
