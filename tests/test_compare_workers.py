@@ -187,10 +187,20 @@ def _ray_options():
     return RayOptions(cpus_per_worker=1, init_kwargs={"num_cpus": 2})
 
 
+RAY_NO_START = "timed out during startup"
+RAY_SKIP = ("a local Ray could not start on this machine (Ray 2.60's raylet gives its dashboard agent a fixed "
+            "15 s, which a loaded machine exceeds; see docs/compare.md)")
+
+
 @pytest.mark.slow
 def test_ray_two_workers_one_killed(tmp_path, tests_on_path):
     pytest.importorskip("ray")
-    s, log = _sweep_with_a_killed_worker(tmp_path, "ray", _ray_options())
+    try:
+        s, log = _sweep_with_a_killed_worker(tmp_path, "ray", _ray_options())
+    except Exception as exc:  # noqa: BLE001
+        if RAY_NO_START in str(exc):
+            pytest.skip(RAY_SKIP)
+        raise
     _assert_each_run_once_and_killed_one_resumed(tmp_path, s, log)
 
 
@@ -252,3 +262,40 @@ def test_engine_flags_and_the_paper_on_cpu_refusal(tmp_path):
     assert cpu_refusal(load_protocol("cpu"), "local", allow_cpu=False) is None
     code = CompareLLFF(protocol="paper", output_root=tmp_path).main()
     assert code == 2 and not (tmp_path / "paper").exists()
+
+
+# ----------------------------------------------------------------------------- a tiny real sweep
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_tiny_real_sweep_with_two_workers(tmp_path, fern, executor):
+    """fern at 1/32 resolution, NeRF and E-NeRF, 1 seed, 6 iterations: ns-train + ns-eval in two
+    workers (Ray tasks on a local Ray, or local processes), end to end through the command line."""
+    import csv
+    import subprocess
+    import sys
+
+    if executor == "ray":
+        pytest.importorskip("ray")
+    from test_compare_e2e import TINY, _tiny_fern
+
+    scene = _tiny_fern(tmp_path / "data", fern)
+    proto = tmp_path / "tiny.yaml"
+    proto.write_text(TINY.format(iterations=6))
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compare_llff.py"), "--protocol", str(proto), "--scenes", str(scene),
+         "--methods", "nerf", "e-nerf", "--seeds", "0", "--output-root", str(out), "--executor", executor,
+         "--workers", "2", "--progress-every", "10"],
+        capture_output=True, text=True, timeout=1500, env=dict(os.environ, COLUMNS="200"), cwd=REPO,
+    )  # fmt: skip
+    if executor == "ray" and res.returncode != 0 and RAY_NO_START in res.stdout + res.stderr:
+        pytest.skip(RAY_SKIP)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "tiny" / "results.csv")))
+    assert [(r["method"], r["status"]) for r in rows] == [("nerf", "done"), ("e-nerf", "done")]
+    assert all(5 < float(r["psnr"]) < 40 for r in rows)
+    jobs = {json.loads((out / "tiny" / r["run_dir"] / "status.json").read_text())["job_id"] for r in rows}
+    assert all(j and j.startswith(f"{executor}:") for j in jobs), jobs
+    assert "runs: 2/2 done" in res.stdout

@@ -177,6 +177,25 @@ def _ray_worker(job: SweepJob, index: int) -> WorkerReport:
     return work(job, f"ray:{index}" + (f":{task[:8]}" if task else ""))
 
 
+def _start_local_ray(ray: Any, kwargs: Dict[str, Any], attempts: int = 4) -> None:
+    """``ray.init(**kwargs)``, tried again when the node times out during startup: Ray 2.60's
+    raylet gives its dashboard agent a fixed 15 s to report its ports, and on a busy machine the
+    agent's imports alone take longer (measured: 21-24 s on 2 shared cores under load), which
+    aborts the raylet; a second start often wins (warm caches, other load)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception here
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+            print(f"ray: the local node did not start in time (attempt {attempt} of {attempts}); starting it again", flush=True)
+
+
 class _RayEngine:
     def __init__(self, job: SweepJob, n: int, opts: RayOptions):
         import ray
@@ -189,7 +208,7 @@ class _RayEngine:
             else:
                 kw = dict(include_dashboard=False)
                 kw.update(opts.init_kwargs)
-                ray.init(**kw)
+                _start_local_ray(ray, kw)
                 self.started = True
         res = ray.cluster_resources()
         gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if res.get("GPU", 0) >= 1 else 0.0)
