@@ -5,6 +5,7 @@
     ...
     optimizer.step(); post_step(model, optimizer)     # needed only for "enorm"
     plain = bake(model)                               # plain layers, same outputs
+    with torch.no_grad(), cached(model): ...          # each conditioned weight computed once
 
 ``python -m wcnerf.conditioning`` prints the registry. Each method's file documents what it
 does and every choice its paper leaves open: ``equilibrate.py``, ``weight_norm.py``,
@@ -12,6 +13,7 @@ does and every choice its paper leaves open: ``equilibrate.py``, ``weight_norm.p
 """
 
 from .api import available, bake, condition, left_plain, post_step
+from .cache import cached
 from .enorm import ENorm, infer_pairs
 from .equilibrate import Equilibrate, equilibrate
 from .equinorm import EquiNormConv2d, EquiNormLinear, equinorm_weight
@@ -19,7 +21,7 @@ from .registry import REGISTRY, Conditioner, register
 from .standardize import CenteredWeightNorm, WeightStandardization, center_normalize, standardize
 
 __all__ = [
-    "available", "bake", "condition", "left_plain", "post_step",
+    "available", "bake", "cached", "condition", "left_plain", "post_step",
     "ENorm", "infer_pairs", "Equilibrate", "equilibrate", "EquiNormConv2d", "EquiNormLinear", "equinorm_weight",
     "REGISTRY", "Conditioner", "register",
     "CenteredWeightNorm", "WeightStandardization", "center_normalize", "standardize",

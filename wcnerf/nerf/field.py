@@ -112,8 +112,14 @@ class ENeRFField(NeRFField):
             directions = ray_samples.metadata.get("viewdirs")
         if directions is None:
             directions = ray_samples.frustums.directions
-        directions = directions.expand(*density_embedding.shape[:-1], directions.shape[-1])
-        encoded_dir = self.direction_encoding(directions)
+        shape = (*density_embedding.shape[:-1], directions.shape[-1])
+        if directions.dim() >= 2 and (directions.shape[-2] == 1 or directions.stride(-2) == 0):
+            # One direction per ray, broadcast over its samples (nerfstudio's RaySamples hold
+            # stride-0 views): encode it once per ray, not once per sample; same values.
+            encoded_dir = self.direction_encoding(directions[..., :1, :])
+            encoded_dir = encoded_dir.expand(*shape[:-1], encoded_dir.shape[-1])
+        else:
+            encoded_dir = self.direction_encoding(directions.expand(*shape))
         feature = density_embedding if self.feature_linear is None else self.feature_linear(density_embedding)
         mlp_out = self.mlp_head(torch.cat([encoded_dir, feature], dim=-1))
         return {head.field_head_name: head(mlp_out) for head in self.field_heads}

@@ -74,7 +74,10 @@ NERFACTO_SMALL = Preset(
         ],
         proposal_warmup=500,
         proposal_weights_anneal_max_num_iters=500,
-        eval_num_rays_per_chunk=8192,
+        # On a CPU, chunks of 8192 rays spend part of the render in the kernel (page faults of
+        # large temporaries, as for nerf-small); 512 does not (docs/results.md, "Where a
+        # held-out render's time goes").
+        eval_num_rays_per_chunk=512,
     ),
     steps_per_eval_batch=100,
     steps_per_eval_image=0,

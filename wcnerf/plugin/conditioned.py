@@ -30,6 +30,12 @@ step, removed after it; nothing is attached on other steps). Results are written
 ``.../total/saturated_units`` over the layers whose activation the analysis sees, and shown in
 the web viewer's "Weight conditioning" panel (:mod:`wcnerf.plugin.viewer_panel`), which also
 switches the analysis on or off during training.
+
+Evaluation (``get_outputs_for_camera_ray_bundle``: held-out images, ``ns-eval``, ``ns-render``,
+the viewer) renders under ``torch.inference_mode`` with each conditioned weight computed once
+per image (``wcnerf.conditioning.cached``, per thread) instead of once per chunk; the analysis'
+hooks are only ever attached inside a training step, so no evaluation passes through them in
+the training thread.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
+import torch
 import tyro
 from torch import nn
 from typing_extensions import Annotated
@@ -236,6 +243,16 @@ class ConditionedModel:
     def lpips_metric(self, device: Any) -> Optional[nn.Module]:
         """The LPIPS metric on ``device``, or None when it is omitted."""
         return self._lpips_holder[0].to(device) if self._lpips_holder else None
+
+    def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: Any) -> Dict[str, Any]:
+        """nerfstudio's chunked render of a camera (evaluation, ``ns-eval``, ``ns-render``, the
+        viewer) under ``torch.inference_mode`` and with each conditioned weight computed once
+        per image instead of once per chunk (``wcnerf.conditioning.cached``, per thread: the
+        viewer's renders leave the training thread's weights alone). The outputs are returned
+        as ordinary tensors, equal to those of the uncached render."""
+        with torch.inference_mode(), wc.cached(self):  # type: ignore[arg-type]
+            outputs = super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)  # type: ignore[misc]
+        return {k: v.clone() if isinstance(v, torch.Tensor) and v.is_inference() else v for k, v in outputs.items()}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
