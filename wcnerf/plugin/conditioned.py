@@ -32,8 +32,10 @@ the web viewer's "Weight conditioning" panel (:mod:`wcnerf.plugin.viewer_panel`)
 switches the analysis on or off during training.
 
 Evaluation (``get_outputs_for_camera_ray_bundle``: held-out images, ``ns-eval``, ``ns-render``,
-the viewer) renders under ``torch.inference_mode`` with each conditioned weight computed once
-per image (``wcnerf.conditioning.cached``, per thread) instead of once per chunk; the analysis'
+the viewer) renders under ``torch.no_grad`` (as nerfstudio's own render; not
+``inference_mode``, inside which a method that needs input gradients at evaluation, such as an
+SDF model's normals under ``torch.enable_grad``, cannot get them) with each conditioned weight
+computed once per image (``wcnerf.conditioning.cached``, per thread) instead of once per chunk; the analysis'
 hooks are only ever attached inside a training step, so no evaluation passes through them in
 the training thread.
 """
@@ -246,13 +248,12 @@ class ConditionedModel:
 
     def get_outputs_for_camera_ray_bundle(self, camera_ray_bundle: Any) -> Dict[str, Any]:
         """nerfstudio's chunked render of a camera (evaluation, ``ns-eval``, ``ns-render``, the
-        viewer) under ``torch.inference_mode`` and with each conditioned weight computed once
-        per image instead of once per chunk (``wcnerf.conditioning.cached``, per thread: the
-        viewer's renders leave the training thread's weights alone). The outputs are returned
-        as ordinary tensors, equal to those of the uncached render."""
-        with torch.inference_mode(), wc.cached(self):  # type: ignore[arg-type]
-            outputs = super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)  # type: ignore[misc]
-        return {k: v.clone() if isinstance(v, torch.Tensor) and v.is_inference() else v for k, v in outputs.items()}
+        viewer) under ``torch.no_grad`` and with each conditioned weight computed once per image
+        instead of once per chunk (``wcnerf.conditioning.cached``, per thread: the viewer's
+        renders leave the training thread's weights alone). The outputs equal those of the
+        uncached render."""
+        with torch.no_grad(), wc.cached(self):  # type: ignore[arg-type]
+            return super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)  # type: ignore[misc]
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
