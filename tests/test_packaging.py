@@ -54,7 +54,7 @@ def test_console_scripts_point_at_main_functions():
     import importlib
 
     scripts = _pyproject()["project"]["scripts"]
-    assert set(scripts) >= {"wcnerf-shape-fit", "wcnerf-compare"}
+    assert set(scripts) >= {"wcnerf-shape-fit", "wcnerf-compare", "wcnerf-train"}
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))
@@ -127,7 +127,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, small_mesh):
     out = _run([str(py), "-c", "from nerfstudio.scripts.train import entrypoint; entrypoint()", "e-nerf", "--help"],
                cwd=away, env=env)
     assert "pipeline.model.conditioning" in out
-    for script in ("wcnerf-shape-fit", "wcnerf-compare"):
+    for script in ("wcnerf-shape-fit", "wcnerf-compare", "wcnerf-train"):
         assert "usage" in _run([str(env_dir / "bin" / script), "--help"], cwd=away, env=env).lower()
 
     out_dir = tmp_path / "shape_out"
