@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
-__all__ = ["LEASE_FILE", "DEFAULT_STALE_AFTER", "Lease", "LeaseHeld", "read_lease", "lease_is_live", "describe_holder", "default_job_id"]
+__all__ = ["LEASE_FILE", "DEFAULT_STALE_AFTER", "Lease", "LeaseHeld", "read_lease", "lease_is_live", "pid_alive", "describe_holder", "default_job_id"]
 
 LEASE_FILE = "lease.json"
 LOCK_FILE = ".lease.lock"
@@ -102,7 +102,8 @@ def read_lease(folder: Path) -> Optional[Dict[str, Any]]:
     return data
 
 
-def _pid_alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` (int or text) exists on this host; anything unparsable is not alive."""
     try:
         pid = int(pid)
         if pid <= 0:
@@ -131,7 +132,7 @@ def lease_is_live(record: Optional[Dict[str, Any]], stale_after: Optional[float]
         renewed = float(record.get("mtime") or 0.0)
     if now - renewed > limit:
         return False
-    if record.get("host") == socket.gethostname() and not _pid_alive(record.get("pid")):
+    if record.get("host") == socket.gethostname() and not pid_alive(record.get("pid")):
         return False  # its process is gone: no need to wait for the lease to expire
     return True
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from wcnerf.atomic import write_json
 from wcnerf.eval.protocols import Protocol
-from wcnerf.lease import lease_is_live, read_lease
+from wcnerf.lease import lease_is_live, pid_alive, read_lease
 
 __all__ = [
     "STATUS_FILE",
@@ -163,21 +163,6 @@ def run_dir_for(out_dir: Path, scene: str, method: str, seed: int) -> Path:
 # --------------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: Any) -> bool:
-    try:
-        pid = int(pid)
-        if pid <= 0 or pid == os.getpid():
-            return False
-        os.kill(pid, 0)
-        return True
-    except (ValueError, TypeError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-
-
 def run_state(run_dir: Path) -> str:
     """``done`` (metrics.json exists), ``running`` (a live lease on the folder, held by a process
     on any host, see :mod:`wcnerf.lease`; or, without a lease, a live process on this host),
@@ -193,7 +178,9 @@ def run_state(run_dir: Path) -> str:
         return "pending"
     state = status.get("status")
     if state == "running":
-        if lease is None and status.get("host") == socket.gethostname() and _pid_alive(status.get("pid")):
+        pid = status.get("pid")
+        if (lease is None and status.get("host") == socket.gethostname() and str(pid) != str(os.getpid())
+                and pid_alive(pid)):
             return "running"
         return "interrupted"
     if state in ("failed", "interrupted"):
