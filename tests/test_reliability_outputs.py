@@ -98,11 +98,15 @@ def test_atomic_write_error_names_the_target(tmp_path):
 def test_ns_train_output_on_read_only_disk_refused(read_only_dir):
     """The trainer's pre-flight check (no nerfstudio run needed: the check itself)."""
     pytest.importorskip("nerfstudio")
-    from wcnerf.plugin.compat import RunInputError
-    from wcnerf.plugin.trainer import _check_writable
+    import copy
 
-    with pytest.raises(RunInputError, match="Read-only file system"):
-        _check_writable(read_only_dir / "outputs" / "fern" / "e-nerf" / "t")
+    from wcnerf.nerf.methods import nerf_small
+
+    cfg = copy.deepcopy(nerf_small.config)
+    cfg.output_dir = read_only_dir / "outputs"
+    cfg.set_timestamp()
+    with pytest.raises(WriteError, match="Read-only file system"):
+        cfg.preflight()
 
 
 def test_a_finished_run_missing_an_output_is_completed_again(small_mesh, tmp_path, capsys):

@@ -122,10 +122,11 @@ def remove_stale_temporaries(folder: Path) -> list:
     return removed
 
 
-def ensure_writable_dir(folder: Path, flag: str = "--output-dir") -> None:
+def ensure_writable_dir(folder: Path, flag: str = "--output-dir", what: str = "folder") -> None:
     """Create ``folder`` and write (then remove) a probe file in it, or raise :class:`WriteError`
     naming the folder and the cause (a path under a regular file, a read-only file system,
-    permissions, a full disk): called at start-up, before any work, where it can be known."""
+    permissions, a full disk): called at start-up, before any work, where it can be known.
+    ``what`` names the folder in the message and ``flag`` the option that chooses another."""
     import errno
 
     folder = Path(folder)
@@ -133,7 +134,7 @@ def ensure_writable_dir(folder: Path, flag: str = "--output-dir") -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise WriteError(errno.ENOTDIR, f"{existing}: is a file, so the folder {folder} cannot be made under it; "
+        raise WriteError(errno.ENOTDIR, f"{existing}: is a file, so the {what} {folder} cannot be made under it; "
                                         f"choose another {flag}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,7 @@ def ensure_writable_dir(folder: Path, flag: str = "--output-dir") -> None:
             os.fsync(f.fileno())
         probe.unlink()
     except OSError as exc:
-        raise WriteError(exc.errno or errno.EIO, f"{folder}: cannot write there ({exc.strerror or exc}); choose "
+        raise WriteError(exc.errno or errno.EIO, f"{folder}: cannot write the {what} ({exc.strerror or exc}); choose "
                                                  f"another {flag}") from None
 
 

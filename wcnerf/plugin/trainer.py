@@ -15,7 +15,8 @@
   (:meth:`WCTrainerConfig.preflight`): the LLFF scene (:func:`wcnerf.data.llff_scene.load_llff_scene`
   with its geometry and split checks), the output folder (writable, not under a file) and
   ``--load-dir`` (a ``nerfstudio_models/`` folder holding a readable ``step-*.ckpt``). Mistakes
-  raise :class:`wcnerf.data.llff_scene.LLFFDataError` or :class:`wcnerf.plugin.compat.RunInputError`,
+  raise :class:`wcnerf.data.llff_scene.LLFFDataError`, :class:`wcnerf.plugin.compat.RunInputError` or
+  :class:`wcnerf.atomic.WriteError` (the output folder),
   which :mod:`wcnerf.plugin.compat` prints as one line with exit code 2. Rerunning the resume
   command of a finished run says so and exits 0. After a resume the progress line counts
   toward the run's real total.
@@ -28,7 +29,6 @@ import math
 import os
 import re
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Type
@@ -43,6 +43,7 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from wcnerf.atomic import ensure_writable_dir
 from wcnerf.plugin.compat import RunInputError, atomic_torch_save, sanitize
 
 __all__ = ["RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig", "checkpoints_in", "read_checkpoint"]
@@ -111,24 +112,6 @@ def _check_fits(pipeline, saved: dict, path: Path) -> None:
             parts.append(f"{len(shape)} of another shape, e.g. {shape[0]} {theirs[shape[0]]} vs {mine[shape[0]]}")
         raise RunInputError(f"{path}: does not fit this method's model ({'; '.join(parts)}); it was written by another "
                             "method or other model settings: resume with those (see its run's config.yml)")
-
-
-def _check_writable(base_dir: Path) -> None:
-    """Refuse, naming the path and the cause, a run folder that cannot be created or written."""
-    probe_root = Path(base_dir)
-    while not probe_root.exists() and probe_root != probe_root.parent:
-        probe_root = probe_root.parent
-    if probe_root.exists() and not probe_root.is_dir():
-        raise RunInputError(f"{probe_root}: is a file, so the run folder {base_dir} cannot be made under it; "
-                            "choose another --output-dir")
-    try:
-        base_dir.mkdir(parents=True, exist_ok=True)
-        probe = base_dir / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as exc:
-        raise RunInputError(f"{base_dir}: cannot write the run folder ({exc.strerror or exc}); choose another "
-                            "--output-dir") from None
 
 
 class RunExponentialDecayScheduler(ExponentialDecayScheduler):
@@ -216,7 +199,7 @@ class WCTrainerConfig(TrainerConfig):
             if not Path(self.load_checkpoint).is_file():
                 raise RunInputError(f"{self.load_checkpoint}: not a file; --load-checkpoint takes one step-*.ckpt file")
             read_checkpoint(self.load_checkpoint)
-        _check_writable(self.get_base_dir())
+        ensure_writable_dir(self.get_base_dir(), "--output-dir", what="run folder")
 
 
 class WCTrainer(Trainer):
