@@ -25,6 +25,8 @@ prints the top entries by own time and by cumulative time.
     python scripts/bench_step.py                                  # all three pairs
     python scripts/bench_step.py --pairs small --rounds 5
     python scripts/bench_step.py --profile e-nerf-small
+    python scripts/bench_step.py --pairs aa-small small --rounds 20   # with an A/A control
+    python scripts/bench_step.py --render-threads 1 2 --chunk-methods e-nerf-small
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import tyro
 
 PAIRS: Dict[str, Tuple[str, str]] = {
     "small": ("e-nerf-small", "nerf-small"),
+    "aa-small": ("nerf-small", "nerf-small"),  # A/A control: two copies of one method, the ratio's noise
     "nerfacto-small": ("e-nerfacto-small", "nerfacto-plain-small"),
     "paper": ("e-nerf", "nerf"),
 }
@@ -58,7 +61,8 @@ class Args:
     data: Path = Path("data/llff/fern")
     """LLFF scene (images_<factor> of each method's preset)."""
     pairs: Tuple[str, ...] = ("small", "nerfacto-small", "paper")
-    """Which pairs: small (e-nerf-small/nerf-small), nerfacto-small, paper (e-nerf/nerf)."""
+    """Which pairs: small (e-nerf-small/nerf-small), nerfacto-small, paper (e-nerf/nerf), aa-small
+    (nerf-small/nerf-small: an A/A control, whose ratio shows the measurement's noise)."""
     rounds: int = 5
     """Measured rounds per pair (after one warm-up round)."""
     steps: int = 20
@@ -81,6 +85,9 @@ class Args:
     chunks: Tuple[int, ...] = ()
     """Instead of benchmarking: render one held-out image of each ``--chunk-methods`` method with
     each of these eval_num_rays_per_chunk values, interleaved over --rounds rounds."""
+    render_threads: Tuple[int, ...] = ()
+    """Instead of benchmarking (alone or with --chunks): render with each of these torch thread
+    counts (rays per wall-second is then the figure to read)."""
     chunk_methods: Tuple[str, ...] = ("e-nerf-small", "e-nerfacto-small")
     ab: Tuple[str, ...] = ()
     """Instead of benchmarking: for each of these methods, render one held-out image with
@@ -128,15 +135,10 @@ class Runner:
         self.pipeline, self.opts, self.callbacks = build_pipeline(name, data, rays=rays, chunk=chunk)
         self.step_no = 0
         self.rays = self.pipeline.datamanager.get_train_rays_per_batch()
-        cameras = self.pipeline.datamanager.eval_dataset.cameras
-        self.camera = copy.deepcopy(cameras[0:1])
-        if image_scale != 1.0:
-            self.camera.rescale_output_resolution(image_scale)
-        self.batch = self.pipeline.datamanager.eval_dataset[0]
-        if image_scale != 1.0:  # ground truth at the rendered size
-            img = self.batch["image"].permute(2, 0, 1)[None]
-            h, w = int(self.camera.height), int(self.camera.width)
-            self.batch = {**self.batch, "image": torch.nn.functional.interpolate(img, size=(h, w), mode="area")[0].permute(1, 2, 0)}
+        from wcnerf.eval.scaled_eval import rescale_view
+
+        dataset = self.pipeline.datamanager.eval_dataset  # ground truth area-averaged to the rendered size
+        self.camera, self.batch = rescale_view(copy.deepcopy(dataset.cameras[0:1]), dataset[0], image_scale)
         self.pixels = int(self.camera.height) * int(self.camera.width)
 
     def train_steps(self, n: int) -> None:
@@ -301,29 +303,36 @@ def profile(args: Args) -> None:
 
 
 def chunk_sweep(args: Args) -> None:
-    """Rays per CPU second and system seconds of one held-out render per chunk size."""
+    """Rays per CPU and per wall second and system seconds of one held-out render for each
+    chunk size (``--chunks``; 0: the preset's) and torch thread count (``--render-threads``),
+    interleaved over the rounds."""
     runs = {m: Runner(m, args.data, rays=0, chunk=0, image_scale=args.image_scale) for m in args.chunk_methods}
-    rec: Dict[str, Dict[int, List[Tuple[float, float, float]]]] = {m: {c: [] for c in args.chunks} for m in runs}
+    combos = [(c, t) for c in (args.chunks or (0,)) for t in (args.render_threads or (args.threads,))]
+    rec: Dict[str, Dict[Tuple[int, int], List[Tuple[float, float, float]]]] = {m: {k: [] for k in combos} for m in runs}
     for r in range(args.rounds + 1):
         for m, run in runs.items():
             if r == 0:
                 run.train_steps(2)
-            order = list(args.chunks) if r % 2 == 0 else list(reversed(args.chunks))
-            for c in order:
-                run.pipeline.model.config.eval_num_rays_per_chunk = c
+            preset_chunk = run.pipeline.model.config.eval_num_rays_per_chunk
+            for c, t in combos if r % 2 == 0 else list(reversed(combos)):
+                run.pipeline.model.config.eval_num_rays_per_chunk = c or preset_chunk
+                torch.set_num_threads(t)
                 o0 = os.times()
                 tr, _, _ = run.render()
                 o1 = os.times()
                 if r > 0:
-                    rec[m][c].append((tr[0], tr[1], o1.system - o0.system))
-    print(f"| method (image px) | chunk | render rays/cpu-s | render rays/wall-s | system s per render |")
-    print("|---|---|---|---|---|")
+                    rec[m][(c, t)].append((tr[0], tr[1], o1.system - o0.system))
+            run.pipeline.model.config.eval_num_rays_per_chunk = preset_chunk
+    torch.set_num_threads(args.threads)
+    print("| method (image px) | chunk | threads | render rays/cpu-s | render rays/wall-s | system s per render |")
+    print("|---|---|---|---|---|---|")
     for m, run in runs.items():
-        for c in args.chunks:
-            wall = statistics.median(x[0] for x in rec[m][c])
-            cpu = statistics.median(x[1] for x in rec[m][c])
-            sys_s = statistics.median(x[2] for x in rec[m][c])
-            print(f"| {m} ({run.pixels}) | {c} | {run.pixels / cpu:.0f} | {run.pixels / wall:.0f} | {sys_s:.2f} |")
+        for c, t in combos:
+            wall = statistics.median(x[0] for x in rec[m][(c, t)])
+            cpu = statistics.median(x[1] for x in rec[m][(c, t)])
+            sys_s = statistics.median(x[2] for x in rec[m][(c, t)])
+            chunk = c or run.pipeline.model.config.eval_num_rays_per_chunk
+            print(f"| {m} ({run.pixels}) | {chunk} | {t} | {run.pixels / cpu:.0f} | {run.pixels / wall:.0f} | {sys_s:.2f} |")
 
 
 def ab(args: Args) -> None:
@@ -359,7 +368,7 @@ def main(args: Args) -> None:
     if args.profile:
         profile(args)
         return
-    if args.chunks:
+    if args.chunks or args.render_threads:
         chunk_sweep(args)
         return
     if args.ab:

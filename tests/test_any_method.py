@@ -329,3 +329,12 @@ def test_wcnerf_train_then_ns_eval(tmp_path, fern):
 
     results = json.loads(metrics.read_text())["results"]
     assert math.isfinite(results["psnr"])
+    # the reduced-resolution evaluation at scale 1 is ns-eval's evaluation (reference check)
+    from wcnerf.eval.scaled_eval import evaluate_scaled
+
+    same = evaluate_scaled(configs[0], 1.0)
+    assert same["views"] == 3 and same["evaluated_resolution_hw"] == same["full_resolution_hw"] == [378, 504]
+    assert same["results"]["psnr"] == pytest.approx(results["psnr"], abs=1e-4)
+    small = evaluate_scaled(configs[0], 0.25, tmp_path / "scaled.json")
+    assert small["evaluated_resolution_hw"] == [94, 126] and math.isfinite(small["results"]["psnr"])
+    assert json.loads((tmp_path / "scaled.json").read_text())["image_scale"] == 0.25
