@@ -52,3 +52,24 @@ def test_table_has_a_steps_to_target_row_per_method():
     assert "| NeRF | 0.90 | 0.90 |" in section
     assert "| equilibrate-out | 0.50 | 0.50 |" in section
     assert "| weight-norm | not reached | not reached on 1/1 |" in section
+
+
+def test_table_has_seconds_to_target_from_the_runs_measured_seconds_per_iteration():
+    records = [
+        {"scene": "fern", "method": m, "seed": seed, "status": "done", "psnr": 20.0, "ssim": 0.5, "lpips": None,
+         "sec_per_iter": spi}
+        for m, spis in (("nerf", (0.2, 0.4)), ("e-nerf", (0.5, 0.5)), ("weight-norm", (1.0, 1.0)))
+        for seed, spi in enumerate(spis)
+    ]
+    curves = {("fern", "nerf"): [linear(0.1)], ("fern", "e-nerf"): [linear(0.2, cap=10.0)],
+              ("fern", "weight-norm"): [linear(0.01)]}
+    md = table_markdown(records, heldout_curves=curves)
+    section = md.split("## Training seconds to the plain model's final held-out PSNR")[1].split("##")[0]
+    last = linear(0.1)[0][-1]
+    assert f"| NeRF | {0.9 * last * 0.3:.0f} s |" in section  # mean of its runs' 0.2 and 0.4 s/iteration
+    assert f"| E-NeRF | {0.5 * last * 0.5:.0f} s |" in section
+    assert "| weight-norm | not reached |" in section
+    # without measured times, no seconds table
+    for r in records:
+        r["sec_per_iter"] = None
+    assert "Training seconds to" not in table_markdown(records, heldout_curves=curves)

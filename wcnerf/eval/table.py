@@ -12,10 +12,11 @@ import csv
 import io
 import math
 from dataclasses import dataclass
+from statistics import fmean
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from wcnerf.analysis.curves import Curve, steps_to_target
+from wcnerf.analysis.curves import Curve, mean_curve, steps_to_target
 from wcnerf.atomic import write_text
 
 __all__ = [
@@ -311,7 +312,7 @@ def table_markdown(
                 out.write("| " + " | ".join(row) + " |\n")
         out.write("\n")
     if heldout_curves and baseline in methods:
-        out.write(steps_to_target_markdown(heldout_curves, scenes, methods, baseline))
+        out.write(steps_to_target_markdown(heldout_curves, scenes, methods, baseline, records))
     if any(
         c.scenes_covered < c.scenes_total
         for c in aggregate(records, "psnr", scenes, methods).values()
@@ -342,11 +343,15 @@ def steps_to_target_markdown(
     scenes: Sequence[str],
     methods: Sequence[str],
     baseline: str = BASELINE,
+    records: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The "steps to target" table: per method and scene, the fraction of the plain model's
     steps at which the seed-averaged held-out PSNR first reaches the plain model's final value
     (mean of its last 3 points); "not reached" otherwise. The average is over scenes where
-    every method was measured; lower is faster."""
+    every method was measured; lower is faster. With ``records`` (finished runs with their
+    measured ``sec_per_iter``), also the time to that value: the step reached times the mean
+    seconds per training iteration of that method's runs on that scene (training only: no
+    start-up, evaluation batches or checkpoints)."""
     per_scene = {
         s: steps_to_target({m: heldout_curves.get((s, m), ()) for m in methods}, baseline) for s in scenes
     }
@@ -358,21 +363,59 @@ def steps_to_target_markdown(
         f"{method_display(baseline)}'s (mean of its last 3 points); {method_display(baseline)}'s own "
         "row shows how early its noisy curve touches that value.\n\n"
     )
+    out.write(_per_method_rows(per_scene, scenes, methods, lambda v: f"{v:.2f}"))
+    seconds = _seconds_to_target(per_scene, heldout_curves, records, scenes, methods, baseline)
+    if seconds:
+        out.write("## Training seconds to the plain model's final held-out PSNR ↓\n\n")
+        out.write(
+            "The step of the table above times the mean measured seconds per training iteration of "
+            "that method's runs on that scene (training iterations only, as the runs were timed; "
+            "a comparison between methods needs runs timed on the same machine under the same load).\n\n"
+        )
+        out.write(_per_method_rows(seconds, scenes, methods, lambda v: f"{v:.0f} s"))
+    return out.getvalue()
+
+
+def _seconds_to_target(per_scene, heldout_curves, records, scenes, methods, baseline):
+    """``{scene: {method: seconds or None}}`` from the fractions, the baseline's last step and the
+    runs' measured seconds per iteration; ``{}`` when no run has a measured time."""
+    spi: Dict[Tuple[str, str], List[float]] = {}
+    for r in records:
+        v = r.get("sec_per_iter")
+        if r.get("status") == "done" and isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
+            spi.setdefault((str(r["scene"]), str(r["method"])), []).append(float(v))
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for s in scenes:
+        base = heldout_curves.get((s, baseline), ())
+        last = mean_curve(base)[0][-1] if base and mean_curve(base)[0] else None
+        row: Dict[str, Optional[float]] = {}
+        for m, frac in per_scene[s].items():
+            if (s, m) not in spi or last is None:
+                continue
+            row[m] = None if frac is None else frac * last * fmean(spi[(s, m)])
+        out[s] = row
+    return out if any(out.values()) else {}
+
+
+def _per_method_rows(per_scene, scenes, methods, fmt) -> str:
+    """A method x scene markdown table of values (None: "not reached", absent: "–") with the
+    average over the scenes when every scene has a value."""
+    out = io.StringIO()
     out.write("| Method | " + " | ".join(scene_display(s) for s in scenes) + " | Average |\n")
     out.write("|---|" + "---|" * (len(scenes) + 1) + "\n")
     for m in methods:
         row = [method_display(m)]
         vals = []
         for s in scenes:
-            if m not in per_scene[s]:
+            if m not in per_scene.get(s, {}):
                 row.append("–")
                 continue
             v = per_scene[s][m]
-            row.append("not reached" if v is None else f"{v:.2f}")
+            row.append("not reached" if v is None else fmt(v))
             vals.append(v)
         measured = len(vals) == len(scenes)
         if measured and all(v is not None for v in vals):
-            row.append(f"{sum(vals) / len(vals):.2f}")
+            row.append(fmt(sum(vals) / len(vals)))
         elif measured:
             row.append(f"not reached on {sum(v is None for v in vals)}/{len(scenes)}")
         else:
