@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -39,6 +42,33 @@ def test_train_command(tmp_path):
     plain = runner.train_command(_spec(tmp_path, MethodSpec("e-nerf", "e-nerf-small")))
     assert "--pipeline.model.conditioning" not in plain and plain[3] == "e-nerf-small"
     assert runner._env(spec)["OMP_NUM_THREADS"] == "1"  # the cpu protocol's threads
+    assert runner._env(spec, "eval")["OMP_NUM_THREADS"] == "1"  # no eval_threads: as training
+    two = dataclasses.replace(runner, eval_threads=2)
+    assert two._env(spec, "eval")["OMP_NUM_THREADS"] == two._env(spec, "eval")["MKL_NUM_THREADS"] == "2"
+    assert two._env(spec, "train")["OMP_NUM_THREADS"] == "1"
+
+
+def test_local_eval_threads_is_the_protocols_up_to_a_workers_share_of_the_cores():
+    from wcnerf.eval.executors import local_eval_threads
+
+    assert local_eval_threads(None, 1, 1, 2) is None  # the protocol sets none: as training
+    assert local_eval_threads(2, 1, 1, 2) == 2  # one worker on 2 cores
+    assert local_eval_threads(2, 1, 2, 2) == 1  # two workers on 2 cores: one each
+    assert local_eval_threads(4, 1, 1, 2) == 2  # never more than the cores
+    assert local_eval_threads(2, 3, 2, 2) == 3  # never fewer than training's threads
+    assert local_eval_threads(2, 1, 1, None) == 1
+
+
+def test_with_eval_threads_leaves_a_runners_own_setting_and_fake_runners_alone(tmp_path):
+    from wcnerf.eval.executors import with_eval_threads
+
+    proto = dataclasses.replace(_spec(tmp_path).protocol, eval_threads=2, threads=1)
+    runner = NerfstudioRunner()
+    assert with_eval_threads(runner, proto, 1).eval_threads == min(2, os.cpu_count() or 1)
+    assert with_eval_threads(NerfstudioRunner(eval_threads=3), proto, 1).eval_threads == 3
+    assert with_eval_threads(runner, dataclasses.replace(proto, eval_threads=None), 1).eval_threads is None
+    fake = object()
+    assert with_eval_threads(fake, proto, 1) is fake
 
 
 def _fake_ckpt(path: Path, payload: bytes = b"x" * 100) -> None:

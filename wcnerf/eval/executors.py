@@ -2,7 +2,8 @@
 
 - ``local``: N worker processes on this machine (``multiprocessing``, spawned); with CUDA, one
   per visible GPU by default, each seeing its own (``CUDA_VISIBLE_DEVICES``); on a CPU, N
-  processes with the protocol's (or ``--threads``) torch threads each.
+  processes with the protocol's (or ``--threads``) torch threads each, ``ns-eval`` with the
+  protocol's ``eval_threads`` up to each worker's share of the cores.
 - ``ray``: N Ray tasks, each reserving one GPU (``num_gpus``; CPUs on a CPU cluster), on an
   existing cluster (``address``) or a local Ray started for the sweep.
 - ``slurm``: a job array of N workers through ``submitit`` (partition, time limit, GPUs, memory);
@@ -18,6 +19,7 @@ imported only when their executor is used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -105,6 +107,27 @@ def _local_worker(job: SweepJob, name: str, env: Dict[str, str], queue: Any) -> 
     queue.put(report)
 
 
+def local_eval_threads(protocol_eval_threads: Optional[int], threads: Optional[int], workers: int,
+                       cores: Optional[int]) -> Optional[int]:
+    """ns-eval threads of each of ``workers`` local CPU workers: the protocol's
+    ``eval_threads`` capped at the worker's share of the cores (never below ``threads``);
+    None (as training) when the protocol sets none."""
+    if not protocol_eval_threads:
+        return None
+    share = max(1, (cores or 1) // max(1, workers))
+    return max(threads or 1, min(protocol_eval_threads, share))
+
+
+def with_eval_threads(runner: Any, protocol: Any, workers: int) -> Any:
+    """``runner`` with its ns-eval threads set for ``workers`` local workers on this machine
+    (:func:`local_eval_threads`); unchanged when it sets its own, or has none (a fake runner)."""
+    if not dataclasses.is_dataclass(runner) or not hasattr(runner, "eval_threads") or runner.eval_threads:
+        return runner
+    threads = getattr(runner, "threads", None) or protocol.threads
+    n = local_eval_threads(protocol.eval_threads, threads, workers, os.cpu_count())
+    return dataclasses.replace(runner, eval_threads=n) if n else runner
+
+
 class _LocalEngine:
     def __init__(self, job: SweepJob, n: int, opts: LocalOptions):
         import multiprocessing as mp
@@ -113,6 +136,7 @@ class _LocalEngine:
         self.queue = ctx.Queue()
         self.got: List[Any] = []
         gpus = opts.gpus if opts.gpus is not None else visible_gpus()
+        job = dataclasses.replace(job, runner=with_eval_threads(job.runner, job.protocol, n))
         self.procs = []
         for i in range(n):
             env = _thread_env(job)

@@ -198,6 +198,10 @@ class NerfstudioRunner:
     python: str = sys.executable
     threads: Optional[int] = None
     """OMP/MKL threads of the subprocesses (None: the protocol's ``threads``)."""
+    eval_threads: Optional[int] = None
+    """OMP/MKL threads of ``ns-eval`` (None: as training). The local executor sets it from the
+    protocol's ``eval_threads`` when a worker's share of the CPU cores allows
+    (:func:`wcnerf.eval.executors.local_eval_threads`)."""
     keep_checkpoints: bool = True
     env: Dict[str, str] = field(default_factory=dict)
     poll_seconds: float = 1.0
@@ -264,11 +268,13 @@ class NerfstudioRunner:
         ]  # fmt: skip
 
     # ---- running ---------------------------------------------------------------------
-    def _env(self, spec: RunSpec) -> Dict[str, str]:
+    def _env(self, spec: RunSpec, stage: str = "train") -> Dict[str, str]:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         threads = self.threads or spec.protocol.threads
+        if stage == "eval" and self.eval_threads:
+            threads = self.eval_threads
         if threads:
             for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[k] = str(threads)
@@ -292,7 +298,7 @@ class NerfstudioRunner:
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
-                env=self._env(spec),
+                env=self._env(spec, stage),
                 preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
             )
             try:

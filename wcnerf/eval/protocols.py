@@ -49,6 +49,11 @@ class Protocol:
     threads: Optional[int] = None
     """OMP/MKL threads of each training / evaluation process (None: torch's default). 1 is much
     faster than torch's default on a small, shared CPU (no thread oversubscription)."""
+    eval_threads: Optional[int] = None
+    """OMP/MKL threads of ``ns-eval`` when a local worker has that many cores to itself (the
+    cores divided by the local workers); None, or any other engine: ``threads``. Evaluation
+    renders every held-out view and, unlike training on a shared CPU, gains from a second
+    thread (docs/results.md, "Cost of one cpu protocol run, and its evaluation")."""
     timeout_minutes: float = 0.0
     """Wall-clock limit of one ns-train or ns-eval call (0: none)."""
     source: Optional[str] = None
@@ -112,8 +117,9 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
     ):
         if key in values:
             values[key] = int(values[key])
-    if values.get("threads") is not None:
-        values["threads"] = int(values["threads"])
+    for key in ("threads", "eval_threads"):
+        if values.get(key) is not None:
+            values[key] = int(values[key])
     if "timeout_minutes" in values:
         values["timeout_minutes"] = float(values["timeout_minutes"] or 0)
     values["description"] = str(values.get("description") or "").strip()

@@ -223,11 +223,15 @@ def run_sweep(
                 _run_with_workers(protocol, scenes, methods, seeds, runner, out_dir, summary, console,
                                   executor=executor, workers=workers, options=executor_options,
                                   retry_failed=retry_failed, lease_seconds=lease_seconds, progress_every=progress_every)
-        elif show_progress and todo:
-            _run_with_progress(todo, runner, summary, console, lease_seconds)
         else:
-            for spec in todo:
-                _run_one(spec, runner, summary, console, lease_seconds)
+            from wcnerf.eval.executors import with_eval_threads
+
+            runner = with_eval_threads(runner, protocol, 1)  # this process is the only worker
+            if show_progress and todo:
+                _run_with_progress(todo, runner, summary, console, lease_seconds)
+            else:
+                for spec in todo:
+                    _run_one(spec, runner, summary, console, lease_seconds)
     except KeyboardInterrupt:
         summary.interrupted = True
         console.print("[red]interrupted[/]: the same command continues where this stopped")
