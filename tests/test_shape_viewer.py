@@ -130,3 +130,17 @@ def test_shape_viewer_page_shows_meshes_and_progress(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_a_viewer_that_cannot_stop_ends_the_process_with_the_runs_exit_code():
+    """viser's stop can hang on a half-closed connection: the CLI then exits at once, with its code."""
+    import subprocess
+    import sys
+
+    code = ("from wcnerf.shape.view import close_viewer\n"
+            "class Stuck:\n    def close(self): return False\n"
+            "class Fine:\n    def close(self): return True\n"
+            "close_viewer(Fine(), 5); print('after a clean close', flush=True)\n"
+            "close_viewer(Stuck(), 3); print('not reached')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 3 and "after a clean close" in res.stdout and "not reached" not in res.stdout

@@ -18,6 +18,7 @@ metrics); the mesh files on disk are in the input's coordinates.
 from __future__ import annotations
 
 import copy
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -221,11 +222,21 @@ class ShapeViewer:
             time.sleep(0.1)
         return False
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the worker and the web server; False if the server has not stopped within
+        ``timeout`` s (viser's stop waits for its handler threads, which a half-closed browser
+        connection can hold): the caller then ends the process without waiting for them."""
         self._stop = True
         self._wake.set()
         self._worker.join(timeout=5)
-        self.server.stop()
+        stopper = threading.Thread(target=self.server.stop, name="shape-viewer-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        if stopper.is_alive():
+            print(f"warning: the viewer's web server did not stop within {timeout:g} s; not waiting for it",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
 
 
 def _fmt(v, spec: str) -> str:

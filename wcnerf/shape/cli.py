@@ -38,6 +38,7 @@ def run(cfg: FitConfig) -> int:
 
         return view(cfg)
     viewer = None
+    code = 0
     try:
         if cfg.viewer.enabled:
             from wcnerf.viewer.shape_viewer import ShapeViewer
@@ -63,14 +64,16 @@ def run(cfg: FitConfig) -> int:
                 pass
     except (MeshLoadError, RunError, ValueError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        code = 130
     finally:
         if viewer is not None:
-            viewer.close()
-    return 0
+            from .view import close_viewer
+
+            close_viewer(viewer, code)
+    return code
 
 
 def report(res: FitResult) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ def view(cfg: FitConfig) -> int:
     """``--view RUN_DIR``: serve the run(s) in the shape viewer until Ctrl+C (or return once drawn
     with ``--viewer.no-keep-open``). Returns the exit code."""
     viewer = None
+    code = 0
     try:
         runs = load_runs(cfg.viewer.view)
         shape = load_input(runs[0])
@@ -128,10 +130,19 @@ def view(cfg: FitConfig) -> int:
                 time.sleep(3600)
     except (MeshLoadError, RunError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         pass
     finally:
         if viewer is not None:
-            viewer.close()
-    return 0
+            close_viewer(viewer, code)
+    return code
+
+
+def close_viewer(viewer, code: int) -> None:
+    """Close the viewer; if its web server hangs, end the process now with ``code`` (everything
+    the run writes is written by then) instead of hanging at interpreter exit on its threads."""
+    if viewer.close() is False:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
