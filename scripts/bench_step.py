@@ -138,7 +138,7 @@ class Runner:
         from wcnerf.eval.scaled_eval import rescale_view
 
         dataset = self.pipeline.datamanager.eval_dataset  # ground truth area-averaged to the rendered size
-        self.camera, self.batch = rescale_view(copy.deepcopy(dataset.cameras[0:1]), dataset[0], image_scale)
+        self.camera, self.batch = rescale_view(dataset.cameras[0:1], dataset[0], image_scale)
         self.pixels = int(self.camera.height) * int(self.camera.width)
 
     def train_steps(self, n: int) -> None:

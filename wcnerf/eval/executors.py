@@ -88,8 +88,13 @@ def visible_gpus() -> List[str]:
         return []
 
 
+def _training_threads(runner: Any, protocol: Any) -> Optional[int]:
+    """Torch threads of a worker's runs: the runner's (``--threads``), else the protocol's."""
+    return getattr(runner, "threads", None) or protocol.threads
+
+
 def _thread_env(job: SweepJob) -> Dict[str, str]:
-    threads = getattr(job.runner, "threads", None) or job.protocol.threads
+    threads = _training_threads(job.runner, job.protocol)
     return {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
 
 
@@ -123,8 +128,7 @@ def with_eval_threads(runner: Any, protocol: Any, workers: int) -> Any:
     (:func:`local_eval_threads`); unchanged when it sets its own, or has none (a fake runner)."""
     if not dataclasses.is_dataclass(runner) or not hasattr(runner, "eval_threads") or runner.eval_threads:
         return runner
-    threads = getattr(runner, "threads", None) or protocol.threads
-    n = local_eval_threads(protocol.eval_threads, threads, workers, os.cpu_count())
+    n = local_eval_threads(protocol.eval_threads, _training_threads(runner, protocol), workers, os.cpu_count())
     return dataclasses.replace(runner, eval_threads=n) if n else runner
 
 
@@ -236,7 +240,7 @@ class _RayEngine:
                 self.started = True
         res = ray.cluster_resources()
         gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if res.get("GPU", 0) >= 1 else 0.0)
-        cpus = opts.cpus_per_worker if opts.cpus_per_worker is not None else float(getattr(job.runner, "threads", None) or job.protocol.threads or 1)
+        cpus = opts.cpus_per_worker if opts.cpus_per_worker is not None else float(_training_threads(job.runner, job.protocol) or 1)
         if not n:  # one worker per GPU of the cluster, else per `cpus` CPUs
             n = int(res.get("GPU", 0) // gpus) if gpus else int(res.get("CPU", 1) // max(cpus, 1e-9))
             n = max(1, n)

@@ -12,8 +12,8 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from statistics import fmean
 from pathlib import Path
+from statistics import fmean
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from wcnerf.analysis.curves import Curve, mean_curve, steps_to_target
@@ -386,8 +386,8 @@ def _seconds_to_target(per_scene, heldout_curves, records, scenes, methods, base
             spi.setdefault((str(r["scene"]), str(r["method"])), []).append(float(v))
     out: Dict[str, Dict[str, Optional[float]]] = {}
     for s in scenes:
-        base = heldout_curves.get((s, baseline), ())
-        last = mean_curve(base)[0][-1] if base and mean_curve(base)[0] else None
+        base_steps = mean_curve(heldout_curves.get((s, baseline), ()))[0] if heldout_curves.get((s, baseline)) else []
+        last = base_steps[-1] if base_steps else None
         row: Dict[str, Optional[float]] = {}
         for m, frac in per_scene[s].items():
             if (s, m) not in spi or last is None:
