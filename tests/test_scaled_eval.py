@@ -52,3 +52,13 @@ def test_scaled_views_wraps_a_loader():
 def test_cli_refuses_a_bad_scale(tmp_path, capsys):
     assert main(["--load-config", str(tmp_path / "config.yml"), "--image-scale", "0"]) == 2
     assert "config.yml" in capsys.readouterr().err
+
+
+def test_cli_names_the_file_it_cannot_read(tmp_path, capsys):
+    assert main(["--load-config", str(tmp_path / "missing.yml")]) == 2
+    assert "missing.yml" in capsys.readouterr().err
+    broken = tmp_path / "config.yml"
+    broken.write_text("not: yaml: [\n")
+    assert main(["--load-config", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "not a YAML run config" in err

@@ -66,7 +66,12 @@ def evaluate_scaled(config_path: Path, image_scale: float, output_path: Optional
 
     if not 0.0 < image_scale <= 1.0:
         raise ValueError(f"--image-scale must be in (0, 1], got {image_scale}")
-    config, pipeline, checkpoint, step = eval_setup(Path(config_path))
+    import yaml
+
+    try:
+        config, pipeline, checkpoint, step = eval_setup(Path(config_path))
+    except yaml.YAMLError as e:
+        raise ValueError(f"not a YAML run config ({' '.join(str(e).split())})") from e
     loader = pipeline.datamanager.fixed_indices_eval_dataloader
     cameras = pipeline.datamanager.eval_dataset.cameras
     full = (int(cameras.height.flatten()[0]), int(cameras.width.flatten()[0]))
