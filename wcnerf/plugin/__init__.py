@@ -4,6 +4,7 @@
   (``weights_only``-safe checkpoints, nerfacc's CUDA JIT guard, LPIPS from local weights).
 - :mod:`wcnerf.plugin.trainer`: ``WCTrainer`` (atomic, ``weights_only``-safe checkpoints,
   resume to the end) and the run-length learning-rate schedule.
+- :mod:`wcnerf.plugin.cpu_allocator`: the steady glibc malloc that trainer sets on the CPU.
 - :mod:`wcnerf.plugin.presets`: the typed ``Preset``, ``trainer_config`` / ``adam_decay`` (the
   trainer config of every method) and ``method_pair`` (a conditioned method and its baseline).
 - :mod:`wcnerf.plugin.ndc`: ``NDCCollider``, the one NDC ray transform for ``RayBundle``s.

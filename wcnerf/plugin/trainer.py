@@ -1,6 +1,6 @@
 """nerfstudio ``Trainer`` and learning-rate schedule used by the wcnerf methods.
 
-:class:`WCTrainer` is nerfstudio's trainer with three changes (set as ``_target`` of
+:class:`WCTrainer` is nerfstudio's trainer with these changes (set as ``_target`` of
 :class:`WCTrainerConfig`, so every wcnerf method, e.g. ``ns-train e-nerf``, uses it):
 
 * checkpoints are written atomically (temporary file outside ``nerfstudio_models/``, fsync,
@@ -11,6 +11,8 @@
   ``--resume-to-max-iterations False`` restores nerfstudio's behaviour;
 * :class:`RunExponentialDecaySchedulerConfig` with ``max_steps=None`` decays over the run's
   ``max_num_iterations``, so ``--max-num-iterations`` alone rescales the schedule;
+* on the CPU, a steady glibc malloc (:mod:`wcnerf.plugin.cpu_allocator`: each step's
+  temporaries reuse heap memory instead of faulting in fresh pages);
 * a pre-flight check before the config is printed and ``config.yml`` written
   (:meth:`WCTrainerConfig.preflight`): the LLFF scene (:func:`wcnerf.data.llff_scene.load_llff_scene`
   with its geometry and split checks), the output folder (writable, not under a file) and
@@ -45,6 +47,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from wcnerf.atomic import ensure_writable_dir
 from wcnerf.plugin.compat import RunInputError, atomic_torch_save, sanitize
+from wcnerf.plugin.cpu_allocator import steady_cpu_allocator
 
 __all__ = ["RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig", "checkpoints_in", "read_checkpoint"]
 
@@ -159,6 +162,11 @@ class WCTrainerConfig(TrainerConfig):
     resume_to_max_iterations: bool = True
     """With --load-dir: stop at max_num_iterations in total (False: nerfstudio's behaviour, run
     max_num_iterations more steps)."""
+    steady_cpu_allocator: bool = True
+    """On the CPU under glibc: fix malloc's mmap threshold and switch heap trimming off, so each
+    step's temporaries reuse heap memory instead of faulting in fresh pages (see
+    wcnerf.plugin.cpu_allocator; a MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ you set wins).
+    False: glibc's defaults."""
 
     def print_to_terminal(self) -> None:
         # ns-train's main() calls this right before save_config(): the one hook before anything
@@ -216,6 +224,11 @@ class WCTrainer(Trainer):
                 spec["scheduler"] = dataclasses.replace(sched, max_steps=int(self.config.max_num_iterations))
             optimizer_config[group] = spec
         return Optimizers(optimizer_config, self.pipeline.get_param_groups())
+
+    def __init__(self, config: WCTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        if config.steady_cpu_allocator and str(config.machine.device_type).startswith("cpu"):
+            steady_cpu_allocator()  # before the pipeline allocates anything
+        super().__init__(config, local_rank=local_rank, world_size=world_size)
 
     def setup(self, test_mode="val") -> None:
         super().setup(test_mode=test_mode)
