@@ -211,9 +211,14 @@ class WCTrainerConfig(TrainerConfig):
 
 
 class WCTrainer(Trainer):
-    """nerfstudio's Trainer with atomic, portable checkpoints and resume-to-the-end."""
+    """nerfstudio's Trainer with atomic, portable checkpoints, resume-to-the-end and a steady CPU malloc."""
 
     config: WCTrainerConfig
+
+    def __init__(self, config: WCTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        if config.steady_cpu_allocator and str(config.machine.device_type).startswith("cpu"):
+            steady_cpu_allocator()  # before the pipeline allocates anything
+        super().__init__(config, local_rank=local_rank, world_size=world_size)
 
     def setup_optimizers(self) -> Optimizers:
         optimizer_config = {}
@@ -224,11 +229,6 @@ class WCTrainer(Trainer):
                 spec["scheduler"] = dataclasses.replace(sched, max_steps=int(self.config.max_num_iterations))
             optimizer_config[group] = spec
         return Optimizers(optimizer_config, self.pipeline.get_param_groups())
-
-    def __init__(self, config: WCTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
-        if config.steady_cpu_allocator and str(config.machine.device_type).startswith("cpu"):
-            steady_cpu_allocator()  # before the pipeline allocates anything
-        super().__init__(config, local_rank=local_rank, world_size=world_size)
 
     def setup(self, test_mode="val") -> None:
         super().setup(test_mode=test_mode)
