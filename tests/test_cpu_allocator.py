@@ -1,4 +1,4 @@
-"""wcnerf.plugin.cpu_allocator: the steady glibc malloc WCTrainer sets in a CPU training process.
+"""wcnerf.plugin.cpu_allocator: the steady glibc malloc WCTrainer sets in a one-thread CPU training process.
 
 Each check runs in a fresh interpreter: malloc's settings are process-wide and must not leak into
 the test process. What the setting saves is measured by scripts/bench_runs.py (docs/results.md)."""
@@ -47,12 +47,13 @@ def test_the_steady_allocator_applies_under_glibc_unless_the_user_set_malloc():
 # the steady setting keeps them (no faults after a first, uncounted round).
 _TRAINER_THEN_FAULTS = textwrap.dedent(
     """
-    import copy, ctypes, resource, sys
+    import copy, ctypes, resource, sys, torch
     from pathlib import Path
     from wcnerf.nerf.methods import e_nerf_small
+    torch.set_num_threads(int(sys.argv[4]))
     cfg = copy.deepcopy(e_nerf_small.config)
     cfg.machine.device_type = sys.argv[1]
-    cfg.steady_cpu_allocator = sys.argv[2] == "on"
+    cfg.steady_cpu_allocator = {"auto": None, "on": True, "off": False}[sys.argv[2]]
     cfg.output_dir = Path(sys.argv[3])
     cfg.setup(local_rank=0, world_size=1)
     libc = ctypes.CDLL(None)
@@ -74,15 +75,19 @@ _TRAINER_THEN_FAULTS = textwrap.dedent(
 
 
 @glibc_only
-def test_a_cpu_trainer_steadies_malloc_and_a_cuda_one_or_the_switch_leave_it_alone(tmp_path):
-    steady = int(_run(_TRAINER_THEN_FAULTS, "cpu", "on", str(tmp_path)))
-    switched_off = int(_run(_TRAINER_THEN_FAULTS, "cpu", "off", str(tmp_path)))
-    cuda = int(_run(_TRAINER_THEN_FAULTS, "cuda", "on", str(tmp_path)))  # only constructed: no GPU needed
-    assert steady < 1000, steady
-    assert switched_off > 4 * 32768 and cuda > 4 * 32768, (switched_off, cuda)
+def test_a_one_thread_cpu_trainer_steadies_malloc_and_the_switch_decides_otherwise(tmp_path):
+    def faults(device: str, switch: str, threads: int) -> int:
+        return int(_run(_TRAINER_THEN_FAULTS, device, switch, str(tmp_path), str(threads)))
+
+    assert faults("cpu", "auto", 1) < 1000  # the cpu protocol's setting
+    assert faults("cpu", "on", 2) < 1000
+    lots = 4 * 32768
+    assert faults("cpu", "auto", 2) > lots  # more threads: glibc's defaults unless asked
+    assert faults("cpu", "off", 1) > lots
+    assert faults("cuda", "on", 1) > lots  # a CUDA run (only constructed: no GPU needed) is left alone
 
 
-def test_the_trainer_config_has_the_switch_on_by_default():
+def test_the_trainer_config_decides_by_thread_count_by_default():
     from wcnerf.nerf.methods import e_nerf_small
 
-    assert e_nerf_small.config.steady_cpu_allocator is True
+    assert e_nerf_small.config.steady_cpu_allocator is None

@@ -16,9 +16,11 @@ off (``mallopt``, what the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_
 variables do at start-up), so the step's multi-megabyte temporaries come from the heap and are
 reused. Cost: a process keeps the memory of its peak, which a training process reaches every
 step anyway. :class:`wcnerf.plugin.trainer.WCTrainer` applies it to every wcnerf method trained
-on the CPU; ``--steady-cpu-allocator False`` keeps glibc's defaults, and so does either
-``MALLOC_`` variable or a ``glibc.malloc`` tunable set by the user (their setting wins). Other
-platforms and C libraries (macOS, musl) are left alone.
+on the CPU on one torch thread (the ``cpu`` protocol's setting, where it was measured; at two
+threads three pairs of runs were inconclusive, so there it is opt-in: ``--steady-cpu-allocator
+True``); ``--steady-cpu-allocator False`` keeps glibc's defaults, and so does either ``MALLOC_``
+variable or a ``glibc.malloc`` tunable set by the user (their setting wins). Other platforms
+and C libraries (macOS, musl) are left alone.
 """
 
 from __future__ import annotations

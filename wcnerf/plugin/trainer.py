@@ -11,8 +11,8 @@
   ``--resume-to-max-iterations False`` restores nerfstudio's behaviour;
 * :class:`RunExponentialDecaySchedulerConfig` with ``max_steps=None`` decays over the run's
   ``max_num_iterations``, so ``--max-num-iterations`` alone rescales the schedule;
-* on the CPU, a steady glibc malloc (:mod:`wcnerf.plugin.cpu_allocator`: each step's
-  temporaries reuse heap memory instead of faulting in fresh pages);
+* on the CPU at one torch thread, a steady glibc malloc (:mod:`wcnerf.plugin.cpu_allocator`:
+  each step's temporaries reuse heap memory instead of faulting in fresh pages);
 * a pre-flight check before the config is printed and ``config.yml`` written
   (:meth:`WCTrainerConfig.preflight`): the LLFF scene (:func:`wcnerf.data.llff_scene.load_llff_scene`
   with its geometry and split checks), the output folder (writable, not under a file) and
@@ -162,11 +162,12 @@ class WCTrainerConfig(TrainerConfig):
     resume_to_max_iterations: bool = True
     """With --load-dir: stop at max_num_iterations in total (False: nerfstudio's behaviour, run
     max_num_iterations more steps)."""
-    steady_cpu_allocator: bool = True
+    steady_cpu_allocator: Optional[bool] = None
     """On the CPU under glibc: fix malloc's mmap threshold and switch heap trimming off, so each
     step's temporaries reuse heap memory instead of faulting in fresh pages (see
     wcnerf.plugin.cpu_allocator; a MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ you set wins).
-    False: glibc's defaults."""
+    None: when training on one torch thread (where it was measured to help); True: at any
+    thread count; False: glibc's defaults."""
 
     def print_to_terminal(self) -> None:
         # ns-train's main() calls this right before save_config(): the one hook before anything
@@ -216,7 +217,10 @@ class WCTrainer(Trainer):
     config: WCTrainerConfig
 
     def __init__(self, config: WCTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
-        if config.steady_cpu_allocator and str(config.machine.device_type).startswith("cpu"):
+        steady = config.steady_cpu_allocator
+        if steady is None:
+            steady = torch.get_num_threads() == 1
+        if steady and str(config.machine.device_type).startswith("cpu"):
             steady_cpu_allocator()  # before the pipeline allocates anything
         super().__init__(config, local_rank=local_rank, world_size=world_size)
 
