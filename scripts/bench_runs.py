@@ -8,7 +8,7 @@ in fresh pages: :mod:`wcnerf.plugin.cpu_allocator`). This script runs the harnes
 command (``NerfstudioRunner.train_command`` of a protocol, default ``cpu``) for the plain and the
 conditioned method at the same time, each pinned to its own core, then again with the cores
 swapped (the geometric mean of the two ratios cancels a speed difference between the cores),
-for each seed and each process setting: ``wcnerf`` (the trainer's default: a steady malloc) and
+for each seed and each process setting: ``wcnerf`` (the trainer's default at the protocol's one thread: a steady malloc) and
 ``nerfstudio`` (glibc's defaults, as under nerfstudio's own trainer).
 
 Per run it reads the wall seconds per iteration from nerfstudio's per-step events (from step
