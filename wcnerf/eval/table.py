@@ -386,7 +386,8 @@ def _seconds_to_target(per_scene, heldout_curves, records, scenes, methods, base
             spi.setdefault((str(r["scene"]), str(r["method"])), []).append(float(v))
     out: Dict[str, Dict[str, Optional[float]]] = {}
     for s in scenes:
-        base_steps = mean_curve(heldout_curves.get((s, baseline), ()))[0] if heldout_curves.get((s, baseline)) else []
+        base = heldout_curves.get((s, baseline))
+        base_steps = mean_curve(base)[0] if base else []
         last = base_steps[-1] if base_steps else None
         row: Dict[str, Optional[float]] = {}
         for m, frac in per_scene[s].items():
