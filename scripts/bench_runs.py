@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import time
@@ -40,7 +41,7 @@ import numpy
 import tyro
 
 from wcnerf.eval.ns_runner import ITER_TIME_TAG, NerfstudioRunner, extract_curves, read_scalars
-from wcnerf.eval.protocols import load_protocol
+from wcnerf.eval.protocols import Protocol, load_protocol
 from wcnerf.eval.runs import MethodSpec, RunSpec, SceneSpec
 
 SETTINGS = {
@@ -87,10 +88,10 @@ def _step_walltimes(logdir: Path) -> List[Tuple[int, float]]:
     return sorted(events)
 
 
-def run_pair(args: Args, setting: str, seed: int, cores: Tuple[int, int], tag: str) -> Dict[str, Dict[str, float]]:
+def run_pair(args: Args, protocol: Protocol, setting: str, seed: int, cores: Tuple[int, int], tag: str) -> Dict[str, Dict[str, float]]:
     """Train the two methods at once, the conditioned one pinned to ``cores[0]``, the plain one
-    to ``cores[1]``; per role: median s/iteration, user/system CPU s, minor faults, held-out PSNR."""
-    protocol = load_protocol(args.protocol)
+    to ``cores[1]``; per role: s/iteration, CPU s/iteration, user/system CPU s, minor faults,
+    held-out PSNR."""
     protocol = protocol.with_overrides(
         max_num_iterations=args.iterations, train_args=list(protocol.train_args) + SETTINGS[setting]
     )
@@ -100,7 +101,8 @@ def run_pair(args: Args, setting: str, seed: int, cores: Tuple[int, int], tag: s
     for role, label, core in (("conditioned", args.conditioned, cores[0]), ("plain", args.plain, cores[1])):
         run_dir = args.out / setting / f"seed{seed}" / tag / role
         spec = RunSpec(protocol, scene, MethodSpec(label, protocol.methods[label]), seed, run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # a rerun into the same --out must not read old events
+        run_dir.mkdir(parents=True)
         with open(run_dir / "train.log", "w") as log:
             proc = subprocess.Popen(runner.train_command(spec), stdout=log, stderr=subprocess.STDOUT, env=runner._env(spec),
                                     preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))  # fmt: skip
@@ -143,13 +145,14 @@ def main(args: Args) -> None:
     print(f"[bench_runs] {args.conditioned} vs {args.plain} ({args.protocol} protocol, {args.data}), "
           f"{args.iterations} iterations, seeds {list(args.seeds)}, settings {list(args.settings)}, cores {a} and {b}; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    protocol = load_protocol(args.protocol)
     results: Dict[str, List[Dict[str, object]]] = {s: [] for s in args.settings}
     todo = [(seed, s) for seed in args.seeds for s in args.settings]
     start = time.perf_counter()
     for k, (seed, setting) in enumerate(todo):
         # the pair twice, cores swapped: the geometric mean of the two ratios cancels a speed
         # difference between the cores (measured up to 30% on a shared VM)
-        rounds = [run_pair(args, setting, seed, (a, b), "ab"), run_pair(args, setting, seed, (b, a), "ba")]
+        rounds = [run_pair(args, protocol, setting, seed, (a, b), "ab"), run_pair(args, protocol, setting, seed, (b, a), "ba")]
         ratios = [r["conditioned"]["s_per_iter"] / r["plain"]["s_per_iter"] for r in rounds]
         ratio = math.sqrt(ratios[0] * ratios[1])
         cpu_ratio = math.sqrt(math.prod(r["conditioned"]["cpu_s_per_iter"] / r["plain"]["cpu_s_per_iter"] for r in rounds))
