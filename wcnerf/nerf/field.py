@@ -14,6 +14,12 @@ changes three things:
   ``ray_samples.metadata["viewdirs"]`` (used by the model in NDC mode, where the sampled rays
   are NDC rays but the reference conditions colour on the normalised *world* direction).
 
+Without autograd (evaluation renders) the same network runs a leaner path, equal up to float
+rounding: activations in place (:func:`mlp_inference`), and the view layer's direction part
+applied once per ray (its weight's direction columns times the per-ray direction encoding)
+instead of concatenating the encoding to every sample's feature. Training keeps nerfstudio's
+forward, whose layer outputs the layer-wise analysis' hooks see.
+
 With ``base_mlp_num_layers=8, base_mlp_layer_width=256, skip_connections=(5,),
 head_mlp_num_layers=1, head_mlp_layer_width=128, feature_layer=True`` the layer list is the
 reference's: 8 x 256 trunk with the input re-injected before the 6th layer (reference
@@ -32,11 +38,38 @@ from torch import Tensor, nn
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.encodings import Encoding
 from nerfstudio.field_components.field_heads import DensityFieldHead, FieldHeadNames, RGBFieldHead
+from nerfstudio.field_components.mlp import MLP
 from nerfstudio.fields.vanilla_nerf_field import NeRFField
 
-__all__ = ["ENeRFField", "DensityActivation"]
+__all__ = ["ENeRFField", "DensityActivation", "mlp_inference"]
 
 DensityActivation = Literal["relu", "softplus"]
+
+
+def _activate_(act: Optional[nn.Module], x: Tensor) -> Tensor:
+    """``act(x)``, in place for ReLU (x is a buffer nobody else holds)."""
+    if act is None:
+        return x
+    return x.relu_() if isinstance(act, nn.ReLU) else act(x)
+
+
+def mlp_inference(mlp: MLP, x: Tensor, first_out: Optional[Tensor] = None) -> Tensor:
+    """nerfstudio's ``MLP.pytorch_fwd`` for use without autograd: the same values, with the
+    activations applied in place instead of into a new buffer per layer. ``first_out``: the
+    first layer's output when the caller computed it (pre-activation)."""
+    layers = mlp.layers
+    n = len(layers)
+    h = x
+    for i, layer in enumerate(layers):
+        if i == 0 and first_out is not None:
+            h = first_out
+        else:
+            if i in mlp._skip_connections:
+                h = torch.cat([x, h], -1)
+            h = layer(h)
+        if i < n - 1:
+            h = _activate_(mlp.activation, h)
+    return _activate_(mlp.out_activation, h)
 
 
 class ENeRFField(NeRFField):
@@ -51,6 +84,10 @@ class ENeRFField(NeRFField):
             mode (0 disables it; never applied in eval mode).
         density_activation: ``"relu"`` (NeRF paper) or ``"softplus"`` (nerfstudio default).
     """
+
+    lean_inference: bool = True
+    """Without autograd, run the lean path (module docstring); False runs the training forward
+    (what ``scripts/bench_step.py --ab`` compares against)."""
 
     def __init__(
         self,
@@ -97,7 +134,11 @@ class ENeRFField(NeRFField):
         positions = ray_samples.frustums.get_positions()
         if self.spatial_distortion is not None:
             positions = self.spatial_distortion(positions)
-        base_mlp_out = self.mlp_base(self.position_encoding(positions))
+        encoded = self.position_encoding(positions)
+        if torch.is_grad_enabled() or not self.lean_inference or self.mlp_base.tcnn_encoding is not None:
+            base_mlp_out = self.mlp_base(encoded)
+        else:
+            base_mlp_out = mlp_inference(self.mlp_base, encoded)
         raw = self.field_output_density(base_mlp_out)
         if self.training and self.density_noise_std > 0:
             raw = raw + torch.randn_like(raw) * self.density_noise_std
@@ -113,13 +154,32 @@ class ENeRFField(NeRFField):
         if directions is None:
             directions = ray_samples.frustums.directions
         shape = (*density_embedding.shape[:-1], directions.shape[-1])
-        if directions.dim() >= 2 and (directions.shape[-2] == 1 or directions.stride(-2) == 0):
+        feature = density_embedding if self.feature_linear is None else self.feature_linear(density_embedding)
+        per_ray = directions.dim() >= 2 and (directions.shape[-2] == 1 or directions.stride(-2) == 0)
+        if per_ray:
             # One direction per ray, broadcast over its samples (nerfstudio's RaySamples hold
             # stride-0 views): encode it once per ray, not once per sample; same values.
             encoded_dir = self.direction_encoding(directions[..., :1, :])
+            if not torch.is_grad_enabled() and self.lean_inference and self._head_splits():
+                mlp_out = self._head_per_ray(encoded_dir, feature)
+                return {head.field_head_name: head(mlp_out) for head in self.field_heads}
             encoded_dir = encoded_dir.expand(*shape[:-1], encoded_dir.shape[-1])
         else:
             encoded_dir = self.direction_encoding(directions.expand(*shape))
-        feature = density_embedding if self.feature_linear is None else self.feature_linear(density_embedding)
         mlp_out = self.mlp_head(torch.cat([encoded_dir, feature], dim=-1))
         return {head.field_head_name: head(mlp_out) for head in self.field_heads}
+
+    def _head_splits(self) -> bool:
+        """Whether the view head's first layer can take the direction per ray (torch MLP whose
+        later layers do not see its input again)."""
+        return self.mlp_head.tcnn_encoding is None and not self.mlp_head._skip_connections
+
+    def _head_per_ray(self, encoded_dir: Tensor, feature: Tensor) -> Tensor:
+        """The view head without autograd, its first layer split by input: ``W [d; f] + b =
+        (W_d d + b) + W_f f`` with ``W_d d + b`` once per ray (``encoded_dir``: [..., 1, D])."""
+        first = self.mlp_head.layers[0]
+        weight = first.weight  # the conditioned weight (cached during a render)
+        k = encoded_dir.shape[-1]
+        h = nn.functional.linear(feature, weight[:, k:])
+        h += nn.functional.linear(encoded_dir, weight[:, :k], first.bias)
+        return mlp_inference(self.mlp_head, feature, first_out=h)
