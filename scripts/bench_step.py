@@ -17,7 +17,10 @@ and timed **interleaved in one process on one torch thread**:
 Each round times ``conditioned, plain`` (the order alternating between rounds); a ratio is the
 conditioned time over the plain time of the same round, reported as the median over rounds with
 the quartiles. Rays per second: training rays per second of wall time of a step, rendering rays
-per second of the render alone, and their quotient (``render/train``).
+per second of the render alone, and their quotient (``render/train``). ``step/forward``: a
+step's CPU time over that of its forward part (batch, fields, rendering, losses; the rest is
+backward, optimizer and callbacks), i.e. the ``render/train`` a render would reach if a rendered
+ray cost exactly what a training ray's forward pass does.
 
 ``--profile <method>`` instead renders one held-out image of that method under cProfile and
 prints the top entries by own time and by cumulative time.
@@ -134,6 +137,7 @@ class Runner:
         self.name = name
         self.pipeline, self.opts, self.callbacks = build_pipeline(name, data, rays=rays, chunk=chunk)
         self.step_no = 0
+        self.forward_s = self.backward_s = 0.0  # CPU seconds: batch, forward and losses; backward
         self.rays = self.pipeline.datamanager.get_train_rays_per_batch()
         from wcnerf.eval.scaled_eval import rescale_view
 
@@ -149,9 +153,13 @@ class Runner:
             for cb in self.callbacks:
                 cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
             self.opts.zero_grad_all()
+            t0 = _clock()
             _, loss_dict, _ = self.pipeline.get_train_loss_dict(step=step)
             loss = sum(loss_dict.values())
+            t1 = _clock()
             loss.backward()
+            self.forward_s += (t1 - t0)[1]
+            self.backward_s += (_clock() - t1)[1]
             self.opts.optimizer_step_all()
             self.opts.scheduler_step_all(step)
             for cb in self.callbacks:
@@ -161,11 +169,17 @@ class Runner:
     def render(self, stock: bool = False) -> Tuple["_T", "_T", Dict[str, torch.Tensor]]:
         """(render time, metrics time, outputs) of the held-out image, as ns-eval runs it;
         ``stock``: with nerfstudio's own ``Model.get_outputs_for_camera_ray_bundle`` (no_grad,
-        conditioned weights recomputed per chunk), i.e. without wcnerf's evaluation path."""
+        conditioned weights recomputed per chunk) and the E-NeRF field's training forward, i.e.
+        without wcnerf's evaluation path."""
         from nerfstudio.models.base_model import Model
+
+        from wcnerf.nerf.field import ENeRFField
 
         model = self.pipeline.model
         self.pipeline.eval()
+        fields = [m for m in model.modules() if isinstance(m, ENeRFField)]
+        for f in fields:
+            f.lean_inference = not stock
         try:
             t0 = _clock()
             if stock:
@@ -178,6 +192,8 @@ class Runner:
             t2 = _clock()
         finally:
             self.pipeline.train()
+            for f in fields:
+                del f.lean_inference  # back to the class default
         return t1 - t0, t2 - t1, outputs
 
 
@@ -213,12 +229,13 @@ def bench_pair(args: Args, pair: str) -> Dict[str, Any]:
     # t[clock][variant][what]: per-round seconds; clock "wall" or "cpu" (process CPU time: with
     # one torch thread the work itself, unaffected by how many other processes share the cores)
     t: Dict[str, Dict[str, Dict[str, List[float]]]] = {
-        c: {k: {"step": [], "render": [], "metrics": []} for k in runners} for c in ("wall", "cpu")}
+        c: {k: {"step": [], "render": [], "metrics": [], "forward": [], "backward": []} for k in runners}
+        for c in ("wall", "cpu")}
     for r in range(args.rounds + 1):
         order = ("cond", "plain") if r % 2 == 0 else ("plain", "cond")
         for k in order:
             run = runners[k]
-            t0 = _clock()
+            t0, f0, b0 = _clock(), run.forward_s, run.backward_s
             run.train_steps(steps)
             ts = _clock() - t0
             tr, tm, _ = run.render()
@@ -227,6 +244,8 @@ def bench_pair(args: Args, pair: str) -> Dict[str, Any]:
                     t[c][k]["step"].append(ts[i] / steps)
                     t[c][k]["render"].append(tr[i])
                     t[c][k]["metrics"].append(tm[i])
+                t["cpu"][k]["forward"].append((run.forward_s - f0) / steps)
+                t["cpu"][k]["backward"].append((run.backward_s - b0) / steps)
         if r > 0:
             print(f"  {pair} round {r}: " + ", ".join(
                 f"{k} step {t['cpu'][k]['step'][-1] * 1e3:.0f} ms cpu ({t['wall'][k]['step'][-1] * 1e3:.0f} wall), "
@@ -252,6 +271,11 @@ def bench_pair(args: Args, pair: str) -> Dict[str, Any]:
                 "render_rays_per_s": runners[k].pixels / render_s,
             }
             out[k]["render_over_train"] = out[k]["render_rays_per_s"] / out[k]["train_rays_per_s"]
+            if tc[k]["forward"]:  # CPU clock: the step's parts; step / forward is what render/train
+                # would be if a rendered ray cost what a training ray's forward does
+                out[k]["forward_ms"] = statistics.median(tc[k]["forward"]) * 1e3
+                out[k]["backward_ms"] = statistics.median(tc[k]["backward"]) * 1e3
+                out[k]["step_over_forward"] = out[k]["step_ms"] / out[k]["forward_ms"]
         res[c] = out
     return res
 
@@ -262,8 +286,8 @@ def table(results: List[Dict[str, Any]], clock: str = "cpu") -> str:
     lines = [
         f"| pair (rays/step; image px; chunk) | step ratio | render ratio | metrics ratio | "
         f"train rays/{clock}-s (cond / plain) | render rays/{clock}-s (cond / plain) | render/train (cond / plain) | "
-        f"metrics {clock}-s |",
-        "|---|---|---|---|---|---|---|---|",
+        f"metrics {clock}-s | step/forward (cond / plain) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         r = {**res, **res[clock]}
@@ -273,7 +297,8 @@ def table(results: List[Dict[str, Any]], clock: str = "cpu") -> str:
             f"{fmt(r['render_ratio'])} | {fmt(r['metrics_ratio'])} | "
             f"{c['train_rays_per_s']:.0f} / {p['train_rays_per_s']:.0f} | "
             f"{c['render_rays_per_s']:.0f} / {p['render_rays_per_s']:.0f} | "
-            f"{c['render_over_train']:.2f} / {p['render_over_train']:.2f} | {c['metrics_s']:.2f} / {p['metrics_s']:.2f} |"
+            f"{c['render_over_train']:.2f} / {p['render_over_train']:.2f} | {c['metrics_s']:.2f} / {p['metrics_s']:.2f} | "
+            + (f"{c['step_over_forward']:.2f} / {p['step_over_forward']:.2f} |" if "step_over_forward" in c else "- |")
         )
     return "\n".join(lines)
 
@@ -302,11 +327,18 @@ def profile(args: Args) -> None:
         print(s.getvalue())
 
 
+def _warmup_rays(args: Args, method: str) -> int:
+    """Rays per training step of a render benchmark's warm-up steps: the paper methods' preset
+    4096 rays x 192 samples need over 24 GB for one CPU step, so ``--paper-rays`` for them."""
+    return args.paper_rays if method in PAIRS["paper"] else 0
+
+
 def chunk_sweep(args: Args) -> None:
     """Rays per CPU and per wall second and system seconds of one held-out render for each
     chunk size (``--chunks``; 0: the preset's) and torch thread count (``--render-threads``),
     interleaved over the rounds."""
-    runs = {m: Runner(m, args.data, rays=0, chunk=0, image_scale=args.image_scale) for m in args.chunk_methods}
+    runs = {m: Runner(m, args.data, rays=_warmup_rays(args, m), chunk=0, image_scale=args.image_scale)
+            for m in args.chunk_methods}
     combos = [(c, t) for c in (args.chunks or (0,)) for t in (args.render_threads or (args.threads,))]
     rec: Dict[str, Dict[Tuple[int, int], List[Tuple[float, float, float]]]] = {m: {k: [] for k in combos} for m in runs}
     for r in range(args.rounds + 1):
@@ -340,7 +372,7 @@ def ab(args: Args) -> None:
     print("| method (image px; chunk) | stock rays/cpu-s | wcnerf rays/cpu-s | wcnerf/stock time ratio [quartiles] | max abs diff of rgb |")
     print("|---|---|---|---|---|")
     for m in args.ab:
-        run = Runner(m, args.data, rays=0, chunk=args.chunk, image_scale=args.image_scale)
+        run = Runner(m, args.data, rays=_warmup_rays(args, m), chunk=args.chunk, image_scale=args.image_scale)
         run.train_steps(2)
         rec: Dict[str, List[float]] = {"stock": [], "ours": []}
         diff = 0.0
