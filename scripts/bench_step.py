@@ -107,6 +107,18 @@ def _method_config(name: str):
     return copy.deepcopy(methods[name])
 
 
+def set_chunk(model_config: Any, chunk: int) -> None:
+    """Render with ``chunk`` rays per chunk on the CPU (the conditioned models' CPU size too)."""
+    model_config.eval_num_rays_per_chunk = chunk
+    if hasattr(model_config, "cpu_eval_num_rays_per_chunk"):
+        model_config.cpu_eval_num_rays_per_chunk = chunk
+
+
+def cpu_chunk(model_config: Any) -> int:
+    """The rays per chunk of a CPU render."""
+    return getattr(model_config, "cpu_eval_num_rays_per_chunk", 0) or model_config.eval_num_rays_per_chunk
+
+
 def build_pipeline(name: str, data: Path, *, rays: int = 0, chunk: int = 0, seed: int = 0):
     """The method's VanillaPipeline on ``data`` (CPU), its Optimizers and training callbacks."""
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes
@@ -120,7 +132,7 @@ def build_pipeline(name: str, data: Path, *, rays: int = 0, chunk: int = 0, seed
         cfg.pipeline.datamanager.train_num_rays_per_batch = rays
         cfg.pipeline.datamanager.eval_num_rays_per_batch = rays
     if chunk:
-        cfg.pipeline.model.eval_num_rays_per_chunk = chunk
+        set_chunk(cfg.pipeline.model, chunk)
     torch.manual_seed(seed)
     pipeline = cfg.pipeline.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
     pipeline.train()
@@ -253,7 +265,7 @@ def bench_pair(args: Args, pair: str) -> Dict[str, Any]:
                 flush=True)
     res: Dict[str, Any] = {"pair": pair, "conditioned_method": cond_name, "plain_method": plain_name,
                            "rays": runners["cond"].rays, "pixels": runners["cond"].pixels,
-                           "chunk": runners["cond"].pipeline.model.config.eval_num_rays_per_chunk,
+                           "chunk": cpu_chunk(runners["cond"].pipeline.model.config),
                            "steps_per_block": steps, "image_scale": scale, "raw": t}
     for c in ("wall", "cpu"):
         tc = t[c]
@@ -317,7 +329,7 @@ def profile(args: Args) -> None:
     prof.disable()
     ct1 = os.times()
     wall = time.perf_counter() - t0
-    print(f"{args.profile}: {run.pixels} px, chunk {run.pipeline.model.config.eval_num_rays_per_chunk}: "
+    print(f"{args.profile}: {run.pixels} px, chunk {cpu_chunk(run.pipeline.model.config)}: "
           f"render {tr[0]:.2f} s wall / {tr[1]:.2f} s cpu, metrics {tm[1]:.2f} s cpu; under the profiler: "
           f"wall {wall:.2f} s, user {ct1.user - ct0.user:.2f} s, system {ct1.system - ct0.system:.2f} s; "
           f"{run.pixels / tr[1]:.0f} rays per cpu-s")
@@ -345,16 +357,16 @@ def chunk_sweep(args: Args) -> None:
         for m, run in runs.items():
             if r == 0:
                 run.train_steps(2)
-            preset_chunk = run.pipeline.model.config.eval_num_rays_per_chunk
+            preset_chunk = cpu_chunk(run.pipeline.model.config)
             for c, t in combos if r % 2 == 0 else list(reversed(combos)):
-                run.pipeline.model.config.eval_num_rays_per_chunk = c or preset_chunk
+                set_chunk(run.pipeline.model.config, c or preset_chunk)
                 torch.set_num_threads(t)
                 o0 = os.times()
                 tr, _, _ = run.render()
                 o1 = os.times()
                 if r > 0:
                     rec[m][(c, t)].append((tr[0], tr[1], o1.system - o0.system))
-            run.pipeline.model.config.eval_num_rays_per_chunk = preset_chunk
+            set_chunk(run.pipeline.model.config, preset_chunk)
     torch.set_num_threads(args.threads)
     print("| method (image px) | chunk | threads | render rays/cpu-s | render rays/wall-s | system s per render |")
     print("|---|---|---|---|---|---|")
@@ -363,7 +375,7 @@ def chunk_sweep(args: Args) -> None:
             wall = statistics.median(x[0] for x in rec[m][(c, t)])
             cpu = statistics.median(x[1] for x in rec[m][(c, t)])
             sys_s = statistics.median(x[2] for x in rec[m][(c, t)])
-            chunk = c or run.pipeline.model.config.eval_num_rays_per_chunk
+            chunk = c or cpu_chunk(run.pipeline.model.config)
             print(f"| {m} ({run.pixels}) | {chunk} | {t} | {run.pixels / cpu:.0f} | {run.pixels / wall:.0f} | {sys_s:.2f} |")
 
 
@@ -386,7 +398,7 @@ def ab(args: Args) -> None:
                     rec["stock" if stock else "ours"].append(tr[1])
             diff = max(diff, float((outs[True]["rgb"] - outs[False]["rgb"]).abs().max()))
         ratio = _q([a / b for a, b in zip(rec["ours"], rec["stock"])])
-        print(f"| {m} ({run.pixels}; {run.pipeline.model.config.eval_num_rays_per_chunk}) | "
+        print(f"| {m} ({run.pixels}; {cpu_chunk(run.pipeline.model.config)}) | "
               f"{run.pixels / statistics.median(rec['stock']):.0f} | {run.pixels / statistics.median(rec['ours']):.0f} | "
               f"{ratio[1]:.3f} [{ratio[0]:.3f}, {ratio[2]:.3f}] | {diff:.1e} |", flush=True)
 

@@ -165,3 +165,19 @@ def test_lean_inference_path_equals_the_training_forward(conditioning):
         # the view layer's direction part per ray: the same sum in another order
         assert torch.allclose(lean[key], ref[key], atol=1e-6, rtol=0), key
     assert torch.equal(lean[FieldHeadNames.DENSITY], ref[FieldHeadNames.DENSITY].detach())
+
+
+def test_cpu_chunk_size_renders_the_same_image_in_more_chunks(monkeypatch):
+    model = build("equilibrate", eval_num_rays_per_chunk=64, cpu_eval_num_rays_per_chunk=16)
+    model.eval()
+    bundle = _camera_bundle()
+    stock = Model.get_outputs_for_camera_ray_bundle(model, bundle)  # 64-ray chunks
+    chunks = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, ray_bundle: chunks.append(len(ray_bundle)) or forward(self, ray_bundle))
+    ours = model.get_outputs_for_camera_ray_bundle(bundle)
+    assert chunks == [16] * (len(bundle) // 16) + ([len(bundle) % 16] if len(bundle) % 16 else [])
+    assert set(ours) == set(stock)
+    for key, value in stock.items():
+        assert ours[key].shape == value.shape, key
+        assert torch.allclose(ours[key], value, atol=1e-5, rtol=0), key

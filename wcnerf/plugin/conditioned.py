@@ -116,6 +116,8 @@ class ConditionedModelConfig:
     """Layer-wise conditioning analysis of the model's MLPs every N training steps (0: off; switchable in the viewer)."""
     analysis_max_samples: int = 4096
     """Rows (ray samples) per layer used for the analysis' second moments."""
+    cpu_eval_num_rays_per_chunk: int = 0
+    """Rays per chunk when rendering on a CPU (0: eval_num_rays_per_chunk). A chunk's layer activations above glibc's 32 MiB mmap ceiling are mapped and page-faulted anew for every layer of every chunk (docs/results.md)."""
     lpips_weights: Optional[Path] = None
     """Local AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache or $WCNERF_LPIPS_WEIGHTS. Without them LPIPS is omitted (never downloaded)."""
 
@@ -203,6 +205,21 @@ class ConditioningCallback(TrainingCallback):
             self.after_step(step)
 
 
+def render_in_chunks(model: Any, camera_ray_bundle: Any, chunk: int) -> Dict[str, torch.Tensor]:
+    """nerfstudio's ``Model.get_outputs_for_camera_ray_bundle`` with ``chunk`` rays per chunk
+    (nerfstudio reads the size from the shared config; a per-call size keeps the viewer's
+    renders and the trainer's independent). Call without autograd."""
+    height, width = camera_ray_bundle.origins.shape[:2]
+    input_device = camera_ray_bundle.directions.device
+    lists: Dict[str, List[torch.Tensor]] = {}
+    for start in range(0, len(camera_ray_bundle), chunk):
+        bundle = camera_ray_bundle.get_row_major_sliced_ray_bundle(start, start + chunk).to(model.device)
+        for name, out in model.forward(ray_bundle=bundle).items():
+            if isinstance(out, torch.Tensor):  # as nerfstudio: other outputs are dropped
+                lists.setdefault(name, []).append(out.to(input_device))
+    return {name: torch.cat(outs).view(height, width, -1) for name, outs in lists.items()}
+
+
 class ConditionedModel:
     """Mixin for a nerfstudio ``Model`` whose config is a :class:`ConditionedModelConfig`
     (see the module docstring for the calls the model makes)."""
@@ -251,9 +268,13 @@ class ConditionedModel:
         viewer) under ``torch.no_grad`` and with each conditioned weight computed once per image
         instead of once per chunk (``wcnerf.conditioning.cached``, per thread: the viewer's
         renders leave the training thread's weights alone). The outputs equal those of the
-        uncached render."""
+        uncached render. On a CPU the chunks hold ``cpu_eval_num_rays_per_chunk`` rays when set.
+        """
+        chunk = self.config.cpu_eval_num_rays_per_chunk
         with torch.no_grad(), wc.cached(self):  # type: ignore[arg-type]
-            return super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)  # type: ignore[misc]
+            if not chunk or self.device.type != "cpu":  # type: ignore[attr-defined]
+                return super().get_outputs_for_camera_ray_bundle(camera_ray_bundle)  # type: ignore[misc]
+            return render_in_chunks(self, camera_ray_bundle, chunk)
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
