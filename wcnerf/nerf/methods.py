@@ -29,8 +29,9 @@ PAPER = Preset(
     lr=5e-4,
     lr_final=5e-5,
     # Otherwise ENeRFModelConfig defaults: the paper's network. On a CPU, chunks of 128 rays keep
-    # each layer's activations (128 x 192 samples x 319 wide) under glibc's 32 MiB mmap ceiling:
-    # 1.6x the rays per CPU-second of the GPU's 4096 (docs/results.md, "Chunk sizes").
+    # each layer's activations (128 x 192 samples x 319 wide) under glibc's 32 MiB mmap ceiling;
+    # larger chunks fault their pages in anew (measured: docs/results.md, "The lean evaluation
+    # path and CPU chunk sizes"). On a GPU, the preset's 4096.
     model=dict(analysis_every=5000, cpu_eval_num_rays_per_chunk=128),
     steps_per_eval_batch=500,
     steps_per_eval_image=2500,
