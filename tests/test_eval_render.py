@@ -181,3 +181,8 @@ def test_cpu_chunk_size_renders_the_same_image_in_more_chunks(monkeypatch):
     for key, value in stock.items():
         assert ours[key].shape == value.shape, key
         assert torch.allclose(ours[key], value, atol=1e-5, rtol=0), key
+
+
+def test_negative_cpu_chunk_is_refused():
+    with pytest.raises(ValueError, match="cpu_eval_num_rays_per_chunk must be >= 0"):
+        build("equilibrate", cpu_eval_num_rays_per_chunk=-8)

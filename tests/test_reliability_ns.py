@@ -85,6 +85,8 @@ def ns_runs(fern, tmp_path_factory):
         breaker(scene)
         cases.append(train(name, data=scene))
     cases.append(train("missing-scene", data=root / "no-such-scene"))
+    cases.append(train("bad-conditioning", extra=["--pipeline.model.conditioning", "bogus"]))
+    cases.append(train("negative-cpu-chunk", extra=["--pipeline.model.cpu-eval-num-rays-per-chunk", "-4"]))
     (root / "a-file").write_text("x")
     cases.append(train("output-under-file", output=root / "a-file" / "outputs"))
     # a finished 8-step run, then every --load-dir mistake against it
@@ -136,6 +138,8 @@ def ns_runs(fern, tmp_path_factory):
 
 REFUSED = {**{k: v[1] for k, v in SCENE_CASES.items()},
            "missing-scene": "LLFF scene folder not found",
+           "bad-conditioning": "--pipeline.model.conditioning: unknown conditioning 'bogus'",
+           "negative-cpu-chunk": "--pipeline.model.cpu-eval-num-rays-per-chunk -4: must be >= 0",
            "output-under-file": "is a file, so the run folder",
            "loaddir-missing": "not found; --load-dir takes the nerfstudio_models/ folder",
            "loaddir-empty": "is empty; --load-dir takes",

@@ -248,6 +248,8 @@ class ConditionedModel:
         """End of ``populate_modules``: the LPIPS metric from local weights (or none, said once)
         and the viewer panel, on when ``analysis_every > 0``."""
         cfg = self.config
+        if cfg.cpu_eval_num_rays_per_chunk < 0:
+            raise ValueError(f"cpu_eval_num_rays_per_chunk must be >= 0 (0: eval_num_rays_per_chunk), got {cfg.cpu_eval_num_rays_per_chunk}")
         self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
         # A nerfstudio ViewerElement, found by the viewer on the model, holding the analysis switch.
         titles = {name: part.title for name, part in self.analysis_parts().items()}

@@ -179,7 +179,17 @@ class WCTrainerConfig(TrainerConfig):
         """Check the scene, the output folder and --load-dir before training (see module doc);
         exits 0 with a message when --load-dir holds a finished run."""
         from wcnerf.data.llff import LLFFDataParserConfig
+        from wcnerf.plugin.conditioned import ConditionedModelConfig, check_conditioner
 
+        model = self.pipeline.model
+        if isinstance(model, ConditionedModelConfig):
+            try:
+                check_conditioner(model.conditioning)
+            except ValueError as exc:
+                raise RunInputError(f"--pipeline.model.conditioning: {exc}") from None
+            if model.cpu_eval_num_rays_per_chunk < 0:
+                raise RunInputError(f"--pipeline.model.cpu-eval-num-rays-per-chunk {model.cpu_eval_num_rays_per_chunk}: "
+                                    "must be >= 0 (0: --pipeline.model.eval-num-rays-per-chunk)")
         dm = self.pipeline.datamanager
         parser_cfg = getattr(dm, "dataparser", None)
         if isinstance(parser_cfg, LLFFDataParserConfig):
