@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -57,9 +56,10 @@ def run(cfg: FitConfig) -> int:
         if viewer is not None and cfg.viewer.keep_open:
             viewer.wait_drawn()
             print(f"training done; the viewer stays at {viewer.url} until Ctrl+C", flush=True)
+            from .view import wait_for_ctrl_c
+
             try:
-                while True:
-                    time.sleep(3600)
+                wait_for_ctrl_c()
             except KeyboardInterrupt:
                 pass
     except (MeshLoadError, RunError, ValueError, WriteError) as exc:
