@@ -189,9 +189,9 @@ class Runner:
 
         model = self.pipeline.model
         self.pipeline.eval()
-        fields = [m for m in model.modules() if isinstance(m, ENeRFField)]
+        fields = [m for m in model.modules() if isinstance(m, ENeRFField)] if stock else []
         for f in fields:
-            f.lean_inference = not stock
+            f.lean_inference = False
         try:
             t0 = _clock()
             if stock:
@@ -316,8 +316,8 @@ def table(results: List[Dict[str, Any]], clock: str = "cpu") -> str:
 
 
 def profile(args: Args) -> None:
-    paper = args.profile in ("e-nerf", "nerf")
-    run = Runner(args.profile, args.data, rays=args.paper_rays if paper else 0, chunk=args.chunk,
+    paper = args.profile in PAIRS["paper"]
+    run = Runner(args.profile, args.data, rays=_warmup_rays(args, args.profile), chunk=args.chunk,
                  image_scale=args.paper_image_scale if paper else args.image_scale)
     run.train_steps(2)
     run.render()  # warm-up

@@ -135,10 +135,10 @@ class ENeRFField(NeRFField):
         if self.spatial_distortion is not None:
             positions = self.spatial_distortion(positions)
         encoded = self.position_encoding(positions)
-        if torch.is_grad_enabled() or not self.lean_inference or self.mlp_base.tcnn_encoding is not None:
-            base_mlp_out = self.mlp_base(encoded)
-        else:
+        if self._lean(self.mlp_base):
             base_mlp_out = mlp_inference(self.mlp_base, encoded)
+        else:
+            base_mlp_out = self.mlp_base(encoded)
         raw = self.field_output_density(base_mlp_out)
         if self.training and self.density_noise_std > 0:
             raw = raw + torch.randn_like(raw) * self.density_noise_std
@@ -160,7 +160,8 @@ class ENeRFField(NeRFField):
             # One direction per ray, broadcast over its samples (nerfstudio's RaySamples hold
             # stride-0 views): encode it once per ray, not once per sample; same values.
             encoded_dir = self.direction_encoding(directions[..., :1, :])
-            if not torch.is_grad_enabled() and self.lean_inference and self._head_splits():
+            # the head's first layer takes the direction per ray unless a later layer sees its input again
+            if self._lean(self.mlp_head) and not self.mlp_head._skip_connections:
                 mlp_out = self._head_per_ray(encoded_dir, feature)
                 return {head.field_head_name: head(mlp_out) for head in self.field_heads}
             encoded_dir = encoded_dir.expand(*shape[:-1], encoded_dir.shape[-1])
@@ -169,10 +170,9 @@ class ENeRFField(NeRFField):
         mlp_out = self.mlp_head(torch.cat([encoded_dir, feature], dim=-1))
         return {head.field_head_name: head(mlp_out) for head in self.field_heads}
 
-    def _head_splits(self) -> bool:
-        """Whether the view head's first layer can take the direction per ray (torch MLP whose
-        later layers do not see its input again)."""
-        return self.mlp_head.tcnn_encoding is None and not self.mlp_head._skip_connections
+    def _lean(self, mlp: MLP) -> bool:
+        """Whether ``mlp`` runs the lean path: no autograd, switched on, nerfstudio's torch MLP."""
+        return self.lean_inference and not torch.is_grad_enabled() and mlp.tcnn_encoding is None
 
     def _head_per_ray(self, encoded_dir: Tensor, feature: Tensor) -> Tensor:
         """The view head without autograd, its first layer split by input: ``W [d; f] + b =
