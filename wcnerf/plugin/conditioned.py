@@ -227,8 +227,12 @@ class ConditionedModel:
     config: ConditionedModelConfig
 
     def check_conditioning(self) -> None:
-        """ValueError for an unknown conditioner name (call before building anything)."""
+        """ValueError for an unknown conditioner name or a negative CPU chunk (call before
+        building anything)."""
         check_conditioner(self.config.conditioning)
+        chunk = self.config.cpu_eval_num_rays_per_chunk
+        if chunk < 0:
+            raise ValueError(f"cpu_eval_num_rays_per_chunk must be >= 0 (0: eval_num_rays_per_chunk), got {chunk}")
 
     def condition(self, module: nn.Module, *, include: Any = None) -> nn.Module:
         """``wcnerf.conditioning.condition`` of ``module`` with the config's conditioner,
@@ -248,8 +252,6 @@ class ConditionedModel:
         """End of ``populate_modules``: the LPIPS metric from local weights (or none, said once)
         and the viewer panel, on when ``analysis_every > 0``."""
         cfg = self.config
-        if cfg.cpu_eval_num_rays_per_chunk < 0:
-            raise ValueError(f"cpu_eval_num_rays_per_chunk must be >= 0 (0: eval_num_rays_per_chunk), got {cfg.cpu_eval_num_rays_per_chunk}")
         self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
         # A nerfstudio ViewerElement, found by the viewer on the model, holding the analysis switch.
         titles = {name: part.title for name, part in self.analysis_parts().items()}
