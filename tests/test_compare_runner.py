@@ -42,33 +42,52 @@ def test_train_command(tmp_path):
     plain = runner.train_command(_spec(tmp_path, MethodSpec("e-nerf", "e-nerf-small")))
     assert "--pipeline.model.conditioning" not in plain and plain[3] == "e-nerf-small"
     assert runner._env(spec)["OMP_NUM_THREADS"] == "1"  # the cpu protocol's threads
-    assert runner._env(spec, "eval")["OMP_NUM_THREADS"] == "1"  # no eval_threads: as training
+    assert runner._env(spec, "eval")["OMP_NUM_THREADS"] == "1"  # no stage threads: `threads`
     two = dataclasses.replace(runner, eval_threads=2)
     assert two._env(spec, "eval")["OMP_NUM_THREADS"] == two._env(spec, "eval")["MKL_NUM_THREADS"] == "2"
     assert two._env(spec, "train")["OMP_NUM_THREADS"] == "1"
+    three = dataclasses.replace(runner, train_threads=3)
+    assert three._env(spec, "train")["OMP_NUM_THREADS"] == three._env(spec, "train")["MKL_NUM_THREADS"] == "3"
+    assert three._env(spec, "eval")["OMP_NUM_THREADS"] == "1"
 
 
-def test_local_eval_threads_is_the_protocols_up_to_a_workers_share_of_the_cores():
-    from wcnerf.eval.executors import local_eval_threads
+def test_local_threads_is_the_protocols_up_to_a_workers_share_of_the_cores():
+    from wcnerf.eval.executors import local_threads
 
-    assert local_eval_threads(None, 1, 1, 2) is None  # the protocol sets none: as training
-    assert local_eval_threads(2, 1, 1, 2) == 2  # one worker on 2 cores
-    assert local_eval_threads(2, 1, 2, 2) == 1  # two workers on 2 cores: one each
-    assert local_eval_threads(4, 1, 1, 2) == 2  # never more than the cores
-    assert local_eval_threads(2, 3, 2, 2) == 3  # never fewer than training's threads
-    assert local_eval_threads(2, 1, 1, None) == 1
+    assert local_threads(None, 1, 1, 2) is None  # the protocol sets none: `threads`
+    assert local_threads(2, 1, 1, 2) == 2  # one worker on 2 cores
+    assert local_threads(2, 1, 2, 2) == 1  # two workers on 2 cores: one each
+    assert local_threads(4, 1, 1, 2) == 2  # never more than the cores
+    assert local_threads(2, 3, 2, 2) == 3  # never fewer than `threads`
+    assert local_threads(2, 1, 1, None) == 1
 
 
-def test_with_eval_threads_leaves_a_runners_own_setting_and_fake_runners_alone(tmp_path):
-    from wcnerf.eval.executors import with_eval_threads
+def test_with_local_threads_sets_both_stages_unless_the_runner_fixes_them(tmp_path):
+    from wcnerf.eval.executors import with_local_threads
 
-    proto = dataclasses.replace(_spec(tmp_path).protocol, eval_threads=2, threads=1)
-    runner = NerfstudioRunner()
-    assert with_eval_threads(runner, proto, 1).eval_threads == min(2, os.cpu_count() or 1)
-    assert with_eval_threads(NerfstudioRunner(eval_threads=3), proto, 1).eval_threads == 3
-    assert with_eval_threads(runner, dataclasses.replace(proto, eval_threads=None), 1).eval_threads is None
+    proto = dataclasses.replace(_spec(tmp_path).protocol, train_threads=2, eval_threads=2, threads=1)
+    cores = min(2, os.cpu_count() or 1)
+    runner = with_local_threads(NerfstudioRunner(), proto, 1)
+    assert (runner.train_threads, runner.eval_threads) == (cores, cores)
+    assert with_local_threads(NerfstudioRunner(), proto, os.cpu_count() or 1).train_threads in (None, 1)  # a core each
+    own = with_local_threads(NerfstudioRunner(eval_threads=3), proto, 1)
+    assert (own.train_threads, own.eval_threads) == (cores, 3)  # a stage the runner sets keeps its setting
+    fixed = NerfstudioRunner(threads=1)  # --threads 1: every process, as the user said
+    assert with_local_threads(fixed, proto, 1) is fixed
+    unset = with_local_threads(NerfstudioRunner(), dataclasses.replace(proto, train_threads=None, eval_threads=None), 1)
+    assert (unset.train_threads, unset.eval_threads) == (None, None)
     fake = object()
-    assert with_eval_threads(fake, proto, 1) is fake
+    assert with_local_threads(fake, proto, 1) is fake
+
+
+def test_a_protocols_thread_counts_must_be_positive(tmp_path):
+    from wcnerf.eval.protocols import ProtocolError
+
+    text = (Path(load_protocol("cpu").source)).read_text().replace("train_threads: 2", "train_threads: 0")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ProtocolError, match=r"bad\.yaml: train_threads must be >= 1"):
+        load_protocol(str(bad))
 
 
 def _fake_ckpt(path: Path, payload: bytes = b"x" * 100) -> None:

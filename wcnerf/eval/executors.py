@@ -2,8 +2,9 @@
 
 - ``local``: N worker processes on this machine (``multiprocessing``, spawned); with CUDA, one
   per visible GPU by default, each seeing its own (``CUDA_VISIBLE_DEVICES``); on a CPU, N
-  processes with the protocol's (or ``--threads``) torch threads each, ``ns-eval`` with the
-  protocol's ``eval_threads`` up to each worker's share of the cores.
+  processes with the protocol's ``threads`` each; ``ns-train`` and ``ns-eval`` with the
+  protocol's ``train_threads`` and ``eval_threads`` up to each worker's share of the cores
+  (``--threads`` fixes every process's threads instead).
 - ``ray``: N Ray tasks, each reserving one GPU (``num_gpus``; CPUs on a CPU cluster), on an
   existing cluster (``address``) or a local Ray started for the sweep.
 - ``slurm``: a job array of N workers through ``submitit`` (partition, time limit, GPUs, memory);
@@ -88,13 +89,14 @@ def visible_gpus() -> List[str]:
         return []
 
 
-def _training_threads(runner: Any, protocol: Any) -> Optional[int]:
-    """Torch threads of a worker's runs: the runner's (``--threads``), else the protocol's."""
+def _base_threads(runner: Any, protocol: Any) -> Optional[int]:
+    """Torch threads of a worker and of its runs when it shares the cores: the runner's
+    (``--threads``), else the protocol's ``threads``."""
     return getattr(runner, "threads", None) or protocol.threads
 
 
 def _thread_env(job: SweepJob) -> Dict[str, str]:
-    threads = _training_threads(job.runner, job.protocol)
+    threads = _base_threads(job.runner, job.protocol)
     return {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
 
 
@@ -112,24 +114,31 @@ def _local_worker(job: SweepJob, name: str, env: Dict[str, str], queue: Any) -> 
     queue.put(report)
 
 
-def local_eval_threads(protocol_eval_threads: Optional[int], threads: Optional[int], workers: int,
-                       cores: Optional[int]) -> Optional[int]:
-    """ns-eval threads of each of ``workers`` local CPU workers: the protocol's
-    ``eval_threads`` capped at the worker's share of the cores (never below ``threads``);
-    None (as training) when the protocol sets none."""
-    if not protocol_eval_threads:
+def local_threads(stage_threads: Optional[int], threads: Optional[int], workers: int,
+                  cores: Optional[int]) -> Optional[int]:
+    """Threads of one stage (the protocol's ``train_threads`` or ``eval_threads``) in each of
+    ``workers`` local CPU workers: capped at the worker's share of the cores, never below
+    ``threads``; None (``threads``) when the protocol sets none."""
+    if not stage_threads:
         return None
     share = max(1, (cores or 1) // max(1, workers))
-    return max(threads or 1, min(protocol_eval_threads, share))
+    return max(threads or 1, min(stage_threads, share))
 
 
-def with_eval_threads(runner: Any, protocol: Any, workers: int) -> Any:
-    """``runner`` with its ns-eval threads set for ``workers`` local workers on this machine
-    (:func:`local_eval_threads`); unchanged when it sets its own, or has none (a fake runner)."""
-    if not dataclasses.is_dataclass(runner) or not hasattr(runner, "eval_threads") or runner.eval_threads:
+def with_local_threads(runner: Any, protocol: Any, workers: int) -> Any:
+    """``runner`` with its ns-train and ns-eval threads set for ``workers`` local workers on this
+    machine (:func:`local_threads`). Unchanged when its threads are fixed (``--threads``: every
+    process), or when it is not a runner with stage threads (a fake runner); a stage the runner
+    sets itself keeps its setting."""
+    if not dataclasses.is_dataclass(runner) or not hasattr(runner, "eval_threads") or runner.threads:
         return runner
-    n = local_eval_threads(protocol.eval_threads, _training_threads(runner, protocol), workers, os.cpu_count())
-    return dataclasses.replace(runner, eval_threads=n) if n else runner
+    cores, base = os.cpu_count(), protocol.threads
+    changes = {
+        attr: local_threads(getattr(protocol, attr), base, workers, cores)
+        for attr in ("train_threads", "eval_threads")
+        if not getattr(runner, attr)
+    }
+    return dataclasses.replace(runner, **{k: v for k, v in changes.items() if v})
 
 
 class _LocalEngine:
@@ -140,7 +149,7 @@ class _LocalEngine:
         self.queue = ctx.Queue()
         self.got: List[Any] = []
         gpus = opts.gpus if opts.gpus is not None else visible_gpus()
-        job = dataclasses.replace(job, runner=with_eval_threads(job.runner, job.protocol, n))
+        job = dataclasses.replace(job, runner=with_local_threads(job.runner, job.protocol, n))
         self.procs = []
         for i in range(n):
             env = _thread_env(job)
@@ -240,7 +249,7 @@ class _RayEngine:
                 self.started = True
         res = ray.cluster_resources()
         gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if res.get("GPU", 0) >= 1 else 0.0)
-        cpus = opts.cpus_per_worker if opts.cpus_per_worker is not None else float(_training_threads(job.runner, job.protocol) or 1)
+        cpus = opts.cpus_per_worker if opts.cpus_per_worker is not None else float(_base_threads(job.runner, job.protocol) or 1)
         if not n:  # one worker per GPU of the cluster, else per `cpus` CPUs
             n = int(res.get("GPU", 0) // gpus) if gpus else int(res.get("CPU", 1) // max(cpus, 1e-9))
             n = max(1, n)

@@ -198,10 +198,12 @@ class NerfstudioRunner:
     python: str = sys.executable
     threads: Optional[int] = None
     """OMP/MKL threads of the subprocesses (None: the protocol's ``threads``)."""
+    train_threads: Optional[int] = None
+    """OMP/MKL threads of ``ns-train`` (None: ``threads``). The local executor sets it from the
+    protocol's ``train_threads`` when a worker's share of the CPU cores allows
+    (:func:`wcnerf.eval.executors.local_threads`)."""
     eval_threads: Optional[int] = None
-    """OMP/MKL threads of ``ns-eval`` (None: as training). The local executor sets it from the
-    protocol's ``eval_threads`` when a worker's share of the CPU cores allows
-    (:func:`wcnerf.eval.executors.local_eval_threads`)."""
+    """OMP/MKL threads of ``ns-eval`` (None: ``threads``), set like ``train_threads``."""
     keep_checkpoints: bool = True
     env: Dict[str, str] = field(default_factory=dict)
     poll_seconds: float = 1.0
@@ -273,8 +275,7 @@ class NerfstudioRunner:
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         threads = self.threads or spec.protocol.threads
-        if stage == "eval" and self.eval_threads:
-            threads = self.eval_threads
+        threads = {"train": self.train_threads, "eval": self.eval_threads}.get(stage) or threads
         if threads:
             for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[k] = str(threads)

@@ -49,11 +49,16 @@ class Protocol:
     threads: Optional[int] = None
     """OMP/MKL threads of each training / evaluation process (None: torch's default). 1 is much
     faster than torch's default on a small, shared CPU (no thread oversubscription)."""
+    train_threads: Optional[int] = None
+    """OMP/MKL threads of ``ns-train`` when a local worker has that many cores to itself (the
+    cores divided by the local workers); None, or any other engine: ``threads``. A sweep with
+    one worker on 2 free cores would otherwise leave one idle while it trains. Float sums that
+    torch splits over threads round differently, so a run trained with 2 threads is not bit
+    for bit the run trained with 1 (docs/results.md, "Training threads")."""
     eval_threads: Optional[int] = None
-    """OMP/MKL threads of ``ns-eval`` when a local worker has that many cores to itself (the
-    cores divided by the local workers); None, or any other engine: ``threads``. Evaluation
-    renders every held-out view and, unlike training on a shared CPU, gains from a second
-    thread (docs/results.md, "Cost of one cpu protocol run, and its evaluation")."""
+    """OMP/MKL threads of ``ns-eval``, by the same rule as ``train_threads``. Evaluation
+    renders every held-out view and gains from a second thread (docs/results.md, "Cost of one
+    cpu protocol run, and its evaluation")."""
     timeout_minutes: float = 0.0
     """Wall-clock limit of one ns-train or ns-eval call (0: none)."""
     source: Optional[str] = None
@@ -117,9 +122,11 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
     ):
         if key in values:
             values[key] = int(values[key])
-    for key in ("threads", "eval_threads"):
+    for key in ("threads", "train_threads", "eval_threads"):
         if values.get(key) is not None:
             values[key] = int(values[key])
+            if values[key] < 1:
+                raise ProtocolError(f"{source}: {key} must be >= 1 (or left out), not {values[key]}")
     if "timeout_minutes" in values:
         values["timeout_minutes"] = float(values["timeout_minutes"] or 0)
     values["description"] = str(values.get("description") or "").strip()

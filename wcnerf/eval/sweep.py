@@ -224,9 +224,9 @@ def run_sweep(
                                   executor=executor, workers=workers, options=executor_options,
                                   retry_failed=retry_failed, lease_seconds=lease_seconds, progress_every=progress_every)
         else:
-            from wcnerf.eval.executors import with_eval_threads
+            from wcnerf.eval.executors import with_local_threads
 
-            runner = with_eval_threads(runner, protocol, 1)  # this process is the only worker
+            runner = with_local_threads(runner, protocol, 1)  # this process is the only worker
             if show_progress and todo:
                 _run_with_progress(todo, runner, summary, console, lease_seconds)
             else:
