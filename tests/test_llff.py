@@ -258,3 +258,37 @@ def test_fern_through_nerfstudio_datamanager(tmp_path, monkeypatch):
     ray_bundle, batch = dm.next_train(0)
     assert ray_bundle.origins.shape == (32, 3) and batch["image"].shape == (32, 3)
     assert torch.all(ray_bundle.directions[:, 2] < 0)
+
+
+def test_evenly_spaced_keeps_the_first_and_last_and_never_repeats():
+    from wcnerf.data.llff_scene import evenly_spaced, split_indices
+
+    held = list(range(0, 62, 8))  # a 62-view scene's 8 held-out images
+    assert split_indices(62, 8, "test") == held
+    assert evenly_spaced(held, 5) == [0, 16, 32, 40, 56]  # items round(j * 7 / 4): 0, 2, 4, 5, 7
+    assert split_indices(62, 8, "test", max_eval_views=5) == [0, 16, 32, 40, 56]
+    assert split_indices(62, 8, "train", max_eval_views=5) == split_indices(62, 8, "train")  # training unchanged
+    for n in range(1, 30):
+        for k in range(1, n + 2):
+            got = evenly_spaced(list(range(n)), k)
+            assert len(got) == min(n, k) and len(set(got)) == len(got) and got == sorted(got)
+            assert got[0] == 0 and (k == 1 or got[-1] == n - 1)
+    assert evenly_spaced(held, 0) == held and evenly_spaced(held, 8) == held and evenly_spaced(held, 1) == [0]
+    assert split_indices(20, 0, "test", max_eval_views=3) == [0, 10, 19]  # no held-out set: of all images
+
+
+def test_max_eval_views_evaluates_fewer_held_out_images_and_trains_on_the_same(fern):
+    capped = _parser(data=fern, max_eval_views=2)
+    test = capped.get_dataparser_outputs("test")
+    assert [p.name for p in test.image_filenames] == ["image000.png", "image016.png"] and len(test.cameras) == 2
+    assert capped.get_dataparser_outputs("val").image_filenames == test.image_filenames
+    plain_train = _parser(data=fern).get_dataparser_outputs("train")
+    assert capped.get_dataparser_outputs("train").image_filenames == plain_train.image_filenames  # 008 stays out
+    assert len(_parser(data=fern, max_eval_views=5).get_dataparser_outputs("test").image_filenames) == 3
+
+
+def test_negative_max_eval_views_refused(fern):
+    from wcnerf.data.llff_scene import LLFFDataError
+
+    with pytest.raises(LLFFDataError, match=r"--max-eval-views -1: must be >= 0"):
+        _parser(data=fern, max_eval_views=-1).get_dataparser_outputs("train")

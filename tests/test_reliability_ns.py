@@ -73,11 +73,11 @@ def ns_runs(fern, tmp_path_factory):
     out = root / "outputs"
     base = out / "fern" / "e-nerf-small" / "base"
 
-    def train(name, method="e-nerf-small", iters=5, data=good, extra=(), output=out):
+    def train(name, method="e-nerf-small", iters=5, data=good, extra=(), output=out, parser_args=()):
         return {"name": name, "entry": "train", "argv": [
             method, "--output-dir", str(output), "--experiment-name", "fern", "--timestamp", name,
             "--max-num-iterations", str(iters), "--steps-per-save", "1000", "--machine.seed", "0",
-            *NERF_TINY_ARGS, *extra, "llff", "--data", str(data), "--downscale-factor", str(TINY_FACTOR)]}
+            *NERF_TINY_ARGS, *extra, "llff", "--data", str(data), "--downscale-factor", str(TINY_FACTOR), *parser_args]}
 
     cases = []
     for name, (breaker, _) in SCENE_CASES.items():
@@ -87,6 +87,7 @@ def ns_runs(fern, tmp_path_factory):
     cases.append(train("missing-scene", data=root / "no-such-scene"))
     cases.append(train("bad-conditioning", extra=["--pipeline.model.conditioning", "bogus"]))
     cases.append(train("negative-cpu-chunk", extra=["--pipeline.model.cpu-eval-num-rays-per-chunk", "-4"]))
+    cases.append(train("negative-max-eval-views", parser_args=["--max-eval-views", "-1"]))
     (root / "a-file").write_text("x")
     cases.append(train("output-under-file", output=root / "a-file" / "outputs"))
     # a finished 8-step run, then every --load-dir mistake against it
@@ -140,6 +141,7 @@ REFUSED = {**{k: v[1] for k, v in SCENE_CASES.items()},
            "missing-scene": "LLFF scene folder not found",
            "bad-conditioning": "--pipeline.model.conditioning: unknown conditioning 'bogus'",
            "negative-cpu-chunk": "--pipeline.model.cpu-eval-num-rays-per-chunk -4: must be >= 0",
+           "negative-max-eval-views": "--max-eval-views -1: must be >= 0 (0: every held-out image)",
            "output-under-file": "is a file, so the run folder",
            "loaddir-missing": "not found; --load-dir takes the nerfstudio_models/ folder",
            "loaddir-empty": "is empty; --load-dir takes",

@@ -34,6 +34,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
 
 from wcnerf.data.llff_scene import (
     LLFFDataError,
@@ -66,6 +67,10 @@ class LLFFDataParserConfig(DataParserConfig):
     holdout_every: int = 8
     """Hold out image i for evaluation when i % holdout_every == 0 (NeRF's llffhold); 0 puts
     every image in both the train and the eval split."""
+    max_eval_views: int = 0
+    """Evaluate at most this many of the held-out images, evenly spaced over them, the first
+    and the last included (0: all). The others stay held out: the training split does not
+    change. For a quick evaluation of a scene with many views (the ``cpu`` protocol: 5)."""
     ndc: bool = True
     """Normalized device coordinates (forward-facing scenes); False for scenes that are not
     forward-facing: rays are sampled in world space between near and far below."""
@@ -80,12 +85,16 @@ class LLFFDataParserConfig(DataParserConfig):
 _WARNED: set = set()
 
 
-def _warn_once(message: str) -> None:
-    """Each warning about a scene once per process (the run's pre-flight check and its
-    datamanager both load the scene)."""
+def _say_once(message: str, style: str = "") -> None:
+    """Each message about a scene once per process (the run's pre-flight check and its
+    datamanager both load the scene, ns-eval asks for the eval split twice)."""
     if message not in _WARNED:
         _WARNED.add(message)
-        CONSOLE.print(f"[bold yellow]Warning: {message}", soft_wrap=True, highlight=False)
+        CONSOLE.print(style + escape(message), soft_wrap=True, highlight=False)
+
+
+def _warn_once(message: str) -> None:
+    _say_once(f"Warning: {message}", "[bold yellow]")
 
 
 @dataclass
@@ -102,6 +111,8 @@ class LLFF(DataParser):
     def load_scene(self) -> LLFFScene:
         """The whole scene (all images), resolved and checked once per parser."""
         cfg = self.config
+        if cfg.max_eval_views < 0:
+            raise LLFFDataError(f"--max-eval-views {cfg.max_eval_views}: must be >= 0 (0: every held-out image)")
         root = resolve_data_path(cfg.data, cfg.downscale_factor)
         key = (str(root.resolve()), cfg.downscale_factor, cfg.bd_factor, cfg.holdout_every)
         if self._cache is None or self._cache[0] != key:
@@ -146,7 +157,12 @@ class LLFF(DataParser):
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         scene = self.load_scene()
-        indices = split_indices(len(scene.image_paths), self.config.holdout_every, split)
+        num, cfg = len(scene.image_paths), self.config
+        indices = split_indices(num, cfg.holdout_every, split, cfg.max_eval_views)
+        held = split_indices(num, cfg.holdout_every, split)
+        if len(indices) < len(held):
+            _say_once(f"{scene.root}: evaluating {len(indices)} of the {len(held)} held-out images, evenly spaced "
+                      f"(--max-eval-views {cfg.max_eval_views}): images {indices}")
         meta = self.llff_metadata(scene)
 
         c2w = torch.from_numpy(scene.poses[indices]).to(torch.float32)

@@ -46,6 +46,7 @@ __all__ = [
     "recenter_poses",
     "load_llff_scene",
     "split_indices",
+    "evenly_spaced",
     "check_geometry",
     "check_split",
     "ROTATION_TOLERANCE",
@@ -463,19 +464,33 @@ def check_split(num_images: int, holdout_every: int, path: PathLike, need_eval: 
         )
 
 
-def split_indices(num_images: int, holdout_every: int, split: str) -> List[int]:
+def split_indices(num_images: int, holdout_every: int, split: str, max_eval_views: int = 0) -> List[int]:
     """Reference ``llffhold`` split: index % holdout_every == 0 is held out for eval.
 
     ``holdout_every <= 0`` puts every image in every split (no held-out set).
+    ``max_eval_views > 0`` keeps at most that many of the eval images, evenly spaced over them
+    (:func:`evenly_spaced`); the held-out images left out are in no split, so training never
+    sees them and the training split does not change.
     """
     if split not in ("train", "val", "test", "eval"):
         raise ValueError(f"unknown split {split!r} (train, val, test)")
     idx = range(num_images)
     if holdout_every <= 0:
-        return list(idx)
+        return list(idx) if split == "train" else evenly_spaced(list(idx), max_eval_views)
     if split == "train":
         return [i for i in idx if i % holdout_every != 0]
-    return [i for i in idx if i % holdout_every == 0]
+    return evenly_spaced([i for i in idx if i % holdout_every == 0], max_eval_views)
+
+
+def evenly_spaced(items: Sequence[int], k: int) -> List[int]:
+    """At most ``k`` of ``items`` spread evenly over them, the first and the last included
+    (item ``round(j (n - 1) / (k - 1))`` for j < k); all of them when ``k <= 0`` or ``k >= n``."""
+    n = len(items)
+    if k <= 0 or n <= k:
+        return list(items)
+    if k == 1:
+        return [items[0]]
+    return [items[int(j * (n - 1) / (k - 1) + 0.5)] for j in range(k)]
 
 
 @dataclass
