@@ -22,6 +22,7 @@ base_method: nerf-small
 max_num_iterations: {iterations}
 downscale_factor: 32
 holdout_every: 8
+max_eval_views: 2
 scenes: [fern]
 seeds: [0]
 steps_per_log: 1
@@ -79,12 +80,14 @@ def test_tiny_real_sweep_and_resume(tmp_path, fern):
         run = d / r["run_dir"]
         m = json.loads((run / "metrics.json").read_text())
         assert m["extra"]["num_heldout_images"] == 3  # 20 images, every 8th held out: 0, 8, 16
+        assert m["extra"]["num_evaluated_images"] == 2 and r["views_evaluated"] == "2"  # max_eval_views: 0 and 16
         assert json.loads((run / "status.json").read_text())["status"] == "done"
         curves = json.loads((run / "curves.json").read_text())
         assert curves["train"]["step"][-1] == 5 and curves["heldout"]["step"]
         assert (run / "heldout" / "gt_0000.png").is_file() and (run / "heldout" / "pred_0000.png").is_file()
     md = (d / "table.md").read_text()
     assert "| Method | Fern | Average |" in md and "Δ PSNR (E-NeRF − NeRF)" in md and "**" in md
+    assert "mean over the evaluated held-out views (Fern 2 of 3, evenly spaced)" in md
     assert (d / "curves.png").stat().st_size > 1000
     import imageio.v3 as iio
 

@@ -34,7 +34,10 @@ def test_train_command(tmp_path):
     assert "--load-dir" not in text
     # the dataparser subcommand comes last, with the scene and the protocol's factor
     i = cmd.index("llff")
-    assert cmd[i:] == ["llff", "--data", str(tmp_path / "fern"), "--downscale-factor", "8", "--holdout-every", "8"]
+    assert cmd[i:] == ["llff", "--data", str(tmp_path / "fern"), "--downscale-factor", "8", "--holdout-every", "8",
+                       "--max-eval-views", "5"]
+    every = runner.train_command(dataclasses.replace(spec, protocol=spec.protocol.with_overrides(max_eval_views=0)))
+    assert "--max-eval-views" not in every  # 0: the dataparser's default, every held-out image
     resumed = runner.train_command(spec, load_dir=tmp_path / "ckpts")
     assert resumed[resumed.index("--load-dir") + 1] == str(tmp_path / "ckpts")
     assert "--resume-to-max-iterations True" in " ".join(resumed)
@@ -80,14 +83,29 @@ def test_with_local_threads_sets_both_stages_unless_the_runner_fixes_them(tmp_pa
     assert with_local_threads(fake, proto, 1) is fake
 
 
-def test_a_protocols_thread_counts_must_be_positive(tmp_path):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("train_threads: 2", "train_threads: 0"), r"bad\.yaml: train_threads must be >= 1"),
+        (("max_eval_views: 5", "max_eval_views: -2"), r"bad\.yaml: max_eval_views must be >= 0"),
+        (("dataparser: llff", "dataparser: nerfstudio-data"), r"bad\.yaml: max_eval_views is an option of the llff"),
+    ],
+)
+def test_a_protocol_with_impossible_settings_is_refused(tmp_path, change, message):
     from wcnerf.eval.protocols import ProtocolError
 
-    text = (Path(load_protocol("cpu").source)).read_text().replace("train_threads: 2", "train_threads: 0")
+    text = Path(load_protocol("cpu").source).read_text()
+    assert change[0] in text
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text)
-    with pytest.raises(ProtocolError, match=r"bad\.yaml: train_threads must be >= 1"):
+    bad.write_text(text.replace(*change))
+    with pytest.raises(ProtocolError, match=message):
         load_protocol(str(bad))
+
+
+def test_the_cpu_protocol_says_how_many_views_it_evaluates():
+    proto = load_protocol("cpu")
+    assert proto.max_eval_views == 5 and "(at most 5 of them evaluated, evenly spaced)" in proto.summary()
+    assert "evaluated" not in load_protocol("paper").summary()
 
 
 def _fake_ckpt(path: Path, payload: bytes = b"x" * 100) -> None:

@@ -142,3 +142,18 @@ def test_csv_one_row_per_run_with_failures(tmp_path, records):
     assert ok["psnr"] == pytest.approx(20.0) and ok["seed"] == 0 and ok["iterations"] == 100
     assert re.search(r"runs/fern/nerf/seed-0", ok["run_dir"])
     assert results_csv([]).strip() == ",".join(header)
+
+
+def test_table_says_which_held_out_views_were_evaluated(tmp_path, records):
+    assert "mean over all of the scene's held-out views;" in table_markdown(records)  # counts unknown
+    counts = {"fern": (3, 3), "flower": (5, 5), "fern62": (5, 8)}
+    for r in records:
+        r["views_evaluated"], r["views_held_out"] = counts[r["scene"]]
+    assert "mean over all of the scene's held-out views (Fern 3, Flower 5);" in table_markdown(records)
+    big = records + [rec("fern62", "nerf", 0, 17.8, 0.43) | {"views_evaluated": 5, "views_held_out": 8}]
+    assert "mean over the evaluated held-out views (Fern 3 of 3, Flower 5 of 5, Fern62 5 of 8, evenly spaced);" in (
+        table_markdown(big)
+    )
+    rows = read_results_csv(write_results_csv(big, tmp_path / "results.csv"))  # the counts survive the CSV
+    assert (rows[-1]["views_evaluated"], rows[-1]["views_held_out"]) == (5, 8)
+    assert "Fern62 5 of 8" in table_markdown(rows)

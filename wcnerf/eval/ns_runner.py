@@ -4,7 +4,7 @@ Per run folder (``runs/<scene>/<method>/seed-<seed>/``)::
 
     ns/<scene>/<ns-method>/run/        nerfstudio's output: config.yml, nerfstudio_models/, tensorboard events
     train.log, train.err.log           ns-train stdout / stderr (appended over attempts)
-    eval/ns_eval.json, eval/renders/   ns-eval output (metrics over every held-out image, PNGs)
+    eval/ns_eval.json, eval/renders/   ns-eval output (metrics over the evaluated held-out images, PNGs)
     eval.log, eval.err.log
     curves.json                        train / held-out PSNR read back from the tensorboard events
     heldout/gt_0000.png, pred_0000.png the first held-out view (from ns-eval's renders)
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from wcnerf.atomic import write_json
-from wcnerf.data.llff_scene import image_dir_for, list_images
+from wcnerf.data.llff_scene import image_dir_for, list_images, split_indices
 from wcnerf.eval.runs import CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
 from wcnerf.eval.image_metrics import psnr_from_mse
 
@@ -257,6 +257,8 @@ class NerfstudioRunner:
             "--downscale-factor", str(p.downscale_factor),
             "--holdout-every", str(p.holdout_every),
         ]  # fmt: skip
+        if p.max_eval_views:
+            cmd += ["--max-eval-views", str(p.max_eval_views)]
         cmd += list(p.dataparser_args)
         return cmd
 
@@ -400,7 +402,7 @@ class NerfstudioRunner:
         config = base / "config.yml"
         if not config.is_file():
             raise RunFailed(f"no nerfstudio config at {config}")
-        spec.report("eval (every held-out image)", None, None)
+        spec.report("eval (held-out images)", None, None)
         eval_dir = spec.run_dir / "eval"
         if eval_dir.exists():
             shutil.rmtree(eval_dir)
@@ -442,12 +444,22 @@ class NerfstudioRunner:
             eval_seconds=eval_seconds,
             extra={
                 "ns_eval": results,
-                "num_heldout_images": len(renders),
+                "num_evaluated_images": len(renders),
+                "num_heldout_images": self._num_heldout(spec) or len(renders),
                 "resumed_from": timing.get("resumed_from", []),
                 "config": str(config),
                 "curves_source": {k: (curves.get(k) or {}).get("source") for k in ("train", "heldout")},
             },
         )
+
+    @staticmethod
+    def _num_heldout(spec: RunSpec) -> Optional[int]:
+        """How many of the scene's images the protocol holds out (None: not an LLFF scene here)."""
+        if spec.scene.path is None or spec.protocol.dataparser != "llff":
+            return None
+        img_dir = image_dir_for(spec.scene.path, spec.protocol.downscale_factor)
+        files = list_images(img_dir) if img_dir.is_dir() else []
+        return len(split_indices(len(files), spec.protocol.holdout_every, "eval")) if files else None
 
     def _save_heldout(self, spec: RunSpec, renders: Sequence[Path]) -> None:
         """First held-out view: ground truth and render from ns-eval's combined image."""

@@ -32,6 +32,10 @@ class Protocol:
     max_num_iterations: int
     downscale_factor: int
     holdout_every: int = 8
+    max_eval_views: int = 0
+    """Evaluate at most this many of a scene's held-out views, evenly spaced (the LLFF
+    dataparser's ``--max-eval-views``; 0: all). The table says how many of how many were
+    evaluated per scene."""
     scenes: Tuple[str, ...] = ("fern",)
     seeds: Tuple[int, ...] = (0,)
     description: str = ""
@@ -54,7 +58,7 @@ class Protocol:
     cores divided by the local workers); None, or any other engine: ``threads``. A sweep with
     one worker on 2 free cores would otherwise leave one idle while it trains. Float sums that
     torch splits over threads round differently, so a run trained with 2 threads is not bit
-    for bit the run trained with 1 (docs/results.md, "Training threads")."""
+    for bit the run trained with 1 (docs/results.md, "Training threads and the cost of a run")."""
     eval_threads: Optional[int] = None
     """OMP/MKL threads of ``ns-eval``, by the same rule as ``train_threads``. Evaluation
     renders every held-out view and gains from a second thread (docs/results.md, "Cost of one
@@ -72,8 +76,9 @@ class Protocol:
         """One line describing the settings (for table.md and the console)."""
         return (
             f"protocol `{self.name}`: methods {', '.join(f'{k}={v}' for k, v in self.methods.items())}, "
-            f"downscale factor {self.downscale_factor}, every {self.holdout_every}th image held out, "
-            f"{self.max_num_iterations} iterations"
+            f"downscale factor {self.downscale_factor}, every {self.holdout_every}th image held out"
+            + (f" (at most {self.max_eval_views} of them evaluated, evenly spaced)" if self.max_eval_views else "")
+            + f", {self.max_num_iterations} iterations"
             + (f", extra ns-train args `{' '.join(self.train_args)}`" if self.train_args else "")
         )
 
@@ -114,6 +119,7 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
         "max_num_iterations",
         "downscale_factor",
         "holdout_every",
+        "max_eval_views",
         "steps_per_log",
         "steps_per_save",
         "steps_per_eval_batch",
@@ -134,6 +140,10 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
     proto = Protocol(**values)
     if proto.max_num_iterations < 1:
         raise ProtocolError(f"{source}: max_num_iterations must be >= 1")
+    if proto.max_eval_views < 0:
+        raise ProtocolError(f"{source}: max_eval_views must be >= 0 (0: every held-out view), not {proto.max_eval_views}")
+    if proto.max_eval_views and proto.dataparser != "llff":
+        raise ProtocolError(f"{source}: max_eval_views is an option of the llff dataparser, not of {proto.dataparser!r}")
     if proto.device not in ("auto", "cuda", "cpu", "mps"):
         raise ProtocolError(f"{source}: device must be auto, cuda, cpu or mps, not {proto.device!r}")
     return proto

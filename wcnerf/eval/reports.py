@@ -57,6 +57,9 @@ def _record(out_dir: Path, run_dir: Path, fallback: Optional[RunSpec] = None) ->
             if metrics.get(k) is not None:
                 rec[k] = metrics[k]
         rec["iterations"] = metrics.get("iterations") or metrics.get("max_num_iterations")
+        extra = metrics.get("extra") or {}  # runs before max_eval_views evaluated all they held out
+        rec["views_evaluated"] = extra.get("num_evaluated_images", extra.get("num_heldout_images"))
+        rec["views_held_out"] = extra.get("num_heldout_images")
         rec["status"] = "done"
         rec["error"] = ""
     else:

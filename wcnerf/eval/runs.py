@@ -123,6 +123,7 @@ class RunSpec:
             "max_num_iterations": p.max_num_iterations,
             "downscale_factor": p.downscale_factor,
             "holdout_every": p.holdout_every,
+            "max_eval_views": p.max_eval_views,
             "train_args": list(p.train_args),
             "dataparser_args": list(p.dataparser_args),
         }
@@ -130,7 +131,7 @@ class RunSpec:
 
 @dataclass
 class RunResult:
-    """What a runner returns for a finished run (metrics over every held-out image)."""
+    """What a runner returns for a finished run (metrics over its evaluated held-out images)."""
 
     psnr: float
     ssim: Optional[float] = None

@@ -252,7 +252,8 @@ def _warn_if_settings_changed(spec: RunSpec, console: Any) -> None:
     now = spec.settings()
     changed = [
         k
-        for k in ("ns_method", "conditioning", "max_num_iterations", "downscale_factor", "holdout_every", "train_args")
+        for k in ("ns_method", "conditioning", "max_num_iterations", "downscale_factor", "holdout_every", "max_eval_views",
+                  "train_args")
         if k in metrics and metrics.get(k) != now.get(k)
     ]
     if changed:

@@ -48,6 +48,8 @@ CSV_COLUMNS = [
     "sec_per_iter",
     "train_seconds",
     "eval_seconds",
+    "views_evaluated",
+    "views_held_out",
     "ns_method",
     "conditioning",
     "run_dir",
@@ -230,6 +232,26 @@ def _one_line(text: Any, limit: int = 300) -> str:
     return out if len(out) <= limit else "…" + out[-limit:]
 
 
+def _views_text(records: Sequence[Mapping[str, Any]], scenes: Sequence[str]) -> str:
+    """Which held-out views the metrics average, per scene, as the finished runs recorded them:
+    "all of the scene's held-out views (Fern 3, Flower 5)", or "the evaluated held-out views
+    (Fern 3 of 3, Fern62 5 of 8, evenly spaced)" when a protocol's max_eval_views left some out."""
+    counts: Dict[str, set] = {}
+    for r in records:
+        if r.get("status") == "done" and r.get("views_evaluated") is not None:
+            counts.setdefault(r["scene"], set()).add((r["views_evaluated"], r.get("views_held_out") or r["views_evaluated"]))
+    parts, partial = [], False
+    for scene in scenes:
+        for k, n in sorted(counts.get(scene, ())):
+            partial |= k < n
+            parts.append((scene_display(scene), k, n))
+    if not parts:
+        return "all of the scene's held-out views"
+    if not partial:
+        return "all of the scene's held-out views (" + ", ".join(f"{name} {n}" for name, _, n in parts) + ")"
+    return "the evaluated held-out views (" + ", ".join(f"{name} {k} of {n}" for name, k, n in parts) + ", evenly spaced)"
+
+
 def table_markdown(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -257,7 +279,7 @@ def table_markdown(
     out.write(
         f"Runs: {len(records)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
         f"seeds: {', '.join(str(s) for s in seeds) or '–'}. "
-        "Each run's metric is the mean over all of the scene's held-out views; cells are mean ± sample std "
+        f"Each run's metric is the mean over {_views_text(records, scenes)}; cells are mean ± sample std "
         "over the seeds that finished (a single seed shows its value alone); the best method of each "
         "column is in bold.\n\n"
     )
@@ -459,7 +481,7 @@ def read_results_csv(path: Path) -> List[Dict[str, Any]]:
             rec: Dict[str, Any] = dict(row)
             for k in ("psnr", "ssim", "lpips", "sec_per_iter", "train_seconds", "eval_seconds"):
                 rec[k] = _num(rec.get(k))
-            for k in ("seed", "iterations"):
+            for k in ("seed", "iterations", "views_evaluated", "views_held_out"):
                 rec[k] = int(rec[k]) if rec.get(k) not in (None, "") else None
             rows.append(rec)
     return rows
