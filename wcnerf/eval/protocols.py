@@ -51,8 +51,9 @@ class Protocol:
     dataparser: str = "llff"
     dataparser_args: Tuple[str, ...] = ()
     threads: Optional[int] = None
-    """OMP/MKL threads of each training / evaluation process (None: torch's default). 1 is much
-    faster than torch's default on a small, shared CPU (no thread oversubscription)."""
+    """OMP/MKL threads of each training / evaluation process (None: torch's default), unless
+    ``train_threads`` / ``eval_threads`` apply. 1 is much faster than torch's default on a
+    small, shared CPU (no thread oversubscription)."""
     train_threads: Optional[int] = None
     """OMP/MKL threads of ``ns-train`` when a local worker has that many cores to itself (the
     cores divided by the local workers); None, or any other engine: ``threads``. A sweep with
