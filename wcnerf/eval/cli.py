@@ -77,7 +77,8 @@ class Execution:
     redo: bool = False
     """Delete the selected runs' folders and run them from scratch."""
     threads: Optional[int] = None
-    """OMP/MKL threads of the training / evaluation subprocesses (default: the protocol's)."""
+    """OMP/MKL threads of every training / evaluation subprocess (default: the protocol's
+    ``threads``, or its ``train_threads`` / ``eval_threads`` for a local worker with the cores to itself)."""
 
 
 @dataclass
