@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, SPHERE_RADIUS, require_llff_scene
+from support.helpers import REPO, SPHERE_RADIUS, require_llff_scene
 
 
 # ----------------------------------------------------------------------------- LLFF data

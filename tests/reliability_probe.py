@@ -6,7 +6,7 @@ a warning, accepted silently, or a traceback (any other exception). Not a test m
     .venv/bin/python tests/reliability_probe.py [--fern PATH] [--ns]
 
 ``--ns`` also runs ``ns-train`` on some of the broken scenes and ``--load-dir`` mistakes (about
-a minute; through tests/ns_cases.py) and classifies their output the same way.
+a minute; through tests/support/ns_cases.py) and classifies their output the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import NERF_TINY_ARGS, llff_scene  # noqa: E402
+from support.helpers import llff_scene  # noqa: E402
+from support.tiny import NERF  # noqa: E402
 
 from wcnerf.data.llff_scene import LLFFDataError, load_llff_scene  # noqa: E402
 from wcnerf.shape.mesh import MeshLoadError, load_mesh  # noqa: E402
@@ -201,7 +202,7 @@ def probe_meshes(work: Path):
 
 
 def probe_ns(fern: Path, work: Path):
-    from tiny_runs import TINY_FACTOR, tiny_env, tiny_fern
+    from support.tiny import TINY_FACTOR, tiny_env, tiny_fern
 
     good = tiny_fern(work / "ns" / "good", fern)
     out = work / "ns" / "outputs"
@@ -211,7 +212,7 @@ def probe_ns(fern: Path, work: Path):
         names[name] = label
         cases.append({"name": name, "entry": "train", "argv": [
             method, "--output-dir", str(out), "--experiment-name", "fern", "--timestamp", name,
-            "--max-num-iterations", str(iters), "--steps-per-save", "1000", *NERF_TINY_ARGS, *extra,
+            "--max-num-iterations", str(iters), "--steps-per-save", "1000", *NERF.args(), *extra,
             "llff", "--data", str(data), "--downscale-factor", str(TINY_FACTOR)]})
 
     for label, fn in [("zero rotation blocks", lambda a: [rot(a, i).__setitem__(slice(None), 0) for i in range(len(a))]),
@@ -247,7 +248,7 @@ def probe_ns(fern: Path, work: Path):
     (work / "ns" / "file").write_text("x")
     train("out-file", "--output-dir under a file", extra=["--output-dir", str(work / "ns" / "file" / "o")])
     (work / "ns" / "cases.json").write_text(json.dumps(cases))
-    subprocess.run([sys.executable, str(Path(__file__).parent / "ns_cases.py"), str(work / "ns" / "cases.json")],
+    subprocess.run([sys.executable, str(Path(__file__).parent / "support" / "ns_cases.py"), str(work / "ns" / "cases.json")],
                    env=tiny_env(work), check=True, capture_output=True)
     codes = json.loads((work / "ns" / "results.json").read_text())
     rows = []

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import BIN, NERF_TINY_ARGS, REPO
-from tiny_runs import TINY_FACTOR, tiny_env, tiny_fern, train_tiny
+from support.helpers import BIN, REPO
+from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern, train_tiny
 
 
 def _train_enerf_module():
@@ -108,11 +108,10 @@ def enerf_run(tmp_path_factory, fern):
     """``scripts/train_enerf.py`` on tiny fern (30 steps): ``(run folder, its output)``."""
     tmp = tmp_path_factory.mktemp("enerf")
     scene = tiny_fern(tmp / "data", fern)
-    tiny = [a for a in NERF_TINY_ARGS]
     res = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "train_enerf.py"), "--data", str(scene),
          "--output-dir", str(tmp / "outputs"), "--max-num-iterations", "30", "--steps-per-save", "1000",
-         *tiny, "llff", "--downscale-factor", str(TINY_FACTOR)],
+         *NERF.args(), "llff", "--downscale-factor", str(TINY_FACTOR)],
         cwd=tmp, env=tiny_env(tmp), capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -203,7 +202,7 @@ def _listening(port: int) -> set:
 
 @pytest.mark.slow
 def test_viewer_serves_the_finished_run_on_localhost(enerf_run, tmp_path):
-    from browser import free_port
+    from support.browser import free_port
 
     run, out = enerf_run
     port = free_port()

@@ -419,7 +419,7 @@ def test_enerf_model_writes_kappa_nz_and_dead_units(monkeypatch, request):
     """The E-NeRF model's analysis callback sends kappa_nz and the dead / saturated unit counts
     (per layer and per-field totals) to nerfstudio's writer, and the panel tables show them."""
     pytest.importorskip("nerfstudio")
-    from nerf_helpers import build, callback_train_step, training_callbacks  # first: nerfstudio's import order
+    from support.nerf_models import build, callback_train_step, training_callbacks  # first: nerfstudio's import order
 
     from nerfstudio.utils import writer
 

@@ -11,7 +11,7 @@ import pytest
 from wcnerf.eval.cli import CompareLLFF, main
 from wcnerf.eval.sweep import parse_list
 
-from helpers import REPO
+from support.helpers import REPO
 
 
 def test_dry_run_keeps_states_and_whole_scene_errors(tmp_path):

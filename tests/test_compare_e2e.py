@@ -13,41 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from support.helpers import REPO
+from support.tiny import tiny_fern, tiny_protocol
 
-TINY = """\
-name: tiny
-methods: {{nerf: nerf-small, e-nerf: e-nerf-small}}
-base_method: nerf-small
-max_num_iterations: {iterations}
-downscale_factor: 32
-holdout_every: 8
-max_eval_views: 2
-scenes: [fern]
-seeds: [0]
-steps_per_log: 1
-steps_per_save: 3
-steps_per_eval_batch: 2
-threads: 1
-train_args: [--pipeline.datamanager.train-num-rays-per-batch, "32", --pipeline.datamanager.eval-num-rays-per-batch, "32",
-  --pipeline.model.num-coarse-samples, "4", --pipeline.model.num-importance-samples, "4",
-  --pipeline.model.base-mlp-num-layers, "2", --pipeline.model.base-mlp-layer-width, "16",
-  --pipeline.model.head-mlp-layer-width, "8", --pipeline.model.eval-num-rays-per-chunk, "4096"]
-timeout_minutes: 10
-"""
-
-
-def _tiny_fern(root: Path, fern: Path) -> Path:
-    """fern in nerf_llff_data layout with images_32/ (126 x 94) made from ``fern``'s images_8/."""
-    from PIL import Image
-
-    scene = root / "fern"
-    (scene / "images_32").mkdir(parents=True)
-    (scene / "poses_bounds.npy").write_bytes((fern / "poses_bounds.npy").read_bytes())
-    for p in sorted((fern / "images_8").iterdir()):
-        with Image.open(p) as im:
-            im.convert("RGB").resize((126, 94), Image.BOX).save(scene / "images_32" / f"{p.stem}.png")
-    return scene
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -60,9 +28,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_tiny_real_sweep_and_resume(tmp_path, fern):
-    scene = _tiny_fern(tmp_path / "data", fern)
+    scene = tiny_fern(tmp_path / "data", fern)
     proto = tmp_path / "tiny.yaml"
-    proto.write_text(TINY.format(iterations=6))
+    proto.write_text(tiny_protocol(6))
     out = tmp_path / "out"
     args = ["--protocol", str(proto), "--scenes", str(scene), "--methods", "nerf", "e-nerf", "--seeds", "0",
             "--output-root", str(out)]  # fmt: skip
@@ -103,7 +71,7 @@ def test_tiny_real_sweep_and_resume(tmp_path, fern):
     status = json.loads((enerf / "status.json").read_text())
     status.update(status="running", pid=2**22 + 4321)
     (enerf / "status.json").write_text(json.dumps(status))
-    proto.write_text(TINY.format(iterations=9))
+    proto.write_text(tiny_protocol(9))
     res = _cli(*args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (d / "runs/fern/nerf/seed-0/metrics.json").read_text() == nerf_metrics

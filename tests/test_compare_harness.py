@@ -17,8 +17,8 @@ from wcnerf.eval.runs import MethodSpec, RunFailed, RunResult, SceneSpec, run_st
 from wcnerf.eval.sweep import resolve_methods, resolve_scenes, run_sweep
 from wcnerf.eval.table import read_results_csv
 
-from fake_runner import FakeRunner  # a plain module: worker processes import it too
-from helpers import REPO
+from support.fake_runner import FakeRunner  # a plain module: worker processes import it too
+from support.helpers import REPO
 
 
 def proto(**kw) -> Protocol:

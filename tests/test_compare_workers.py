@@ -1,5 +1,5 @@
 """Runs claimed safely (leases) and the sweep's workers on real engines: local processes, a
-local Ray, submitit's local executor; with the fake runner of tests/fake_runner.py (no
+local Ray, submitit's local executor; with the fake runner of tests/support/fake_runner.py (no
 training) except one tiny real sweep through Ray (issue 14, point 5)."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from wcnerf.eval.sweep import run_sweep
 from wcnerf.eval.table import read_results_csv
 from wcnerf.lease import LEASE_FILE, Lease, LeaseHeld, lease_is_live, read_lease
 
-from fake_runner import FakeRunner, claim_folders, read_log
-from helpers import REPO
+from support.fake_runner import FakeRunner, claim_folders, read_log
+from support.helpers import REPO
 
 TESTS = Path(__file__).resolve().parent
 
@@ -278,11 +278,11 @@ def test_tiny_real_sweep_with_two_workers(tmp_path, fern, executor):
 
     if executor == "ray":
         pytest.importorskip("ray")
-    from test_compare_e2e import TINY, _tiny_fern
+    from support.tiny import tiny_fern, tiny_protocol
 
-    scene = _tiny_fern(tmp_path / "data", fern)
+    scene = tiny_fern(tmp_path / "data", fern)
     proto = tmp_path / "tiny.yaml"
-    proto.write_text(TINY.format(iterations=6))
+    proto.write_text(tiny_protocol(6))
     out = tmp_path / "out"
     res = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "compare_llff.py"), "--protocol", str(proto), "--scenes", str(scene),

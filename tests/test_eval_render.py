@@ -16,7 +16,7 @@ pytest.importorskip("nerfstudio")
 
 from nerfstudio.models.base_model import Model  # noqa: E402
 
-from nerf_helpers import build, rays  # noqa: E402
+from support.nerf_models import build, rays  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 

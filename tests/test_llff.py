@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import llff_reference
+from support import llff_reference
 
 from wcnerf.data.llff import LLFF, LLFFDataParserConfig, llff_dataparser
 from wcnerf.data.ndc import ndc_rays

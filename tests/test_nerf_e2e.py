@@ -16,7 +16,8 @@ import pytest
 
 pytest.importorskip("nerfstudio")
 
-from helpers import BIN, NERF_TINY_ARGS, offline_env, tb_scalars  # noqa: E402
+from support.helpers import BIN, offline_env, tb_scalars  # noqa: E402
+from support.tiny import NERF  # noqa: E402
 
 
 def _steps(ckpt_dir: Path) -> list:
@@ -28,7 +29,7 @@ def _steps(ckpt_dir: Path) -> list:
 def test_train_kill_resume_eval(tmp_path):
     env = offline_env(tmp_path)
     out = tmp_path / "outputs"
-    common = ["--data", "llff/fern", "--output-dir", str(out), *NERF_TINY_ARGS]
+    common = ["--data", "llff/fern", "--output-dir", str(out), *NERF.args()]
     log1 = tmp_path / "train1.log"
 
     # 1. A long run, killed (SIGKILL) once it has written a checkpoint past step 2.

@@ -26,8 +26,8 @@ from wcnerf.nerf.model import paper_encoding  # noqa: E402
 from wcnerf.plugin.conditioned import parse_options  # noqa: E402
 from wcnerf.plugin.trainer import RunExponentialDecaySchedulerConfig  # noqa: E402
 
-from helpers import differences  # noqa: E402
-from nerf_helpers import LLFF_META, build, callback_train_step, rays, training_callbacks  # noqa: E402
+from support.helpers import differences  # noqa: E402
+from support.nerf_models import LLFF_META, build, callback_train_step, rays, training_callbacks  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("offline_hub")  # no LPIPS weights anywhere (conftest.py)
 

@@ -16,8 +16,9 @@ import pytest
 
 pytest.importorskip("nerfstudio")
 
-from browser import Browser, find_chromium, free_port, keep_screenshot  # noqa: E402
-from helpers import BIN, NERF_TINY_ARGS, offline_env, tb_scalars  # noqa: E402
+from support.browser import Browser, find_chromium, free_port, keep_screenshot  # noqa: E402
+from support.helpers import BIN, offline_env, tb_scalars  # noqa: E402
+from support.tiny import NERF  # noqa: E402
 
 CHROMIUM = find_chromium()
 
@@ -53,9 +54,7 @@ def _has(text: str) -> str:
 def test_viewer_panel_switches_analysis_and_shows_kappa(tmp_path):
     port = free_port()
     out = tmp_path / "outputs"
-    tiny = list(NERF_TINY_ARGS)
-    tiny[tiny.index("--vis") + 1] = "viewer+tensorboard"
-    tiny[tiny.index("--pipeline.model.analysis-every") + 1] = "0"  # off: the browser switches it on
+    tiny = NERF.args(vis="viewer+tensorboard", pipeline__model__analysis_every=0)  # off: the browser switches it on
     log = tmp_path / "train.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(

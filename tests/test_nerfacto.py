@@ -38,8 +38,9 @@ from wcnerf.nerfacto.methods import (  # noqa: E402
 from wcnerf.nerfacto.model import ENerfactoModelConfig, mlp_linears  # noqa: E402
 from wcnerf.plugin.ndc import NDCCollider  # noqa: E402
 
-from helpers import BIN, differences, offline_env  # noqa: E402
-from nerf_helpers import callback_train_step, rays, training_callbacks  # noqa: E402
+from support.helpers import BIN, differences, offline_env  # noqa: E402
+from support.nerf_models import callback_train_step, rays, training_callbacks  # noqa: E402
+from support.tiny import NERFACTO  # noqa: E402
 
 LLFF_META = {"llff": {"ndc": True, "near": 1.0, "far": 1.0, "focal": 407.0, "width": 504, "height": 378}}
 SMALL_MODEL = dict(
@@ -54,21 +55,6 @@ SMALL_MODEL = dict(
     ],
     eval_num_rays_per_chunk=256,
 )
-TINY = [
-    "--vis", "tensorboard",
-    "--steps-per-eval-batch", "2",
-    "--steps-per-eval-image", "0",
-    "--steps-per-eval-all-images", "0",
-    "--logging.steps-per-log", "1",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.datamanager.eval-num-rays-per-batch", "64",
-    "--pipeline.model.num-levels", "4",
-    "--pipeline.model.log2-hashmap-size", "12",
-    "--pipeline.model.max-res", "64",
-    "--pipeline.model.num-proposal-samples-per-ray", "8", "8",
-    "--pipeline.model.num-nerf-samples-per-ray", "8",
-    "--pipeline.model.eval-num-rays-per-chunk", "16384",
-]
 
 
 pytestmark = pytest.mark.usefixtures("offline_hub")  # no LPIPS weights anywhere (conftest.py)
@@ -321,7 +307,7 @@ def test_train_on_fern_cpu_then_eval(tmp_path):
     for method, iters, extra in (("e-nerfacto-small", 6, []), ("nerfacto-plain-small", 3, ["llff", "--ndc", "True"])):
         res = subprocess.run(
             [str(BIN / "ns-train"), method, "--data", "llff/fern", "--output-dir", str(out), "--timestamp", "t",
-             "--max-num-iterations", str(iters), "--steps-per-save", "100", *TINY, *extra],
+             "--max-num-iterations", str(iters), "--steps-per-save", "100", *NERFACTO.args(), *extra],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )
         log = res.stdout + res.stderr
@@ -376,7 +362,7 @@ def test_train_on_nerfstudio_data(tmp_path, fern):
     env["OMP_NUM_THREADS"] = "1"
     res = subprocess.run(
         [str(BIN / "ns-train"), "e-nerfacto-small", "--output-dir", str(tmp_path / "outputs"), "--timestamp", "t",
-         "--max-num-iterations", "3", "--steps-per-save", "100", *TINY, "nerfstudio-data", "--data", str(data)],
+         "--max-num-iterations", "3", "--steps-per-save", "100", *NERFACTO.args(), "nerfstudio-data", "--data", str(data)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     log = res.stdout + res.stderr

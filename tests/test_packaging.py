@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from support.helpers import REPO
 
 MAPPED = {"wcnerf.configs": "configs", "wcnerf.viewer": "viewer", "wcnerf.example_data": "data"}
 

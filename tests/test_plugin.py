@@ -84,7 +84,7 @@ def _imported_modules(path):
 
 @pytest.mark.parametrize("family, other", [("nerf", "nerfacto"), ("nerfacto", "nerf")])
 def test_method_families_import_the_plugin_never_each_other(family, other):
-    from helpers import REPO
+    from support.helpers import REPO
 
     imported = {m for path in (REPO / "wcnerf" / family).glob("*.py") for m in _imported_modules(path)}
     assert not any(m == f"wcnerf.{other}" or m.startswith(f"wcnerf.{other}.") for m in imported), sorted(imported)
@@ -155,7 +155,7 @@ def test_ns_train_help_lists_the_conditioning_settings(method):
     import os
     import subprocess
 
-    from helpers import BIN
+    from support.helpers import BIN
 
     res = subprocess.run([str(BIN / "ns-train"), method, "--help"], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "COLUMNS": "200"})

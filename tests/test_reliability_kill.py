@@ -3,7 +3,7 @@
 checkpoint write, during evaluation / the final outputs); the rerun resumes from the last
 complete checkpoint, ends with the same number of steps, and no partial file is left.
 
-One driver process (tests/ns_cases.py) runs every case as a forked child; a case's ``child``
+One driver process (tests/support/ns_cases.py) runs every case as a forked child; a case's ``child``
 code patches the point where the child kills itself with SIGKILL."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import NERF_TINY_ARGS
-from tiny_runs import TINY_FACTOR, tiny_env, tiny_fern
+from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +107,7 @@ def killed(fern, small_mesh, tmp_path_factory):
     def train(name, extra=()):
         return [
             "e-nerf-small", "--output-dir", str(ns_out), "--experiment-name", "fern", "--timestamp", name,
-            "--max-num-iterations", "12", "--steps-per-save", "4", "--machine.seed", "0", *NERF_TINY_ARGS, *extra,
+            "--max-num-iterations", "12", "--steps-per-save", "4", "--machine.seed", "0", *NERF.args(), *extra,
             "llff", "--data", str(scene), "--downscale-factor", str(TINY_FACTOR)]
 
     for name, (child, _) in NS_KILLS.items():
@@ -119,7 +118,7 @@ def killed(fern, small_mesh, tmp_path_factory):
                       "before": _snapshot(run, root / "after-kill" / name)})
 
     (root / "cases.json").write_text(json.dumps(cases))
-    res = subprocess.run([sys.executable, str(HERE / "ns_cases.py"), str(root / "cases.json")], cwd=root,
+    res = subprocess.run([sys.executable, str(HERE / "support" / "ns_cases.py"), str(root / "cases.json")], cwd=root,
                          env=tiny_env(root), capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
     codes = json.loads((root / "results.json").read_text())

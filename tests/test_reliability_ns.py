@@ -3,7 +3,7 @@ non-zero with no Python traceback and leave no empty run folder; ``--load-dir`` 
 explained; a finished run's resume command says so and exits 0; progress after a resume
 counts toward the real total.
 
-All command lines run through one driver process (tests/ns_cases.py: nerfstudio imported once,
+All command lines run through one driver process (tests/support/ns_cases.py: nerfstudio imported once,
 each case a forked child calling the real entry point), on a 126 x 94 copy of fern."""
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import NERF_TINY_ARGS
-from tiny_runs import TINY_FACTOR, tiny_env, tiny_fern
+from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +76,7 @@ def ns_runs(fern, tmp_path_factory):
         return {"name": name, "entry": "train", "argv": [
             method, "--output-dir", str(output), "--experiment-name", "fern", "--timestamp", name,
             "--max-num-iterations", str(iters), "--steps-per-save", "1000", "--machine.seed", "0",
-            *NERF_TINY_ARGS, *extra, "llff", "--data", str(data), "--downscale-factor", str(TINY_FACTOR), *parser_args]}
+            *NERF.args(), *extra, "llff", "--data", str(data), "--downscale-factor", str(TINY_FACTOR), *parser_args]}
 
     cases = []
     for name, (breaker, _) in SCENE_CASES.items():
@@ -126,7 +125,7 @@ def ns_runs(fern, tmp_path_factory):
     cases.append(case)
 
     (root / "cases.json").write_text(json.dumps(cases))
-    res = subprocess.run([sys.executable, str(HERE / "ns_cases.py"), str(root / "cases.json")], cwd=root,
+    res = subprocess.run([sys.executable, str(HERE / "support" / "ns_cases.py"), str(root / "cases.json")], cwd=root,
                          env=tiny_env(root), capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-3000:]
     codes = json.loads((root / "results.json").read_text())

@@ -14,7 +14,7 @@ import tyro
 from wcnerf.shape.mesh import MeshLoadError, load_mesh
 from wcnerf.shape.train import DEFAULT_MESH, CompareConfig, FitConfig, fit
 
-from helpers import REPO
+from support.helpers import REPO
 
 
 def settings(cfg, **kw):

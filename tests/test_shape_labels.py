@@ -12,7 +12,7 @@ from wcnerf.shape.sampling import (
     signed_distance,
 )
 
-from helpers import SPHERE_RADIUS as R  # radius of the sphere fixture (conftest.py)
+from support.helpers import SPHERE_RADIUS as R  # radius of the sphere fixture (conftest.py)
 
 
 def _shell_points(rng, n, r_lo, r_hi):

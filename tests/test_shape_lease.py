@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from support.helpers import REPO
 
 
 def _cmd(mesh: Path, out: Path, steps: int, *extra: str) -> list:

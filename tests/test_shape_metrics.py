@@ -11,7 +11,7 @@ from wcnerf.shape.extract import evaluate_grid, marching_cubes, to_original
 from wcnerf.shape.mesh import Normalization
 from wcnerf.shape.metrics import iou, mesh_iou, surface_metrics
 
-from helpers import SPHERE_RADIUS as R  # radius of the sphere fixture (conftest.py)
+from support.helpers import SPHERE_RADIUS as R  # radius of the sphere fixture (conftest.py)
 
 
 def lens_iou(r: float, d: float) -> float:

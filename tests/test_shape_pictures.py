@@ -20,7 +20,7 @@ import torch
 import trimesh
 import tyro
 
-from browser import free_port
+from support.browser import free_port
 from wcnerf.shape import cli
 from wcnerf.shape.train import FitConfig, fit
 
@@ -244,8 +244,8 @@ def test_view_page_shows_the_finished_run(finished, tmp_path):
     import sys
     import time
 
-    from browser import Browser, find_chromium
-    from helpers import REPO
+    from support.browser import Browser, find_chromium
+    from support.helpers import REPO
 
     chromium = find_chromium()
     if chromium is None:

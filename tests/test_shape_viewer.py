@@ -24,8 +24,8 @@ import pytest
 import torch
 import trimesh
 
-from browser import Browser, find_chromium, free_port, keep_screenshot
-from helpers import REPO
+from support.browser import Browser, find_chromium, free_port, keep_screenshot
+from support.helpers import REPO
 
 CHROMIUM = find_chromium()
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import llff_reference
-from helpers import BIN, REPO
-from tiny_runs import tiny_env, tiny_fern, train_tiny
+from support import llff_reference
+from support.helpers import BIN, REPO
+from support.tiny import tiny_env, tiny_fern, train_tiny
 
 from wcnerf.data.llff_scene import load_llff_scene
 from wcnerf.data.spiral import (

@@ -1,7 +1,6 @@
 """Small E-NeRF models on random rays, and training steps with a model's callbacks around them
-(any conditioned model: E-NeRF, E-nerfacto), shared by the nerfstudio test modules. A plain
-module, not a test module; it imports nerfstudio, so import it only after
-``pytest.importorskip("nerfstudio")``."""
+(any conditioned model: E-NeRF, E-nerfacto), shared by the nerfstudio test modules. It imports
+nerfstudio: import it only after ``pytest.importorskip("nerfstudio")``."""
 
 from __future__ import annotations
 
@@ -13,19 +12,11 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 
 from wcnerf.nerf.model import ENeRFModelConfig
 
+from support.tiny import NERF
+
 LLFF_META = {"llff": {"ndc": True, "near": 1.0, "far": 1.0, "focal": 407.0, "width": 63, "height": 47}}
-TINY = dict(
-    base_mlp_num_layers=3,
-    base_mlp_layer_width=16,
-    skip_connections=(1,),
-    head_mlp_layer_width=8,
-    num_coarse_samples=8,
-    num_importance_samples=8,
-    position_frequencies=4,
-    direction_frequencies=2,
-    eval_num_rays_per_chunk=256,
-)
-"""ENeRFModelConfig settings of a tiny model."""
+TINY = NERF.model_kwargs(eval_num_rays_per_chunk=256)
+"""ENeRFModelConfig settings of the tiny model (:data:`support.tiny.NERF`), rendering in chunks of 256."""
 
 
 def build(conditioning="equilibrate", metadata=LLFF_META, **overrides):

@@ -1,12 +1,11 @@
-"""Helpers shared by the test modules. A plain module, not a test module: pytest collects
-nothing here, and test modules import from here (or get fixtures from conftest.py), never
-from each other. No nerfstudio import here (see nerf_helpers.py for the nerfstudio models).
+"""Helpers shared by the test modules (no nerfstudio import here; the nerfstudio models are in
+:mod:`support.nerf_models`).
 
 - where the repository and this venv's command lines are (:data:`REPO`, :data:`BIN`);
 - where the LLFF scenes are (:func:`llff_scene`, :func:`require_llff_scene`; fixtures
   ``fern``, ``fern4``, ``repo_fern`` in conftest.py);
-- the environment of an offline ``ns-train`` / ``ns-eval`` subprocess (:func:`offline_env`)
-  and the tiny E-NeRF command-line settings (:data:`NERF_TINY_ARGS`);
+- the environment of an offline ``ns-train`` / ``ns-eval`` subprocess (:func:`offline_env`);
+  the tiny models themselves are in :mod:`support.tiny`;
 - tensorboard scalars of a run (:func:`tb_scalars`);
 - which fields differ between two configs (:func:`differences`);
 - the radius of the small sphere mesh (:data:`SPHERE_RADIUS`; fixture ``sphere``).
@@ -22,8 +21,8 @@ from typing import Any, List, Optional, Sequence
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-"""The checkout (tests/..)."""
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout (tests/support/../..)."""
 
 BIN = Path(sys.executable).parent
 """This venv's scripts folder (``ns-train``, ``ns-eval``)."""
@@ -61,27 +60,6 @@ def require_llff_scene(name: str = "fern", factor: int = 8, roots: Optional[Sequ
 
 
 # ----------------------------------------------------------------------------- nerfstudio runs
-NERF_TINY_ARGS = [
-    "--vis", "tensorboard",
-    "--steps-per-eval-batch", "3",
-    "--steps-per-eval-image", "0",
-    "--steps-per-eval-all-images", "0",
-    "--logging.steps-per-log", "1",
-    "--pipeline.datamanager.train-num-rays-per-batch", "64",
-    "--pipeline.datamanager.eval-num-rays-per-batch", "64",
-    "--pipeline.model.base-mlp-num-layers", "3",
-    "--pipeline.model.base-mlp-layer-width", "16",
-    "--pipeline.model.skip-connections", "1",
-    "--pipeline.model.head-mlp-layer-width", "8",
-    "--pipeline.model.num-coarse-samples", "8",
-    "--pipeline.model.num-importance-samples", "8",
-    "--pipeline.model.eval-num-rays-per-chunk", "16384",
-    "--pipeline.model.analysis-every", "2",
-    "--pipeline.model.analysis-max-samples", "64",
-]
-"""``ns-train e-nerf*`` arguments for a tiny network (CPU, a few iterations)."""
-
-
 def offline_env(tmp_path: Path) -> dict:
     """The environment of an offline ``ns-train`` / ``ns-eval`` subprocess: an empty torch hub
     cache under ``tmp_path`` and no LPIPS weights path, so LPIPS must be omitted."""

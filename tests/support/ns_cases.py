@@ -5,7 +5,7 @@ console-script entry point with that case's argv, exactly as the ``ns-train`` sc
 (an uncaught exception goes through ``sys.excepthook``, so wcnerf's input-error hook acts as in
 a real run). Cases run in order, so a later case may use an earlier one's run folder.
 
-    python tests/ns_cases.py cases.json      # [{"name", "entry": "train"|"eval"|"shape", "argv": [...],
+    python tests/support/ns_cases.py cases.json      # [{"name", "entry": "train"|"eval"|"shape", "argv": [...],
                                              #   "before": optional code run first in the driver,
                                              #   "child": optional code run in the child (patches,
                                              #   e.g. a SIGKILL at a chosen point)}, ...]
