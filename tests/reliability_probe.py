@@ -1,7 +1,8 @@
 """Bad-input probe (issue 15): build broken LLFF scenes (copies of fern with one thing broken)
 and broken meshes, feed them to the pure readers, and print a table of the outcomes: refused
 with a clear message (our error type, message starting with the offending path), accepted with
-a warning, accepted silently, or a traceback (any other exception). Not a test module.
+a warning, accepted silently, or a traceback (any other exception). Not a test module. The
+broken scenes are the catalogue in tests/support/broken_scenes.py (every case, in its order).
 
     .venv/bin/python tests/reliability_probe.py [--fern PATH] [--ns]
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,82 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from support.broken_scenes import BROKEN  # noqa: E402
 from support.helpers import llff_scene  # noqa: E402
 from support.tiny import NERF  # noqa: E402
 
 from wcnerf.data.llff_scene import LLFFDataError, load_llff_scene  # noqa: E402
 from wcnerf.shape.mesh import MeshLoadError, load_mesh  # noqa: E402
-
-
-def rot(a, i):
-    return a[i, :15].reshape(3, 5)[:, :3]
-
-
-def pose_edit(fn):
-    def apply(scene: Path):
-        a = np.load(scene / "poses_bounds.npy")
-        out = fn(a)
-        np.save(scene / "poses_bounds.npy", out if isinstance(out, np.ndarray) else a)
-    return apply
-
-
-def image_edit(index, fn):
-    def apply(scene: Path):
-        p = sorted((scene / "images_8").iterdir())[index]
-        fn(p)
-    return apply
-
-
-def _drop_images(keep):
-    def apply(scene: Path):
-        for p in sorted((scene / "images_8").iterdir())[keep:]:
-            p.unlink()
-    return apply
-
-
-def _truncate(p: Path):
-    p.write_bytes(p.read_bytes()[:200])
-
-
-LLFF_CASES = {
-    "fern unchanged": lambda s: None,
-    "poses_bounds.npy missing": lambda s: (s / "poses_bounds.npy").unlink(),
-    "poses_bounds.npy empty file": lambda s: (s / "poses_bounds.npy").write_bytes(b""),
-    "poses_bounds.npy random bytes": lambda s: (s / "poses_bounds.npy").write_bytes(bytes(range(256)) * 4),
-    "poses_bounds.npy truncated": lambda s: _truncate(s / "poses_bounds.npy"),
-    "shape N x 16": pose_edit(lambda a: a[:, :16]),
-    "shape 0 x 17": pose_edit(lambda a: a[:0]),
-    "NaN in a pose": pose_edit(lambda a: a.__setitem__((3, 3), np.nan)),
-    "inf in a bound": pose_edit(lambda a: a.__setitem__((3, 16), np.inf)),
-    "negative near bound": pose_edit(lambda a: a.__setitem__((3, 15), -1.0)),
-    "zero focal": pose_edit(lambda a: a.__setitem__((0, 14), 0.0)),
-    "near >= far in one row": pose_edit(lambda a: a.__setitem__((3, slice(15, 17)), a[3, 16:14:-1])),
-    "zero rotation blocks": pose_edit(lambda a: [rot(a, i).__setitem__(slice(None), 0) for i in range(len(a))]),
-    "singular rotation (two equal columns)": pose_edit(lambda a: rot(a, 5).__setitem__((slice(None), 1), rot(a, 5)[:, 0])),
-    "reflection (det -1)": pose_edit(lambda a: rot(a, 5).__setitem__((slice(None), 2), -rot(a, 5)[:, 2])),
-    "rotation scaled by 2": pose_edit(lambda a: rot(a, 5).__setitem__(slice(None), 2 * rot(a, 5))),
-    "rotations rounded to 4 digits": pose_edit(lambda a: [rot(a, i).__setitem__(slice(None), np.round(rot(a, i), 4))
-                                                          for i in range(len(a))]),
-    "all cameras at one pose": pose_edit(lambda a: a.__setitem__((slice(None), slice(0, 15)), a[0, :15])),
-    "near bound 1e-30 (scene x1e30)": pose_edit(lambda a: a.__setitem__((2, 15), 1e-30)),
-    "near bound 1e-3 (bounds span 8e4x)": pose_edit(lambda a: a.__setitem__((2, 15), 1e-3)),
-    "whole scene scaled by 1e-30": pose_edit(lambda a: (a.__setitem__((slice(None), [3, 8, 13, 15, 16]),
-                                                                      a[:, [3, 8, 13, 15, 16]] * 1e-30))),
-    "one image (holdout_every 8)": lambda s: (pose_edit(lambda a: a[:1])(s), _drop_images(1)(s)),
-    "one image fewer than poses": _drop_images(19),
-    "images_8 missing": lambda s: shutil.rmtree(s / "images_8"),
-    "an image truncated": image_edit(4, _truncate),
-    "an image of another size": image_edit(4, lambda p: Image.open(p).resize((100, 80)).save(p)),
-    "RGBA among RGB": image_edit(4, lambda p: Image.open(p).convert("RGBA").save(p)),
-    "grey among RGB": image_edit(4, lambda p: Image.open(p).convert("L").save(p)),
-    "palette image": image_edit(4, lambda p: Image.open(p).convert("P").save(p)),
-    "16-bit image": image_edit(4, lambda p: Image.fromarray(np.asarray(Image.open(p).convert("L"), np.uint16) * 256)
-                               .save(p)),
-}
 
 
 def _box(scale=1.0):
@@ -177,12 +110,8 @@ def classify(fn):
 
 def probe_llff(fern: Path, work: Path):
     rows = []
-    for name, breaker in LLFF_CASES.items():
-        scene = work / "llff" / name.replace(" ", "_").replace("/", "_") / "fern"
-        scene.mkdir(parents=True)
-        shutil.copy(fern / "poses_bounds.npy", scene)
-        shutil.copytree(fern / "images_8", scene / "images_8")
-        breaker(scene)
+    for name, case in BROKEN.items():
+        scene = case.build(fern, work / "llff" / name.replace(" ", "_").replace("/", "_") / "fern")
         outcome, detail = classify(lambda: load_llff_scene(scene, 8, show_progress=False, holdout_every=8))
         rows.append(("LLFF reader", name, outcome, detail.replace(str(work), "…")))
     return rows
@@ -215,21 +144,13 @@ def probe_ns(fern: Path, work: Path):
             "--max-num-iterations", str(iters), "--steps-per-save", "1000", *NERF.args(), *extra,
             "llff", "--data", str(data), "--downscale-factor", str(TINY_FACTOR)]})
 
-    for label, fn in [("zero rotation blocks", lambda a: [rot(a, i).__setitem__(slice(None), 0) for i in range(len(a))]),
-                      ("all cameras at one pose", lambda a: a.__setitem__((slice(None), slice(0, 15)), a[0, :15])),
-                      ("near bound 1e-30", lambda a: a.__setitem__((2, 15), 1e-30))]:
-        scene = shutil.copytree(good, work / "ns" / label.replace(" ", "_") / "fern")
-        pose_edit(fn)(scene)
+    for label, case in [("zero rotation blocks", "zero rotation blocks"),
+                        ("all cameras at one pose", "all cameras at one pose"),
+                        ("near bound 1e-30", "near bound 1e-30 (scene x1e30)"),
+                        ("one image", "one image (holdout_every 8)"),
+                        ("RGBA among RGB", "RGBA among RGB")]:
+        scene = BROKEN[case].build(good, work / "ns" / label.replace(" ", "_") / "fern", TINY_FACTOR)
         train(label.replace(" ", "-"), label, data=scene)
-    scene = shutil.copytree(good, work / "ns" / "one" / "fern")
-    np.save(scene / "poses_bounds.npy", np.load(scene / "poses_bounds.npy")[:1])
-    for p in sorted((scene / f"images_{TINY_FACTOR}").iterdir())[1:]:
-        p.unlink()
-    train("one-image", "one image", data=scene)
-    scene = shutil.copytree(good, work / "ns" / "rgba" / "fern")
-    p = sorted((scene / f"images_{TINY_FACTOR}").iterdir())[3]
-    Image.open(p).convert("RGBA").save(p)
-    train("rgba", "RGBA among RGB", data=scene)
     train("base", "a good run (8 steps)", iters=8)
     models = out / "fern" / "e-nerf-small" / "base" / "nerfstudio_models"
     (work / "ns" / "empty").mkdir()

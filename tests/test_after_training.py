@@ -133,7 +133,7 @@ def _without(argv: list, option: str, nargs: int) -> list:
     return argv[:i] + argv[i + 1 + nargs:]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_train_enerf_ends_with_a_summary(enerf_run):
     import imageio.v3 as iio
 
@@ -159,7 +159,7 @@ def test_train_enerf_ends_with_a_summary(enerf_run):
     assert re.search(r"--obb-center -?[\d.]+ -?[\d.]+ -4\.\d+ --obb-rotation 0\.0 0\.0 0\.0 --obb-scale [\d.]+ [\d.]+ [\d.]+", out)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_enerf_point_cloud_with_estimated_normals(enerf_run, tmp_path):
     import open3d as o3d
 
@@ -200,7 +200,7 @@ def _listening(port: int) -> set:
     return found
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_viewer_serves_the_finished_run_on_localhost(enerf_run, tmp_path):
     from support.browser import free_port
 
@@ -231,7 +231,7 @@ def test_viewer_serves_the_finished_run_on_localhost(enerf_run, tmp_path):
                 proc.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_nerfacto_with_predicted_normals_exports_a_poisson_mesh(tmp_path, fern):
     scene = tiny_fern(tmp_path / "data", fern)
     run = train_tiny(tmp_path, scene, "e-nerfacto-small", iterations=30,

@@ -26,7 +26,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_real_sweep_and_resume(tmp_path, fern):
     scene = tiny_fern(tmp_path / "data", fern)
     proto = tmp_path / "tiny.yaml"

@@ -167,7 +167,7 @@ def tests_on_path(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(x for x in (str(TESTS), os.environ.get("PYTHONPATH", "")) if x))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_local_two_workers_one_killed(tmp_path, tests_on_path):
     s, log = _sweep_with_a_killed_worker(tmp_path, "local")
     _assert_each_run_once_and_killed_one_resumed(tmp_path, s, log)
@@ -192,7 +192,7 @@ RAY_SKIP = ("a local Ray could not start on this machine (Ray 2.60's raylet give
             "15 s, which a loaded machine exceeds; see docs/compare.md)")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ray_two_workers_one_killed(tmp_path, tests_on_path):
     pytest.importorskip("ray")
     try:
@@ -204,7 +204,7 @@ def test_ray_two_workers_one_killed(tmp_path, tests_on_path):
     _assert_each_run_once_and_killed_one_resumed(tmp_path, s, log)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_submitit_local_two_workers_one_killed(tmp_path, tests_on_path):
     pytest.importorskip("submitit")
     from wcnerf.eval.executors import SlurmOptions
@@ -213,7 +213,7 @@ def test_submitit_local_two_workers_one_killed(tmp_path, tests_on_path):
     _assert_each_run_once_and_killed_one_resumed(tmp_path, s, log)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_submitit_time_limit_requeues_and_resumes(tmp_path, tests_on_path):
     """A worker job reaching its time limit (submitit's signal, here 20 s after each start) is
     checkpointed, requeued and continues the run it had from that run's last checkpoint."""
@@ -267,7 +267,7 @@ def test_engine_flags_and_the_paper_on_cpu_refusal(tmp_path):
 # ----------------------------------------------------------------------------- a tiny real sweep
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("executor", ["ray", "local"])
 def test_tiny_real_sweep_with_two_workers(tmp_path, fern, executor):
     """fern at 1/32 resolution, NeRF and E-NeRF, 1 seed, 6 iterations: ns-train + ns-eval in two

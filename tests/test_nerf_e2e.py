@@ -1,6 +1,7 @@
-"""End to end through nerfstudio's command lines on fern (factor 8), with a tiny network:
-``ns-train e-nerf`` is killed after its first checkpoints, resumed with ``--load-dir`` to the
-end, and ``ns-eval`` writes the held-out metrics. Offline: no LPIPS weights anywhere."""
+"""End to end through nerfstudio's command lines on tiny fern (factor 32), with the tiny network:
+``ns-train e-nerf`` (the paper method, at the tiny preset's render chunk) is killed
+after its first checkpoints, resumed with ``--load-dir`` to the end, and ``ns-eval`` writes the
+held-out metrics. Offline: no LPIPS weights anywhere."""
 
 from __future__ import annotations
 
@@ -17,26 +18,27 @@ import pytest
 pytest.importorskip("nerfstudio")
 
 from support.helpers import BIN, offline_env, tb_scalars  # noqa: E402
-from support.tiny import NERF  # noqa: E402
+from support.tiny import NERF, TINY_FACTOR, tiny_fern  # noqa: E402
 
 
 def _steps(ckpt_dir: Path) -> list:
     return sorted(int(m.group(1)) for p in ckpt_dir.glob("step-*.ckpt") if (m := re.match(r"step-(\d+)\.ckpt$", p.name)))
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("fern")  # skipped without fern (ns-train looks up llff/fern itself)
-def test_train_kill_resume_eval(tmp_path):
+@pytest.mark.e2e
+def test_train_kill_resume_eval(tmp_path, fern):
     env = offline_env(tmp_path)
     out = tmp_path / "outputs"
-    common = ["--data", "llff/fern", "--output-dir", str(out), *NERF.args()]
+    scene = tiny_fern(tmp_path / "data", fern)
+    common = ["--output-dir", str(out), "--experiment-name", "fern", *NERF.args()]
+    scene_args = ["llff", "--data", str(scene), "--downscale-factor", str(TINY_FACTOR)]
     log1 = tmp_path / "train1.log"
 
     # 1. A long run, killed (SIGKILL) once it has written a checkpoint past step 2.
     with open(log1, "w") as f:
         proc = subprocess.Popen(
             [str(BIN / "ns-train"), "e-nerf", *common, "--timestamp", "first", "--max-num-iterations", "100000",
-             "--steps-per-save", "2"],
+             "--steps-per-save", "2", *scene_args],
             cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
         )
     ckpt_dir = out / "fern" / "e-nerf" / "first" / "nerfstudio_models"
@@ -67,7 +69,7 @@ def test_train_kill_resume_eval(tmp_path):
     total = killed_at + 4
     res = subprocess.run(
         [str(BIN / "ns-train"), "e-nerf", *common, "--timestamp", "resumed", "--max-num-iterations", str(total),
-         "--steps-per-save", "100", "--load-dir", str(ckpt_dir)],
+         "--steps-per-save", "100", "--load-dir", str(ckpt_dir), *scene_args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     log2 = res.stdout + res.stderr

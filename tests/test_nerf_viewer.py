@@ -48,7 +48,7 @@ def _has(text: str) -> str:
     return f"!!document.body && document.body.innerText.includes({text!r})"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.browser
 @pytest.mark.usefixtures("fern")  # skipped without fern (ns-train looks up llff/fern itself)
 def test_viewer_panel_switches_analysis_and_shows_kappa(tmp_path):

@@ -296,7 +296,7 @@ def _ckpt_keys(run: Path) -> list:
     return list(torch.load(ckpts[-1], map_location="cpu", weights_only=True)["pipeline"])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.usefixtures("fern")  # skipped without fern (ns-train looks up llff/fern itself)
 def test_train_on_fern_cpu_then_eval(tmp_path):
     env = offline_env(tmp_path)
@@ -355,7 +355,7 @@ def _nerfstudio_scene(root: Path, fern: Path) -> Path:
     return root
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_train_on_nerfstudio_data(tmp_path, fern):
     data = _nerfstudio_scene(tmp_path / "fern-ns", fern)
     env = offline_env(tmp_path)

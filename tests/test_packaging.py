@@ -75,7 +75,7 @@ def _run(cmd, cwd, env, timeout=600):
     return proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.packaging
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path, small_mesh):
     # 1. The wheel, built from the tracked files only (what a fresh clone has).
     src = tmp_path / "src"

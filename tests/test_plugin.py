@@ -149,7 +149,7 @@ def test_panel_shows_one_table_per_analysed_part():
     assert "every 3 steps; shown: step 3" in panel._handles["status"].content
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["e-nerf", "e-nerfacto-small"])
 def test_ns_train_help_lists_the_conditioning_settings(method):
     import os

@@ -18,7 +18,7 @@ import torch
 
 from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
 

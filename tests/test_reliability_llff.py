@@ -1,39 +1,22 @@
 """Issue 15, point 1: impossible LLFF geometry and splits are refused by the pure reader (with
 the file and the problem), unusual but usable input is accepted with one warning.
 
-Each case is fern (the ``fern`` fixture, images_8) copied to tmp_path with one thing broken."""
+Each case is fern (the ``fern`` fixture, images_8) copied to tmp_path with one thing broken: the
+catalogue's cases (tests/support/broken_scenes.py), whose ``says`` are the message fragments checked."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from support.broken_scenes import BROKEN, copy_fern, odd_image
 from wcnerf.data.llff_scene import (
-    BOUNDS_RATIO_WARN,
     LLFFDataError,
     check_split,
     load_llff_scene,
     scene_problem,
 )
-
-
-def copy_fern(fern: Path, dst: Path) -> Path:
-    """fern's poses_bounds.npy and images_8/ (only) in ``dst``."""
-    dst.mkdir(parents=True)
-    shutil.copy(fern / "poses_bounds.npy", dst / "poses_bounds.npy")
-    shutil.copytree(fern / "images_8", dst / "images_8")
-    return dst
-
-
-def edit_poses(scene: Path, edit) -> Path:
-    arr = np.load(scene / "poses_bounds.npy")
-    edit(arr)
-    np.save(scene / "poses_bounds.npy", arr)
-    return scene / "poses_bounds.npy"
 
 
 def refused(scene: Path, *needles: str, **kwargs) -> str:
@@ -45,9 +28,9 @@ def refused(scene: Path, *needles: str, **kwargs) -> str:
     return msg
 
 
-def rot(arr, i):
-    """Row i's 3x3 rotation block (a view into arr)."""
-    return arr[i, :15].reshape(3, 5)[:, :3]
+def broken(name: str, fern: Path, tmp_path: Path) -> Path:
+    """``tmp_path/s``: fern with the catalogue's ``name`` case applied."""
+    return BROKEN[name].build(fern, tmp_path / "s")
 
 
 def test_fern_itself_loads_without_warnings(fern, tmp_path):
@@ -56,88 +39,60 @@ def test_fern_itself_loads_without_warnings(fern, tmp_path):
 
 
 def test_near_not_below_far_refused(fern, tmp_path):
-    def swap(a):
-        a[3, 15], a[3, 16] = a[3, 16], a[3, 15]
-
-    poses = edit_poses(copy_fern(fern, tmp_path / "s"), swap)
-    msg = refused(poses.parent, str(poses), "near bound >= far bound", "row 3")
+    case = "near >= far in one row"
+    poses = broken(case, fern, tmp_path) / "poses_bounds.npy"
+    msg = refused(poses.parent, str(poses), *BROKEN[case].says)  # near bound >= far bound, row 3
     assert msg.startswith(str(poses))
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "zero",  # trains to NaN without the check
-        "two-equal-columns",  # singular
-        "reflection",  # det -1
-        "scaled",  # 2 R: not orthonormal
-    ],
-)
-def test_non_rotation_refused(fern, tmp_path, case):
-    def breaker(a):
-        R = rot(a, 5)
-        if case == "zero":
-            R[:] = 0
-        elif case == "two-equal-columns":
-            R[:, 1] = R[:, 0]
-        elif case == "reflection":
-            R[:, 2] *= -1
-        else:
-            R *= 2
+ROTATION_CASES = {
+    "zero": "zero rotation block in one row",  # trains to NaN without the check
+    "two-equal-columns": "singular rotation (two equal columns)",  # singular
+    "reflection": "reflection (det -1)",  # det -1
+    "scaled": "rotation scaled by 2",  # 2 R: not orthonormal
+}
 
-    poses = edit_poses(copy_fern(fern, tmp_path / "s"), breaker)
-    refused(poses.parent, str(poses), "not a rotation", "row 5")
+
+@pytest.mark.parametrize("case", list(ROTATION_CASES))
+def test_non_rotation_refused(fern, tmp_path, case):
+    poses = broken(ROTATION_CASES[case], fern, tmp_path) / "poses_bounds.npy"
+    refused(poses.parent, str(poses), *BROKEN[ROTATION_CASES[case]].says)  # not a rotation, row 5
 
 
 def test_rounded_rotation_accepted(fern, tmp_path):
     """Rotations rounded to four digits are within the stated tolerance (1e-3)."""
-    def rounder(a):
-        for i in range(len(a)):
-            rot(a, i)[:] = np.round(rot(a, i), 4)
-
-    edit_poses(copy_fern(fern, tmp_path / "s"), rounder)
+    broken("rotations rounded to 4 digits", fern, tmp_path)
     assert load_llff_scene(tmp_path / "s", 8, show_progress=False).warnings == []
 
 
 def test_all_cameras_at_one_pose_refused(fern, tmp_path):
-    def same(a):
-        a[:, :15] = a[0, :15]
-
-    poses = edit_poses(copy_fern(fern, tmp_path / "s"), same)
-    refused(poses.parent, str(poses), "do not span a baseline")
+    case = "all cameras at one pose"
+    poses = broken(case, fern, tmp_path) / "poses_bounds.npy"
+    refused(poses.parent, str(poses), *BROKEN[case].says)  # do not span a baseline
 
 
 def test_tiny_near_bound_refused(fern, tmp_path):
-    def tiny(a):
-        a[2, 15] = 1e-30
-
-    poses = edit_poses(copy_fern(fern, tmp_path / "s"), tiny)
-    refused(poses.parent, str(poses), "depth bounds span", "1e-30")
+    case = "near bound 1e-30 (scene x1e30)"
+    poses = broken(case, fern, tmp_path) / "poses_bounds.npy"
+    refused(poses.parent, str(poses), *BROKEN[case].says)  # depth bounds span, 1e-30
 
 
 def test_wide_bounds_accepted_with_one_warning(fern, tmp_path):
-    def wide(a):
-        a[2, 15] = a[:, 16].max() / (10 * BOUNDS_RATIO_WARN)
-
-    poses = edit_poses(copy_fern(fern, tmp_path / "s"), wide)
+    poses = broken("bounds span 10 x BOUNDS_RATIO_WARN", fern, tmp_path) / "poses_bounds.npy"
     scene = load_llff_scene(poses.parent, 8, show_progress=False)
     assert len(scene.warnings) == 1 and str(poses) in scene.warnings[0] and "span" in scene.warnings[0]
 
 
 def test_geometry_problems_reported_by_scene_problem(fern, tmp_path):
     """The harness's check (scene_problem) sees the same problems without reading images."""
-    poses = edit_poses(copy_fern(fern, tmp_path / "s"), lambda a: rot(a, 0).__setitem__(slice(None), 0))
+    poses = broken("zero rotation block in one row", fern, tmp_path) / "poses_bounds.npy"
     assert "not a rotation" in (scene_problem(poses.parent, 8) or "")
 
 
 def test_one_image_split_refused_with_what_works(fern, tmp_path):
-    scene = copy_fern(fern, tmp_path / "s")
-    edit_poses(scene, lambda a: None)
-    arr = np.load(scene / "poses_bounds.npy")[:1]
-    np.save(scene / "poses_bounds.npy", arr)
-    for p in sorted((scene / "images_8").iterdir())[1:]:
-        p.unlink()
-    refused(scene, "no training image", "--holdout-every 0", holdout_every=8)
+    case = "one image (holdout_every 8)"
+    scene = broken(case, fern, tmp_path)
+    refused(scene, *BROKEN[case].says, holdout_every=8)  # no training image, --holdout-every 0
     assert len(load_llff_scene(scene, 8, show_progress=False, holdout_every=0).image_paths) == 1
 
 
@@ -149,24 +104,20 @@ def test_holdout_every_one_refused(tmp_path):
 
 
 def test_rgba_among_rgb_refused_by_name(fern, tmp_path):
-    scene = copy_fern(fern, tmp_path / "s")
-    odd = sorted((scene / "images_8").iterdir())[7]
-    Image.open(odd).convert("RGBA").save(odd)
-    refused(scene, str(odd), "4 channels", "convert")
+    case = "RGBA among RGB"
+    scene = broken(case, fern, tmp_path)
+    refused(scene, str(odd_image(scene)), *BROKEN[case].says)  # 4 channels, convert
 
 
 def test_palette_image_refused_by_name(fern, tmp_path):
-    scene = copy_fern(fern, tmp_path / "s")
-    odd = sorted((scene / "images_8").iterdir())[2]
-    Image.open(odd).convert("P").save(odd)
-    refused(scene, str(odd), "mode P")
+    case = "palette image"
+    scene = broken(case, fern, tmp_path)
+    refused(scene, str(odd_image(scene)), *BROKEN[case].says)  # mode P
 
 
 def test_grey_among_rgb_accepted(fern, tmp_path):
     """nerfstudio repeats a grey channel to RGB: usable."""
-    scene = copy_fern(fern, tmp_path / "s")
-    odd = sorted((scene / "images_8").iterdir())[2]
-    Image.open(odd).convert("L").save(odd)
+    scene = broken("grey among RGB", fern, tmp_path)
     assert len(load_llff_scene(scene, 8, show_progress=False).image_paths) == 20
 
 

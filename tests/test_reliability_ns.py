@@ -4,21 +4,20 @@ explained; a finished run's resume command says so and exits 0; progress after a
 counts toward the real total.
 
 All command lines run through one driver process (tests/support/ns_cases.py: nerfstudio imported once,
-each case a forked child calling the real entry point), on a 126 x 94 copy of fern."""
+each case a forked child calling the real entry point), on a 126 x 94 copy of fern; the broken
+scenes are the catalogue's (tests/support/broken_scenes.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from support.broken_scenes import BROKEN, copy_fern
 from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern
 
 pytestmark = pytest.mark.slow
@@ -26,42 +25,15 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
 
 
-def _poses(scene: Path, edit) -> None:
-    arr = np.load(scene / "poses_bounds.npy")
-    edit(arr)
-    np.save(scene / "poses_bounds.npy", arr)
-
-
-def _rot(a, i):
-    return a[i, :15].reshape(3, 5)[:, :3]
-
-
-def _one_image(scene: Path) -> None:
-    _poses(scene, lambda a: None)
-    np.save(scene / "poses_bounds.npy", np.load(scene / "poses_bounds.npy")[:1])
-    for p in sorted((scene / f"images_{TINY_FACTOR}").iterdir())[1:]:
-        p.unlink()
-
-
-def _rgba(scene: Path) -> None:
-    p = sorted((scene / f"images_{TINY_FACTOR}").iterdir())[4]
-    Image.open(p).convert("RGBA").save(p)
-
-
-def _swap_bounds(a):
-    a[3, 15], a[3, 16] = a[3, 16], a[3, 15]
-
-
 SCENE_CASES = {
-    # name: (breaker, what the message must say)
-    "zero-rotation": (lambda s: _poses(s, lambda a: _rot(a, 3).__setitem__(slice(None), 0)), "not a rotation"),
-    "singular-rotation": (lambda s: _poses(s, lambda a: _rot(a, 3).__setitem__((slice(None), 1), _rot(a, 3)[:, 0])),
-                          "not a rotation"),
-    "one-pose": (lambda s: _poses(s, lambda a: a.__setitem__((slice(None), slice(0, 15)), a[0, :15])), "baseline"),
-    "tiny-near": (lambda s: _poses(s, lambda a: a.__setitem__((2, 15), 1e-30)), "depth bounds span"),
-    "near-above-far": (lambda s: _poses(s, _swap_bounds), "near bound >= far bound"),
-    "one-image": (_one_image, "no training image"),
-    "rgba-among-rgb": (_rgba, "channels"),
+    # name: (breaker from the catalogue, what ns-train's one error line must say)
+    "zero-rotation": (BROKEN["zero rotation block in one row"].breaker, "not a rotation"),
+    "singular-rotation": (BROKEN["singular rotation (two equal columns)"].breaker, "not a rotation"),
+    "one-pose": (BROKEN["all cameras at one pose"].breaker, "baseline"),
+    "tiny-near": (BROKEN["near bound 1e-30 (scene x1e30)"].breaker, "depth bounds span"),
+    "near-above-far": (BROKEN["near >= far in one row"].breaker, "near bound >= far bound"),
+    "one-image": (BROKEN["one image (holdout_every 8)"].breaker, "no training image"),
+    "rgba-among-rgb": (BROKEN["RGBA among RGB"].breaker, "channels"),
 }
 
 
@@ -80,7 +52,7 @@ def ns_runs(fern, tmp_path_factory):
 
     cases = []
     for name, (breaker, _) in SCENE_CASES.items():
-        scene = shutil.copytree(good, root / name / "fern")
+        scene = copy_fern(good, root / name / "fern", TINY_FACTOR)
         breaker(scene)
         cases.append(train(name, data=scene))
     cases.append(train("missing-scene", data=root / "no-such-scene"))

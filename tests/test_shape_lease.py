@@ -28,7 +28,7 @@ def _cmd(mesh: Path, out: Path, steps: int, *extra: str) -> list:
     ]  # fmt: skip
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_second_fit_of_the_same_run_folder_refuses_or_waits(tmp_path, small_mesh):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     out = tmp_path / "out"

@@ -232,7 +232,7 @@ def test_view_of_a_folder_that_is_no_run(tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.browser
 def test_view_page_shows_the_finished_run(finished, tmp_path):
     """As a person uses it: ``shape_fit.py --view RUN_DIR`` serves the page, headless Chromium

@@ -76,7 +76,7 @@ def test_progress_never_waits_for_mesh_extraction(monkeypatch):
         viewer.close()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.browser
 def test_shape_viewer_page_shows_meshes_and_progress(tmp_path):
     if CHROMIUM is None:

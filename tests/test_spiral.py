@@ -139,7 +139,7 @@ def _frames(folder: Path) -> list:
     return [np.asarray(iio.imread(f), dtype=np.float64)[..., :3] / 255.0 for f in files]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_script_writes_a_path_that_ns_render_renders(tmp_path, fern):
     scene = tiny_fern(tmp_path / "data", fern)
     run = train_tiny(tmp_path, scene, "e-nerf-small", iterations=30)

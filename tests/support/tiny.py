@@ -114,6 +114,8 @@ _RUN = {
     "logging.steps_per_log": 1,
     "pipeline.datamanager.train_num_rays_per_batch": 64,
     "pipeline.datamanager.eval_num_rays_per_batch": 64,
+    "pipeline.model.eval_num_rays_per_chunk": 16384,
+    "pipeline.model.cpu_eval_num_rays_per_chunk": 0,  # renders in chunks of 16384 on a CPU too (paper presets: 128)
 }
 
 NERF = TinyPreset(
@@ -129,7 +131,6 @@ NERF = TinyPreset(
     ),
     run={
         **_RUN,
-        "pipeline.model.eval_num_rays_per_chunk": 16384,
         "pipeline.model.analysis_every": 2,
         "pipeline.model.analysis_max_samples": 64,
     },
@@ -144,7 +145,7 @@ NERFACTO = TinyPreset(
         num_proposal_samples_per_ray=(8, 8),
         num_nerf_samples_per_ray=8,
     ),
-    run={**_RUN, "pipeline.model.eval_num_rays_per_chunk": 16384},
+    run=_RUN,
 )
 """The tiny E-nerfacto / nerfacto (``e-nerfacto*``, ``nerfacto-plain*``): 4 hash levels of 2^12."""
 
