@@ -20,7 +20,7 @@ import pytest
 from support.broken_scenes import BROKEN, copy_fern
 from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
 
