@@ -52,10 +52,22 @@ def guarded_command(args) -> Optional[str]:
     return None
 
 
+WORKER_THREADS = "1"
+"""Torch threads of each pytest-xdist worker and of what it starts (``-n 2`` on 2 cores: one each)."""
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before any torch import: workers must not oversubscribe the cores
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, WORKER_THREADS)
+
+
 def pytest_collection_modifyitems(items):
+    """Mark what ``browser`` / ``packaging`` imply, and run the ``e2e`` tests first (a stable
+    order, the same in every xdist worker): the long tests start early and the short ones fill
+    the workers' tails."""
     for item in items:
         if any(item.get_closest_marker(m) for m in IMPLY_E2E) and not item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -196,15 +196,18 @@ def test_protocol_from_path(tmp_path):
 
 
 def test_cli_dry_run(tmp_path):
-    import subprocess
+    import io
 
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts/compare_llff.py"), "--protocol", "cpu", "--scenes", "fern",
-         "--methods", "nerf", "e-nerf", "weight-norm", "--seeds", "0", "--output-root", str(tmp_path), "--dry-run"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    text = " ".join(out.stdout.split())
+    import tyro
+    from rich.console import Console
+
+    from wcnerf.eval.cli import CompareLLFF
+
+    buf = io.StringIO()
+    cfg = tyro.cli(CompareLLFF, args=["--protocol", "cpu", "--scenes", "fern", "--methods", "nerf", "e-nerf",
+                                      "weight-norm", "--seeds", "0", "--output-root", str(tmp_path), "--dry-run"])
+    assert cfg.main(console=Console(file=buf, width=400)) == 0  # the plan, in this process
+    text = " ".join(buf.getvalue().split())
     assert "nerf.scripts.train nerf-small" in text.replace("nerfstudio.scripts.train", "nerf.scripts.train")
     assert "--pipeline.model.conditioning weight-norm" in text
     assert "--downscale-factor 8" in text

@@ -193,6 +193,7 @@ RAY_SKIP = ("a local Ray could not start on this machine (Ray 2.60's raylet give
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (pytest -n 2 --dist loadgroup)
 def test_ray_two_workers_one_killed(tmp_path, tests_on_path):
     pytest.importorskip("ray")
     try:
@@ -268,7 +269,7 @@ def test_engine_flags_and_the_paper_on_cpu_refusal(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("executor", ["ray", "local"])
+@pytest.mark.parametrize("executor", [pytest.param("ray", marks=pytest.mark.xdist_group("ray")), "local"])
 def test_tiny_real_sweep_with_two_workers(tmp_path, fern, executor):
     """fern at 1/32 resolution, NeRF and E-NeRF, 1 seed, 6 iterations: ns-train + ns-eval in two
     workers (Ray tasks on a local Ray, or local processes), end to end through the command line."""
