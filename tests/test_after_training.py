@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import ns_server
 from support.helpers import BIN, REPO
 from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern, train_tiny
 
@@ -103,16 +104,19 @@ def test_format_summary_lists_metrics_picture_and_commands(tmp_path):
 
 
 # ----------------------------------------------------------------------------- tiny runs
+pytestmark = pytest.mark.xdist_group(__name__)  # enerf_run is trained once: its tests on one worker
+
+
 @pytest.fixture(scope="module")
 def enerf_run(tmp_path_factory, fern):
     """``scripts/train_enerf.py`` on tiny fern (30 steps): ``(run folder, its output)``."""
     tmp = tmp_path_factory.mktemp("enerf")
     scene = tiny_fern(tmp / "data", fern)
-    res = subprocess.run(
+    res = ns_server.run(
         [sys.executable, str(REPO / "scripts" / "train_enerf.py"), "--data", str(scene),
          "--output-dir", str(tmp / "outputs"), "--max-num-iterations", "30", "--steps-per-save", "1000",
          *NERF.args(), "llff", "--downscale-factor", str(TINY_FACTOR)],
-        cwd=tmp, env=tiny_env(tmp), capture_output=True, text=True, timeout=1200,
+        cwd=tmp, env=tiny_env(tmp), timeout=1200,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     runs = list((tmp / "outputs" / "fern").glob("e-nerf*/*/config.yml"))
@@ -168,7 +172,7 @@ def test_enerf_point_cloud_with_estimated_normals(enerf_run, tmp_path):
     for opt in ("--obb-center", "--obb-rotation", "--obb-scale"):  # see the module docstring
         argv = _without(argv, opt, 3)
     argv = _without(argv, "--output-dir", 1) + ["--output-dir", str(tmp_path / "pc"), "--num-points", "5000"]
-    res = subprocess.run(argv, cwd=tmp_path, env=tiny_env(tmp_path), capture_output=True, text=True, timeout=600)
+    res = ns_server.run(argv, cwd=tmp_path, env=tiny_env(tmp_path), timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     pcd = o3d.io.read_point_cloud(str(tmp_path / "pc" / "point_cloud.ply"))
     pts, normals = np.asarray(pcd.points), np.asarray(pcd.normals)
@@ -177,9 +181,9 @@ def test_enerf_point_cloud_with_estimated_normals(enerf_run, tmp_path):
     assert np.median(pts[:, 2]) < 0  # in front of the cameras (they look down -z)
 
     # Poisson needs normals: E-NeRF predicts none, so nerfstudio's default stops early.
-    res = subprocess.run(
+    res = ns_server.run(
         [str(BIN / "ns-export"), "poisson", "--load-config", str(run / "config.yml"), "--output-dir", str(tmp_path / "m")],
-        cwd=tmp_path, env=tiny_env(tmp_path), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=tiny_env(tmp_path), timeout=600,
     )  # fmt: skip
     assert res.returncode == 1 and "Normal output 'normals' not found" in res.stdout + res.stderr
 
@@ -236,9 +240,9 @@ def test_nerfacto_with_predicted_normals_exports_a_poisson_mesh(tmp_path, fern):
     scene = tiny_fern(tmp_path / "data", fern)
     run = train_tiny(tmp_path, scene, "e-nerfacto-small", iterations=30,
                      extra=["--pipeline.model.predict-normals", "True"])  # fmt: skip
-    res = subprocess.run(
+    res = ns_server.run(
         [sys.executable, str(REPO / "scripts" / "train_enerf.py"), "--summary-only", str(run / "config.yml")],
-        cwd=tmp_path, env=tiny_env(tmp_path), capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=tiny_env(tmp_path), timeout=900,
     )  # fmt: skip
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "held-out views (ns-eval): PSNR" in res.stdout and "--normal-method open3d" not in res.stdout
@@ -247,7 +251,7 @@ def test_nerfacto_with_predicted_normals_exports_a_poisson_mesh(tmp_path, fern):
         argv = _without(argv, opt, 3)
     argv = _without(argv, "--output-dir", 1) + ["--output-dir", str(tmp_path / "mesh"), "--num-points", "5000",
                                                  "--num-pixels-per-side", "128", "--target-num-faces", "2000"]  # fmt: skip
-    res = subprocess.run(argv, cwd=tmp_path, env=tiny_env(tmp_path), capture_output=True, text=True, timeout=900)
+    res = ns_server.run(argv, cwd=tmp_path, env=tiny_env(tmp_path), timeout=900)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
     assert "Checking that the pipeline has a normal output." in log and "Normal output 'normals' not found" not in log

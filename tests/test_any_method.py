@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from nerfstudio.cameras.rays import RayBundle  # noqa: E402
 from nerfstudio.data.scene_box import SceneBox  # noqa: E402
 from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation  # noqa: E402
 
+from support import ns_server  # noqa: E402
 from support.tiny import TINY_FACTOR, tiny_fern  # noqa: E402
 from wcnerf.plugin.any_method import (  # noqa: E402
     AnyConditionedModel,
@@ -317,7 +317,7 @@ def test_wcnerf_train_then_ns_eval(tmp_path, fern):
             "--pipeline.datamanager.train-num-rays-per-batch", "32", "--pipeline.datamanager.eval-num-rays-per-batch", "32",
             "--pipeline.model.eval-num-rays-per-chunk", "8192", "--pipeline.model.analysis-every", "2",
             "llff", "--ndc", "False", "--downscale-factor", str(TINY_FACTOR)]
-    run = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    run = ns_server.run(args, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "'equilibrate' conditioned 24 layer(s) in field_coarse (12), field_fine (12)" in run.stdout
     configs = list((tmp_path / "out").rglob("config.yml"))
@@ -325,8 +325,8 @@ def test_wcnerf_train_then_ns_eval(tmp_path, fern):
     events = list(configs[0].parent.rglob("events.out.tfevents*"))
     assert events
     metrics = tmp_path / "metrics.json"
-    ev = subprocess.run([str(py.parent / "ns-eval"), "--load-config", str(configs[0]), "--output-path", str(metrics)],
-                        capture_output=True, text=True, timeout=1200)
+    ev = ns_server.run([str(py.parent / "ns-eval"), "--load-config", str(configs[0]), "--output-path", str(metrics)],
+                        timeout=1200)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     import json
 

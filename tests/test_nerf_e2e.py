@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("nerfstudio")
 
+from support import ns_server  # noqa: E402
 from support.helpers import BIN, offline_env, tb_scalars  # noqa: E402
 from support.tiny import NERF, TINY_FACTOR, tiny_fern  # noqa: E402
 
@@ -67,10 +68,10 @@ def test_train_kill_resume_eval(tmp_path, fern):
 
     # 2. Resume from the killed run's checkpoints up to max_num_iterations in total.
     total = killed_at + 4
-    res = subprocess.run(
+    res = ns_server.run(
         [str(BIN / "ns-train"), "e-nerf", *common, "--timestamp", "resumed", "--max-num-iterations", str(total),
          "--steps-per-save", "100", "--load-dir", str(ckpt_dir), *scene_args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=env, timeout=900,
     )
     log2 = res.stdout + res.stderr
     assert res.returncode == 0, log2[-3000:]
@@ -88,9 +89,9 @@ def test_train_kill_resume_eval(tmp_path, fern):
 
     # 3. ns-eval on the finished run: PSNR and SSIM on the held-out images, no LPIPS offline.
     metrics = tmp_path / "metrics.json"
-    res = subprocess.run(
+    res = ns_server.run(
         [str(BIN / "ns-eval"), "--load-config", str(run2 / "config.yml"), "--output-path", str(metrics)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=env, timeout=900,
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     results = json.loads(metrics.read_text())["results"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.machinery
 import json
 import math
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -38,6 +37,7 @@ from wcnerf.nerfacto.methods import (  # noqa: E402
 from wcnerf.nerfacto.model import ENerfactoModelConfig, mlp_linears  # noqa: E402
 from wcnerf.plugin.ndc import NDCCollider  # noqa: E402
 
+from support import ns_server  # noqa: E402
 from support.helpers import BIN, differences, offline_env  # noqa: E402
 from support.nerf_models import callback_train_step, rays, training_callbacks  # noqa: E402
 from support.tiny import NERFACTO  # noqa: E402
@@ -305,10 +305,10 @@ def test_train_on_fern_cpu_then_eval(tmp_path):
     runs = {}
     # conditioned: the methods' default (LLFF with scene contraction); plain: LLFF in NDC
     for method, iters, extra in (("e-nerfacto-small", 6, []), ("nerfacto-plain-small", 3, ["llff", "--ndc", "True"])):
-        res = subprocess.run(
+        res = ns_server.run(
             [str(BIN / "ns-train"), method, "--data", "llff/fern", "--output-dir", str(out), "--timestamp", "t",
              "--max-num-iterations", str(iters), "--steps-per-save", "100", *NERFACTO.args(), *extra],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+            cwd=tmp_path, env=env, timeout=600,
         )
         log = res.stdout + res.stderr
         assert res.returncode == 0, log[-3000:]
@@ -324,10 +324,10 @@ def test_train_on_fern_cpu_then_eval(tmp_path):
     assert "ndc: true" in (runs["nerfacto-plain-small"] / "config.yml").read_text()
 
     metrics = tmp_path / "metrics.json"
-    res = subprocess.run(
+    res = ns_server.run(
         [str(BIN / "ns-eval"), "--load-config", str(runs["e-nerfacto-small"] / "config.yml"),
          "--output-path", str(metrics)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, timeout=600,
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     results = json.loads(metrics.read_text())["results"]
@@ -360,10 +360,10 @@ def test_train_on_nerfstudio_data(tmp_path, fern):
     data = _nerfstudio_scene(tmp_path / "fern-ns", fern)
     env = offline_env(tmp_path)
     env["OMP_NUM_THREADS"] = "1"
-    res = subprocess.run(
+    res = ns_server.run(
         [str(BIN / "ns-train"), "e-nerfacto-small", "--output-dir", str(tmp_path / "outputs"), "--timestamp", "t",
          "--max-num-iterations", "3", "--steps-per-save", "100", *NERFACTO.args(), "nerfstudio-data", "--data", str(data)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, timeout=600,
     )
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]

@@ -153,11 +153,11 @@ def test_panel_shows_one_table_per_analysed_part():
 @pytest.mark.parametrize("method", ["e-nerf", "e-nerfacto-small"])
 def test_ns_train_help_lists_the_conditioning_settings(method):
     import os
-    import subprocess
 
+    from support import ns_server
     from support.helpers import BIN
 
-    res = subprocess.run([str(BIN / "ns-train"), method, "--help"], capture_output=True, text=True, timeout=600,
+    res = ns_server.run([str(BIN / "ns-train"), method, "--help"], timeout=600,
                          env={**os.environ, "COLUMNS": "200"})
     assert res.returncode == 0, res.stderr[-2000:]
     for flag in ("--pipeline.model.conditioning ", "--pipeline.model.conditioning-options",

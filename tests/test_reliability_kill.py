@@ -18,7 +18,7 @@ import torch
 
 from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group(__name__)]  # one module fixture: its tests on one worker
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,7 +73,7 @@ WCTrainer.train_iteration = train_iteration
     "ns-evaluation": (KILL + """from nerfstudio.pipelines.base_pipeline import VanillaPipeline
 ev = VanillaPipeline.get_eval_loss_dict
 def get_eval_loss_dict(self, step):
-    if step == 9:
+    if step == 10:  # an eval-batch step of the tiny preset (every 2nd) after the step-8 checkpoint
         die()
     return ev(self, step)
 VanillaPipeline.get_eval_loss_dict = get_eval_loss_dict

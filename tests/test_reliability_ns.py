@@ -20,7 +20,7 @@ import pytest
 from support.broken_scenes import BROKEN, copy_fern
 from support.tiny import NERF, TINY_FACTOR, tiny_env, tiny_fern
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group(__name__)]  # one module fixture: its tests on one worker
 
 HERE = Path(__file__).resolve().parent
 

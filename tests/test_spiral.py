@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from support import llff_reference
+from support import ns_server
 from support.helpers import BIN, REPO
 from support.tiny import tiny_env, tiny_fern, train_tiny
 
@@ -146,10 +146,10 @@ def test_script_writes_a_path_that_ns_render_renders(tmp_path, fern):
     env = tiny_env(tmp_path)
 
     # The path of the run (its own dataparser settings), 5 distinct frames of the spiral.
-    res = subprocess.run(
+    res = ns_server.run(
         [sys.executable, str(REPO / "scripts" / "llff_spiral.py"), "--load-config", str(run / "config.yml"),
          "--frames", "5"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     path_file = run / "camera_paths" / "spiral.json"
@@ -159,11 +159,11 @@ def test_script_writes_a_path_that_ns_render_renders(tmp_path, fern):
 
     # ns-render camera-path, as printed (images instead of a video, half size)
     out = tmp_path / "spiral"
-    res = subprocess.run(
+    res = ns_server.run(
         [str(BIN / "ns-render"), "camera-path", "--load-config", str(run / "config.yml"),
          "--camera-path-filename", str(path_file), "--output-path", str(out),
          "--output-format", "images", "--image-format", "png", "--downscale-factor", "2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     frames = _frames(out)
@@ -175,10 +175,10 @@ def test_script_writes_a_path_that_ns_render_renders(tmp_path, fern):
 
     # and the default, a video (ffmpeg)
     video = tmp_path / "spiral.mp4"
-    res = subprocess.run(
+    res = ns_server.run(
         [str(BIN / "ns-render"), "camera-path", "--load-config", str(run / "config.yml"),
          "--camera-path-filename", str(path_file), "--output-path", str(video), "--downscale-factor", "2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert video.stat().st_size > 1000

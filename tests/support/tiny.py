@@ -10,8 +10,8 @@
   the ``fern`` fixture's ``images_8/`` (a run's rays, renders and exports are then cheap);
 - :func:`train_tiny`: ``ns-train <method> ... llff --data <scene> --downscale-factor 32`` for a
   few iterations with the family's tiny preset, one torch thread, offline
-  (:func:`support.helpers.offline_env`); returns the run folder (``config.yml``,
-  ``nerfstudio_models/``). The session's shared runs (conftest.py ``shared_run``) use it.
+  (:func:`support.helpers.offline_env`), through :mod:`support.ns_server`; returns the run
+  folder (``config.yml``, ``nerfstudio_models/``).
 
 No nerfstudio import at module level: the inner loop imports this module too.
 """
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
+from support import ns_server
 from support.helpers import BIN, offline_env
 
 TINY_FACTOR = 32
@@ -202,7 +202,7 @@ def train_tiny(
         "--machine.seed", "0", *preset(method).args(), *extra,
         "llff", "--data", str(scene), "--downscale-factor", str(TINY_FACTOR),
     ]  # fmt: skip
-    res = subprocess.run(cmd, cwd=tmp_path, env=tiny_env(tmp_path), capture_output=True, text=True, timeout=900)
+    res = ns_server.run(cmd, cwd=tmp_path, env=tiny_env(tmp_path), timeout=900)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     run = out / "fern" / method / timestamp
     assert (run / "config.yml").is_file() and list((run / "nerfstudio_models").glob("step-*.ckpt")), res.stdout[-2000:]
