@@ -84,7 +84,7 @@ def test_shape_viewer_page_shows_meshes_and_progress(tmp_path):
     port = free_port()
     log = tmp_path / "fit.log"
     cmd = [sys.executable, str(REPO / "scripts" / "shape_fit.py"), "--viewer", "--viewer.port", str(port),
-           "--compare", "none", "equilibrate", "--optim.steps", "400", "--viewer.every", "20",
+           "--compare", "none", "equilibrate", "--optim.steps", "200", "--viewer.every", "20",
            "--evaluation.every", "50", "--sampling.n-near", "20000", "--sampling.n-uniform", "5000",
            "--sampling.n-eval", "5000", "--evaluation.resolution", "48", "--evaluation.surface-points", "5000",
            "--threads", "1", "--no-progress", "--output-dir", str(tmp_path / "out")]
