@@ -300,3 +300,34 @@ def test_tiny_real_sweep_with_two_workers(tmp_path, fern, executor):
     jobs = {json.loads((out / "tiny" / r["run_dir"] / "status.json").read_text())["job_id"] for r in rows}
     assert all(j and j.startswith(f"{executor}:") for j in jobs), jobs
     assert "runs: 2/2 done" in res.stdout
+
+
+def test_slurm_engine_waits_for_its_jobs_and_reports_each():
+    """The SLURM engine's wait / results / stop on stand-in jobs (submitit's Job API: done,
+    result, cancel, job_id): no cluster and no timing needed."""
+    from wcnerf.eval.executors import _SlurmEngine
+
+    class Job:
+        def __init__(self, job_id, polls_until_done, result=None):
+            self.job_id, self.polls, self._result, self.cancelled = job_id, polls_until_done, result, False
+
+        def done(self):
+            self.polls -= 1
+            return self.polls < 0
+
+        def result(self):
+            if isinstance(self._result, Exception):
+                raise self._result
+            return self._result
+
+        def cancel(self, check=True):
+            self.cancelled = True
+
+    engine = object.__new__(_SlurmEngine)
+    engine.jobs = [Job("1_0", 2, "report"), Job("1_1", 0, RuntimeError("worker died\nexit code 9"))]
+    assert engine.wait(timeout=30)  # polls until both are done
+    assert engine.results() == ["report", "job 1_1 failed: RuntimeError: exit code 9"]
+    engine.jobs = [Job("2_0", 10**9)]
+    assert not engine.wait(timeout=0.05)  # still running at the deadline
+    engine.stop()
+    assert engine.jobs[0].cancelled
