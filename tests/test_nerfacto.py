@@ -43,12 +43,7 @@ from support.nerf_models import callback_train_step, rays, training_callbacks  #
 from support.tiny import NERFACTO  # noqa: E402
 
 LLFF_META = {"llff": {"ndc": True, "near": 1.0, "far": 1.0, "focal": 407.0, "width": 504, "height": 378}}
-SMALL_MODEL = dict(
-    num_levels=4,
-    log2_hashmap_size=12,
-    max_res=64,
-    num_proposal_samples_per_ray=(8, 8),
-    num_nerf_samples_per_ray=8,
+SMALL_MODEL = NERFACTO.model_kwargs(  # the tiny preset with tiny proposal grids (no command-line form)
     proposal_net_args_list=[
         {"hidden_dim": 16, "log2_hashmap_size": 10, "num_levels": 2, "max_res": 16, "use_linear": False},
         {"hidden_dim": 16, "log2_hashmap_size": 10, "num_levels": 2, "max_res": 32, "use_linear": False},
