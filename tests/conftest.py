@@ -5,7 +5,7 @@ Tiers (markers, pyproject.toml): ``e2e`` for a test that trains a nerfstudio mod
 ``ns-train`` / ``ns-eval`` / ``ns-render`` / ``ns-export`` / ``ns-viewer``, the harness, the
 shape trainer or Ray as a process; ``browser`` (headless Chromium) and ``packaging`` (builds
 the wheel) imply ``e2e``. The inner loop is ``pytest -m "not e2e"``. An unmarked test that
-starts one of those fails (:func:`_e2e_guard`), so the inner loop cannot grow one unnoticed.
+starts one of those fails (``support.tiers``), so the inner loop cannot grow one unnoticed.
 
 - ``fern`` / ``fern4`` / ``repo_fern``: the LLFF fern scene at factor 8 / at factor 4 / the
   repository's own copy (``data/llff/fern``); the test is skipped, with the places looked at,
@@ -18,87 +18,21 @@ starts one of those fails (:func:`_e2e_guard`), so the inner loop cannot grow on
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
 import pytest
 
 from support.helpers import REPO, SPHERE_RADIUS, require_llff_scene
+from support.tiers import _e2e_guard, pytest_collection_modifyitems  # noqa: F401 - the tiers and their guard
 
 
 # ----------------------------------------------------------------------------- tiers
-IMPLY_E2E = ("browser", "packaging")
-"""Markers that make a test ``e2e`` too."""
-
-GUARDED_PROGRAMS = re.compile(r"^(ns-(train|eval|render|export|viewer)|wcnerf-(train|compare|shape-fit)|raylet|gcs_server)$")
-GUARDED_SCRIPTS = re.compile(r"(^|/)(scripts/(train_enerf|compare_llff|shape_fit|llff_spiral)|support/ns_(cases|server))\.py$")
-GUARDED_MODULES = re.compile(r"^wcnerf\.(eval\.cli|plugin\.any_method_cli|shape\.cli)$")
-
-
-def guarded_command(args) -> Optional[str]:
-    """The program in ``args`` (a ``subprocess`` argument) that only an ``e2e`` test may start, or None."""
-    argv: Sequence = args.split() if isinstance(args, str) else [args] if isinstance(args, (bytes, os.PathLike)) else list(args)
-    argv = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in argv]
-    if not argv:
-        return None
-    if GUARDED_PROGRAMS.match(os.path.basename(argv[0])):
-        return os.path.basename(argv[0])
-    for i, word in enumerate(argv[1:4], 1):
-        if GUARDED_SCRIPTS.search(word) or (argv[i - 1] == "-m" and GUARDED_MODULES.match(word)):
-            return word
-    return None
-
-
 WORKER_THREADS = "1"
 """Torch threads of each pytest-xdist worker and of what it starts (``-n 2`` on 2 cores: one each)."""
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # before any torch import: workers must not oversubscribe the cores
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, WORKER_THREADS)
-
-
-def pytest_collection_modifyitems(items):
-    """Mark what ``browser`` / ``packaging`` imply, and run the ``e2e`` tests first (a stable
-    order, the same in every xdist worker): the long tests start early and the short ones fill
-    the workers' tails."""
-    for item in items:
-        if any(item.get_closest_marker(m) for m in IMPLY_E2E) and not item.get_closest_marker("e2e"):
-            item.add_marker(pytest.mark.e2e)
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
-
-
-@pytest.fixture(autouse=True)
-def _e2e_guard(request, monkeypatch):
-    """Fail a test without the ``e2e`` marker that starts a guarded program or trains a nerfstudio
-    model in-process (``Trainer.train``): the start itself raises, and the test fails at teardown
-    even where the code under test caught that."""
-    if request.node.get_closest_marker("e2e"):
-        yield
-        return
-    started = []
-
-    def refuse(what: str):
-        started.append(what)
-        raise RuntimeError(f"{what} started by a test without the e2e marker (tests/conftest.py)")
-
-    execute_child = subprocess.Popen._execute_child
-
-    def guarded_execute_child(self, args, *rest, **kwargs):
-        what = guarded_command(args)
-        if what:
-            refuse(what)
-        return execute_child(self, args, *rest, **kwargs)
-
-    monkeypatch.setattr(subprocess.Popen, "_execute_child", guarded_execute_child)
-    trainer = sys.modules.get("nerfstudio.engine.trainer")
-    if trainer is not None:
-        monkeypatch.setattr(trainer.Trainer, "train", lambda self, *a, **k: refuse("Trainer.train (nerfstudio)"))
-    yield
-    if started:
-        pytest.fail(f"started without the e2e marker: {', '.join(started)}; mark the test e2e (tests/conftest.py)")
 
 
 # ----------------------------------------------------------------------------- LLFF data

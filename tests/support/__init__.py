@@ -1,6 +1,7 @@
 """What the test modules share, each piece defined once (test modules import from here or get
 fixtures from conftest.py, never from each other):
 
+- :mod:`support.tiers`: the test tiers (markers, order) and the ``e2e`` guard;
 - :mod:`support.helpers`: where the repository, its commands and the LLFF scenes are; offline
   subprocess environments; tensorboard scalars; config differences;
 - :mod:`support.tiny`: the tiny presets (config, ``ns-train`` arguments, protocol YAML), the tiny
