@@ -93,6 +93,8 @@ def _entry(argv: list):
 
 
 def _child(request: dict) -> int:
+    """Run one request (argv, cwd, env, out, err; optional ``child`` code run just before the
+    command, e.g. a patch that kills the process at a chosen point) in this forked process."""
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -102,7 +104,10 @@ def _child(request: dict) -> int:
     for fd, path in ((1, request["out"]), (2, request["err"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     try:
-        result = _entry(request["argv"])()
+        entry = _entry(request["argv"])
+        if request.get("child"):
+            exec(request["child"], {"Path": Path})  # noqa: S102 - test code from the test itself (ns_cases)
+        result = entry()
         code = result if isinstance(result, int) else 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -114,13 +119,19 @@ def _child(request: dict) -> int:
     return code
 
 
-def serve() -> None:
+def preload(extra: Sequence[str] = ()) -> None:
+    """Import wcnerf's plugin (its nerfstudio fixes and error hook, as every ns-* command has
+    them), :data:`PRELOAD` and ``extra``: once, before any fork."""
     import importlib
 
-    import wcnerf.plugin  # noqa: F401 - wcnerf's nerfstudio fixes and error hook, as every ns-* command has them
+    import wcnerf.plugin  # noqa: F401
 
-    for module in PRELOAD:
+    for module in (*PRELOAD, *extra):
         importlib.import_module(module)
+
+
+def serve() -> None:
+    preload()
     sys.stdout.flush()
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # nothing printed by the server corrupts the replies

@@ -40,6 +40,11 @@ def _words(value: Any) -> List[str]:
     return [str(value)]  # bools print as True / False, as tyro reads them
 
 
+def _argv(items: Mapping[str, Any]) -> List[str]:
+    """``--dotted-path value...`` for each override, as ``ns-train`` reads them."""
+    return [w for path, value in items.items() for w in (_flag(path), *_words(value))]
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyPreset:
     """One tiny model of a method family, as ``TrainerConfig`` overrides.
@@ -57,8 +62,7 @@ class TinyPreset:
 
     def args(self, **changes: Any) -> List[str]:
         """``ns-train`` arguments; ``changes`` (dotted paths with ``__`` for ``.``) replace or add."""
-        items = {**self.overrides(), **{k.replace("__", "."): v for k, v in changes.items()}}
-        return [w for path, value in items.items() for w in (_flag(path), *_words(value))]
+        return _argv({**self.overrides(), **{k.replace("__", "."): v for k, v in changes.items()}})
 
     def model_kwargs(self, **changes: Any) -> Dict[str, Any]:
         """The model config's keyword arguments (``changes`` replace or add)."""
@@ -83,8 +87,7 @@ class TinyPreset:
     def protocol_yaml(self, iterations: int, *, methods: Mapping[str, str], base_method: str) -> str:
         """A comparison protocol (configs/protocols schema) that trains this preset on
         :func:`tiny_fern` for ``iterations`` steps, one seed, two evaluated held-out views."""
-        train_args = [w for path, value in self.overrides().items() if path.startswith("pipeline.")
-                      for w in (_flag(path), *_words(value))]  # fmt: skip
+        train_args = _argv({path: v for path, v in self.overrides().items() if path.startswith("pipeline.")})
         quoted = ", ".join(f'"{a}"' for a in train_args)
         method_map = ", ".join(f"{k}: {v}" for k, v in methods.items())
         return (
