@@ -10,30 +10,12 @@ import pytest
 from wcnerf.eval.cli import CompareLLFF, main
 from wcnerf.eval.sweep import parse_list
 
-from support.helpers import REPO
-
-
-def _dry_run(*args: str) -> str:
-    """What ``compare_llff.py ... --dry-run`` prints on a 400-column terminal (in this process:
-    the plan is what is tested, not the interpreter's start)."""
-    import io
-
-    from rich.console import Console
-
-    buf = io.StringIO()
-    assert tyro_cli(list(args) + ["--dry-run"]).main(console=Console(file=buf, width=400)) == 0
-    return buf.getvalue()
-
-
-def tyro_cli(args) -> CompareLLFF:
-    import tyro
-
-    return tyro.cli(CompareLLFF, args=args)
+from support.helpers import REPO, compare_dry_run
 
 
 def test_dry_run_keeps_states_and_whole_scene_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # nothing of this venv's on PATH
-    stdout = _dry_run("--protocol", "cpu", "--scenes", "fern", "nosuchscene", "--methods", "nerf", "--seeds", "0",
+    stdout = compare_dry_run("--protocol", "cpu", "--scenes", "fern", "nosuchscene", "--methods", "nerf", "--seeds", "0",
                       "--output-root", str(tmp_path))  # fmt: skip
     # rich must not eat "[pending]" as markup
     assert "[pending] fern nerf seed 0:" in stdout
@@ -43,7 +25,9 @@ def test_dry_run_keeps_states_and_whole_scene_errors(tmp_path, monkeypatch):
 
 
 def _parse(*args: str) -> CompareLLFF:
-    return tyro_cli(list(args))
+    import tyro
+
+    return tyro.cli(CompareLLFF, args=list(args))
 
 
 def test_lists_are_typed_tuples_one_value_per_word():

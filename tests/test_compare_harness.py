@@ -18,7 +18,7 @@ from wcnerf.eval.sweep import resolve_methods, resolve_scenes, run_sweep
 from wcnerf.eval.table import read_results_csv
 
 from support.fake_runner import FakeRunner  # a plain module: worker processes import it too
-from support.helpers import REPO
+from support.helpers import REPO, compare_dry_run
 
 
 def proto(**kw) -> Protocol:
@@ -196,18 +196,9 @@ def test_protocol_from_path(tmp_path):
 
 
 def test_cli_dry_run(tmp_path):
-    import io
-
-    import tyro
-    from rich.console import Console
-
-    from wcnerf.eval.cli import CompareLLFF
-
-    buf = io.StringIO()
-    cfg = tyro.cli(CompareLLFF, args=["--protocol", "cpu", "--scenes", "fern", "--methods", "nerf", "e-nerf",
-                                      "weight-norm", "--seeds", "0", "--output-root", str(tmp_path), "--dry-run"])
-    assert cfg.main(console=Console(file=buf, width=400)) == 0  # the plan, in this process
-    text = " ".join(buf.getvalue().split())
+    printed = compare_dry_run("--protocol", "cpu", "--scenes", "fern", "--methods", "nerf", "e-nerf", "weight-norm",
+                              "--seeds", "0", "--output-root", str(tmp_path))  # fmt: skip
+    text = " ".join(printed.split())
     assert "nerf.scripts.train nerf-small" in text.replace("nerfstudio.scripts.train", "nerf.scripts.train")
     assert "--pipeline.model.conditioning weight-norm" in text
     assert "--downscale-factor 8" in text

@@ -8,6 +8,7 @@
   the tiny models themselves are in :mod:`support.tiny`;
 - tensorboard scalars of a run (:func:`tb_scalars`);
 - which fields differ between two configs (:func:`differences`);
+- what the comparison's ``--dry-run`` prints (:func:`compare_dry_run`);
 - the radius of the small sphere mesh (:data:`SPHERE_RADIUS`; fixture ``sphere``).
 """
 
@@ -102,3 +103,19 @@ def differences(a: Any, b: Any, prefix: str = "") -> list:
             out += differences(a[k], b[k], f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+# ----------------------------------------------------------------------------- the harness
+def compare_dry_run(*args: str) -> str:
+    """What ``compare_llff.py ARGS --dry-run`` prints on a 400-column terminal, planned in this
+    process (the plan is what is tested, not the interpreter's start)."""
+    import io
+
+    import tyro
+    from rich.console import Console
+
+    from wcnerf.eval.cli import CompareLLFF
+
+    buf = io.StringIO()
+    assert tyro.cli(CompareLLFF, args=[*args, "--dry-run"]).main(console=Console(file=buf, width=400)) == 0
+    return buf.getvalue()
