@@ -12,20 +12,20 @@ It is a recipe of the project's own commands, each resumable (finished runs are 
   and with SGD (momentum 0.9), the same four conditioners, each at its best learning rate of
   one grid per optimizer (lowest final training loss), 400 steps, IoU curve every 20 steps.
 
-Then ``<out>/study.md``: final held-out PSNR and IoU (mean ± std over seeds), IoU at 15% of
-the steps, steps to the plain model's final value, and the best conditioner of each column.
+Then ``<out>/study.md``: final held-out PSNR and IoU (mean ± sample std over seeds, from
+:mod:`wcnerf.report`), IoU at 15% of the steps, steps to the plain model's final value, and the
+best conditioner of each column.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import tyro
 
@@ -91,46 +91,25 @@ class Study:
         return 1 if failed else 0
 
 
-def _ms(vals) -> Tuple[Optional[float], Optional[float]]:
-    vals = [float(v) for v in vals if v is not None and v != "" and math.isfinite(float(v))]
-    if not vals:
-        return None, None
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return mean, std
-
-
-def _cell(mean, std, d) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.{d}f}" + (f" ± {std:.{d}f}" if std is not None else "")
-
-
 def _frac(v) -> str:
     return "–" if v == "–" else "not reached" if v is None else f"{v:.2f}"
 
 
-def _bold_best(rows: dict, col: int, higher: bool = True) -> None:
-    """Bold the best mean of column ``col`` (cells "mean ± std")."""
-    def mean(cell):
-        try:
-            return float(cell.split(" ")[0])
-        except ValueError:
-            return None
-    vals = {k: mean(r[col]) for k, r in rows.items()}
-    vals = {k: v for k, v in vals.items() if v is not None}
-    if len(vals) < 2:
-        return
-    best = (max if higher else min)(vals.values())
-    for k, v in vals.items():
-        if v == best:
-            rows[k][col] = f"**{rows[k][col]}**"
+def _bold_best(rows: dict, stats: dict, col: int, d: int, higher: bool = True) -> None:
+    """Cell ``col`` of each row from its :class:`wcnerf.report.Stats` (``stats[row]``), the best
+    mean in bold (:func:`wcnerf.report.best_keys`); keeps a suffix already in the cell."""
+    from wcnerf.report import best_keys, format_cell
+
+    best = best_keys({k: st.mean for k, st in stats.items()}, higher)
+    for k, st in stats.items():
+        rows[k][col] = format_cell(st, d, bold_it=k in best) + rows[k][col]
 
 
 def nerf_section(study: Study) -> List[str]:
     from wcnerf.analysis.curves import steps_to_target
     from wcnerf.eval.runs import CURVES_FILE, read_json
     from wcnerf.eval.table import read_results_csv
+    from wcnerf.report import seed_stats, stat_sentence
 
     csv = study.out / "cpu" / "results.csv"
     if not csv.is_file():
@@ -139,11 +118,14 @@ def nerf_section(study: Study) -> List[str]:
     records = [r for r in read_results_csv(csv) if r.get("status") == "done" and int(r["seed"]) in seeds]
     labels = {c: ("nerf" if c == "none" else c) for c in study.conditioners}
     rows = {c: [c] for c in study.conditioners}
+    psnr = []  # per scene: {conditioner: Stats}
     for scene in study.scenes:
         curves = {}
+        psnr.append({})
         for c in study.conditioners:
             rs = [r for r in records if r["scene"] == scene and r["method"] == labels[c]]
-            rows[c].append(_cell(*_ms(r["psnr"] for r in rs), 2) + (f" (n={len(rs)})" if len(rs) != len(seeds) else ""))
+            psnr[-1][c] = seed_stats(r["psnr"] for r in rs)
+            rows[c].append(f" (n={len(rs)})" if len(rs) != len(seeds) else "")  # the cell goes before it
             curves[c] = []
             for r in rs:
                 data = read_json(study.out / "cpu" / r["run_dir"] / CURVES_FILE) or {}
@@ -154,19 +136,21 @@ def nerf_section(study: Study) -> List[str]:
         for c in study.conditioners:
             rows[c].append(_frac(reach.get(c, "–")))
     for i in range(len(study.scenes)):
-        _bold_best(rows, 1 + 2 * i)
+        _bold_best(rows, psnr[i], 1 + 2 * i, 2)
     head = "| conditioner | " + " | ".join(f"{s} PSNR | {s} steps to target" for s in study.scenes) + " |"
     return ["## NeRF (cpu protocol: nerf-small, 700 iterations, factor 8)", "",
-            "Held-out PSNR over all held-out views (ns-eval), mean ± sample std over seeds; steps to target: "
+            f"Held-out PSNR over all held-out views (ns-eval), {stat_sentence(len(seeds))}; steps to target: "
             "fraction of the plain model's iterations after which the seed-averaged held-out PSNR curve "
             "(a held-out ray batch every 50 iterations) first reaches the plain model's final value.", "",
             head, "|---|" + "---|---|" * len(study.scenes)] + ["| " + " | ".join(r) + " |" for r in rows.values()] + [""]
 
 
 def shape_section(study: Study) -> List[str]:
+    from wcnerf.report import seed_stats, stat_sentence
+
     lines = ["## Shapes (occupancy, 400 steps, batch 2048, IoU curve every 20 steps on 20k points)", "",
              "Per conditioner the best learning rate of the grid (lowest final training loss); IoU @15% is the "
-             "curve at step 60; final IoU on 100k points; mean ± sample std over seeds.", ""]
+             f"curve at step 60; final IoU on 100k points; {stat_sentence()}.", ""]
     for mesh in study.meshes:
         name = Path(mesh).stem
         for opt in study.optimizers:
@@ -176,17 +160,17 @@ def shape_section(study: Study) -> List[str]:
                 lines += [f"_{name} / {opt}: no results yet._", ""]
                 continue
             data = json.loads(found[-1].read_text())
-            rows = {}
+            rows, early, final = {}, {}, {}
             for c in study.conditioners:
                 e = data["methods"].get(c)
                 if e is None:
                     continue
                 per_seed = e["per_seed"].values()
-                rows[c] = [c, f"{e['lr']:g}", _cell(*_ms(v.get("iou_early") for v in per_seed), 3),
-                           _frac(data.get("steps_to_target", {}).get(c, "–")),
-                           _cell(*_ms(v.get("iou_points") for v in per_seed), 3)]
-            _bold_best(rows, 2)
-            _bold_best(rows, 4)
+                early[c] = seed_stats(v.get("iou_early") for v in per_seed)
+                final[c] = seed_stats(v.get("iou_points") for v in per_seed)
+                rows[c] = [c, f"{e['lr']:g}", "", _frac(data.get("steps_to_target", {}).get(c, "–")), ""]
+            _bold_best(rows, early, 2, 3)
+            _bold_best(rows, final, 4, 3)
             lines += [f"### {name}, {opt.upper()} (lr grid {', '.join(f'{x:g}' for x in data['lrs'])}; "
                       f"seeds {', '.join(str(x) for x in data['seeds'])})", "",
                       "| conditioner | lr | IoU @15% | steps to target | final IoU |", "|---|---|---|---|---|"]

@@ -1,5 +1,6 @@
-"""Figures of a comparison sweep: PSNR curves (paper Fig. 7), side-by-side held-out renders and
-the layer-wise condition numbers over training.
+"""Figures of a comparison sweep: PSNR curves (paper Fig. 7; the mean over seeds with a band,
+drawn by :mod:`wcnerf.report.curves`), side-by-side held-out renders and the layer-wise
+condition numbers over training.
 
 Inputs are plain data (curves as step/value lists, renders as image files) so that these
 work on any run folder laid out as in :mod:`wcnerf.eval.runs` (``curves.json``,
@@ -17,6 +18,7 @@ import numpy as np
 from wcnerf.atomic import atomic_path
 from wcnerf.eval.image_metrics import colorize, error_map, load_rgb, psnr
 from wcnerf.eval.table import method_display, order_methods, order_scenes, scene_display
+from wcnerf.report import BANDS, draw_band, ema
 
 _SOURCES = {
     "Eval Images Metrics Dict (all images)/psnr": "every held-out view",
@@ -27,16 +29,6 @@ _SOURCES = {
 __all__ = ["ema", "plot_curves", "compose_views", "write_scene_renders", "kappa_figure", "plot_conditioning"]
 
 
-def ema(values: Sequence[float], alpha: float = 0.1) -> np.ndarray:
-    """Exponential moving average (train PSNR of single ray batches is noisy)."""
-    out = np.empty(len(values), dtype=np.float64)
-    acc = None
-    for i, v in enumerate(values):
-        acc = float(v) if acc is None else (1 - alpha) * acc + alpha * float(v)
-        out[i] = acc
-    return out
-
-
 def plot_curves(
     curves: Sequence[Tuple[str, str, Any, Mapping[str, Any]]],
     path: Path,
@@ -44,9 +36,11 @@ def plot_curves(
     title: str = "",
     scenes: Optional[Sequence[str]] = None,
     methods: Optional[Sequence[str]] = None,
+    band: str = "minmax",
 ) -> Optional[Path]:
-    """Train (dashed, smoothed) and held-out (solid, dots) PSNR against iterations, one
-    panel per scene, one colour per method, one line per seed.
+    """Train (dashed, smoothed) and held-out (solid) PSNR against iterations, one panel per
+    scene, one colour per method: the mean over the method's seeds with a ``band`` (``"minmax"``
+    or ``"std"``; :func:`wcnerf.report.draw_band`).
 
     ``curves``: ``(scene, method, seed, {"train": {"step": [...], "psnr": [...]},
     "heldout": {"step": [...], "psnr": [...], "source": tag}})``. Returns ``None`` (and
@@ -57,6 +51,7 @@ def plot_curves(
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     curves = [c for c in curves if c[3] and (c[3].get("train", {}).get("step") or c[3].get("heldout", {}).get("step"))]
     if not curves:
@@ -69,40 +64,41 @@ def plot_curves(
     nrows = math.ceil(len(scenes) / ncols)
     fig = Figure(figsize=(max(4.2 * ncols, 7.0), 3.4 * nrows + 0.9), dpi=110)
     sources = set()
+    seeds: Dict[str, set] = {}
     for k, scene in enumerate(scenes):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        for scene_, method, seed, data in curves:
-            if scene_ != scene or method not in colors:
-                continue
-            color = colors[method]
-            train = data.get("train") or {}
-            if train.get("step"):
-                steps = np.asarray(train["step"], dtype=float)
-                vals = np.asarray(train["psnr"], dtype=float)
-                ok = np.isfinite(vals)
-                ax.plot(steps[ok], ema(vals[ok], 0.05 if ok.sum() > 200 else 0.2), "--", color=color, lw=1.0, alpha=0.75)
-            held = data.get("heldout") or {}
-            if held.get("step"):
-                steps = np.asarray(held["step"], dtype=float)
-                vals = np.asarray(held["psnr"], dtype=float)
-                ok = np.isfinite(vals)
-                if ok.sum() > 60:  # eval ray batches: smooth a little as well
-                    ax.plot(steps[ok], ema(vals[ok], 0.2), "-", color=color, lw=1.6)
-                else:
-                    ax.plot(steps[ok], vals[ok], "-o", color=color, lw=1.6, ms=3)
-                if held.get("source"):
-                    sources.add(str(held["source"]))
+        for method in methods:
+            train, held = [], []
+            for scene_, method_, seed, data in curves:
+                if scene_ != scene or method_ != method:
+                    continue
+                seeds.setdefault(method, set()).add(seed)
+                t = data.get("train") or {}
+                if t.get("step"):
+                    steps, vals = _finite(t["step"], t["psnr"])
+                    train.append((steps, ema(vals, 0.05 if len(vals) > 200 else 0.2)))
+                h = data.get("heldout") or {}
+                if h.get("step"):
+                    steps, vals = _finite(h["step"], h["psnr"])
+                    held.append((steps, ema(vals, 0.2) if len(vals) > 60 else vals))  # eval ray batches: smooth too
+                    if h.get("source"):
+                        sources.add(str(h["source"]))
+            draw_band(ax, train, color=colors[method], band=band, linestyle="--", lw=1.0, alpha=0.12)
+            draw_band(ax, held, color=colors[method], band=band, marker="o")
         ax.set_title(scene_display(scene))
         ax.set_xlabel("iteration")
         ax.set_ylabel("PSNR (dB)")
         ax.grid(True, alpha=0.3)
-    handles = [Line2D([], [], color=colors[m], lw=2, label=method_display(m)) for m in methods]
+    handles = [Line2D([], [], color=colors[m], lw=2, label=f"{method_display(m)} ({_seeds_text(seeds.get(m))})")
+               for m in methods if m in seeds]
     handles += [
         Line2D([], [], color="0.3", ls="--", label="train (smoothed)"),
         Line2D([], [], color="0.3", ls="-", label="held-out"),
+        Patch(color="0.3", alpha=0.2, label=BANDS[band]),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False, fontsize=9)
     head = title or "PSNR against iterations"
+    head += f" (mean over seeds; band: {BANDS[band]})"
     if sources:
         head += "\nheld-out: " + ", ".join(_SOURCES.get(s, s) for s in sorted(sources))
     fig.suptitle(head, fontsize=10)
@@ -111,6 +107,17 @@ def plot_curves(
     with atomic_path(path) as tmp:
         fig.savefig(tmp)
     return path
+
+
+def _finite(steps: Sequence[Any], values: Sequence[Any]) -> Tuple[np.ndarray, np.ndarray]:
+    steps, vals = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    ok = np.isfinite(vals)
+    return steps[ok], vals[ok]
+
+
+def _seeds_text(seeds: Optional[set]) -> str:
+    n = len(seeds or ())
+    return f"{n} seed{'s' if n != 1 else ''}"
 
 
 def _text_strip(text: str, width: int, height: int = 22) -> np.ndarray:

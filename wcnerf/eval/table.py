@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from wcnerf.analysis.curves import Curve, mean_curve, steps_to_target
 from wcnerf.atomic import write_text
+from wcnerf.report import Stats, best_keys, format_cell, seed_stats, stat_sentence
 
 __all__ = [
     "CSV_COLUMNS",
@@ -108,15 +109,6 @@ def _num(value: Any) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)  # sample std over seeds (ddof=1)
-    return mean, math.sqrt(var)
-
-
 @dataclass
 class Cell:
     """One table entry: a metric over the seeds of one (method, scene) or the scene average."""
@@ -143,9 +135,10 @@ def aggregate(
 ) -> Dict[Tuple[str, str], Cell]:
     """``{(method, scene): Cell}`` plus ``(method, "__avg__")`` for the average over scenes.
 
-    Per scene: mean and sample std over the seeds that finished. Average: the mean of the
-    per-scene means over the scenes where the method has a value; its std is the std over
-    seeds of the per-seed scene averages (seeds that finished every scene; needs two).
+    Per scene: mean and sample std (:func:`wcnerf.report.seed_stats`) over the seeds that
+    finished. Average: the mean of the per-scene means over the scenes where the method has a
+    value; its std is the sample std over seeds of the per-seed scene averages (seeds that
+    finished every scene; needs two).
     """
     cells: Dict[Tuple[str, str], Cell] = {}
     for m in methods:
@@ -165,7 +158,8 @@ def aggregate(
                     failed += 1
             cell = Cell(n_ok=len(vals), n_runs=len(rows), n_failed=failed, scenes_covered=1, scenes_total=1)
             if vals:
-                cell.mean, cell.std = _mean_std(vals)
+                st = seed_stats(vals)
+                cell.mean, cell.std = st.mean, st.std
                 per_scene_means.append(cell.mean)
                 covered += 1
             cells[(m, s)] = cell
@@ -180,7 +174,7 @@ def aggregate(
                     sum(v[s] for s in scenes) / len(scenes) for v in per_seed.values() if all(s in v for s in scenes)
                 ]
                 if len(seed_avgs) >= 2:
-                    avg.std = _mean_std(seed_avgs)[1]
+                    avg.std = seed_stats(seed_avgs).std
         cells[(m, "__avg__")] = avg
     return cells
 
@@ -194,11 +188,7 @@ def _cell_text(cell: Cell, decimals: int, bold: bool, average: bool) -> str:
         if cell.n_failed and cell.n_failed == cell.n_runs:
             return "failed"
         return "–"
-    text = _fmt(cell.mean, decimals)
-    if cell.std is not None:
-        text += f" ± {_fmt(cell.std, decimals)}"
-    if bold:
-        text = f"**{text}**"
+    text = format_cell(Stats(cell.mean, cell.std, cell.n_ok), decimals, bold_it=bold)
     if average and cell.scenes_covered < cell.scenes_total:
         text += f" † ({cell.scenes_covered}/{cell.scenes_total} scenes)"
     elif not average and cell.n_ok < cell.n_runs:
@@ -207,15 +197,12 @@ def _cell_text(cell: Cell, decimals: int, bold: bool, average: bool) -> str:
 
 
 def _best(cells: Dict[Tuple[str, str], Cell], methods: Sequence[str], col: str, higher: bool) -> List[str]:
-    """Methods with the best mean in a column (ties all win); none when fewer than two compete."""
+    """Methods with the best mean in a column (:func:`wcnerf.report.best_keys`: ties all win; none
+    when fewer than two compete)."""
     cands = [(m, cells[(m, col)]) for m in methods if cells[(m, col)].mean is not None]
     if col == "__avg__":  # only averages over the same (full) set of scenes are comparable
         cands = [(m, c) for m, c in cands if c.scenes_covered == c.scenes_total]
-    if len(cands) < 2:
-        return []
-    key = max if higher else min
-    best = key(c.mean for _, c in cands)  # type: ignore[type-var]
-    return [m for m, c in cands if abs(c.mean - best) <= 1e-12]  # type: ignore[operator]
+    return sorted(best_keys({m: c.mean for m, c in cands}, higher), key=list(methods).index)
 
 
 def _status_counts(records: Sequence[Mapping[str, Any]]) -> Dict[str, int]:
@@ -263,7 +250,7 @@ def table_markdown(
     heldout_curves: Optional[Mapping[Tuple[str, str], Sequence[Curve]]] = None,
 ) -> str:
     """The paper's Table 4 layout: one table per metric, methods as rows, scenes as columns,
-    the average last; mean ± std over seeds; the best method of each column in bold; a row
+    the average last; mean ± sample std (n-1) over seeds; the best method of each column in bold; a row
     with the PSNR difference of every other method minus NeRF; with ``heldout_curves``
     (``(scene, method) -> seed curves`` of held-out PSNR), the steps each method needs to reach
     the plain model's final held-out PSNR (:mod:`wcnerf.analysis.curves`); then every run that
@@ -279,9 +266,8 @@ def table_markdown(
     out.write(
         f"Runs: {len(records)} ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
         f"seeds: {', '.join(str(s) for s in seeds) or '–'}. "
-        f"Each run's metric is the mean over {_views_text(records, scenes)}; cells are mean ± sample std "
-        "over the seeds that finished (a single seed shows its value alone); the best method of each "
-        "column is in bold.\n\n"
+        f"Each run's metric is the mean over {_views_text(records, scenes)}; cells are "
+        f"{stat_sentence()}; the best method of each column is in bold.\n\n"
     )
     iters = sorted({int(r["iterations"]) for r in records if r.get("status") == "done" and r.get("iterations")})
     if len(iters) > 1:

@@ -7,6 +7,9 @@ steps, averaged over seeds) is kept. Test metrics (IoU, Chamfer) are not used to
 Training speed, at each conditioner's chosen lr: the IoU curve's value at ``EARLY_FRACTION``
 of the steps, and the steps to reach the plain field's final IoU
 (:mod:`wcnerf.analysis.curves`; needs ``none`` among the conditioners).
+
+Seed statistics, cells and bolding are :mod:`wcnerf.report`'s: mean ± sample std (n-1) over seeds,
+as in the LLFF table.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from ..analysis.curves import steps_to_target, value_at_fraction
 from ..conditioning import available
+from ..report import STAT, Stats, best_keys, format_cell, seed_stats, stat_sentence
 from .mesh import load_mesh
 from .plot import plot_curves
 from .render import FITS_PNG, render_fits
@@ -35,21 +39,7 @@ REPORTED = ("iou_early", "iou_points", "iou_grid", "chamfer_l1", "normal_consist
 
 
 def _mean(vals):
-    vals = [v for v in vals if v is not None and math.isfinite(v)]
-    return float(np.mean(vals)) if vals else None
-
-
-def _std(vals):
-    vals = [v for v in vals if v is not None and math.isfinite(v)]
-    return float(np.std(vals)) if len(vals) > 1 else 0.0 if vals else None
-
-
-def _mean_curves(curves: list[dict]) -> dict:
-    n = min(len(c["loss"]) for c in curves)
-    m = min(len(c["eval_iou"]) for c in curves)
-    return {"loss": list(np.mean([c["loss"][:n] for c in curves], axis=0)),
-            "eval_step": curves[0]["eval_step"][:m],
-            "eval_iou": list(np.mean([c["eval_iou"][:m] for c in curves], axis=0))}
+    return seed_stats(vals).mean
 
 
 def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
@@ -82,7 +72,7 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
 
     summary: dict = {"mesh": str(shape.path), "task": cfg.task, "curve_points": cfg.evaluation.curve_points,
                      "optimizer": optim.optimizer, "steps": optim.steps, "batch_size": optim.batch_size,
-                     "seeds": seeds, "lrs": lrs,
+                     "seeds": seeds, "lrs": lrs, "statistic": STAT,
                      "lr_selection": "per conditioner, lowest final training loss (mean of last 5% of steps, mean over seeds)",
                      "methods": {}, "sweep": {}}
     best_curves = {}
@@ -103,11 +93,11 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
             r.metrics["iou_early"] = value_at_fraction(curve, EARLY_FRACTION, optim.steps)
         entry = {"lr": best_lr, "final_loss": None if math.isinf(scores[best_lr]) else scores[best_lr],
                  "per_seed": {str(r.metrics["seed"]): {k: r.metrics.get(k) for k in REPORTED} for r in runs}}
-        for k in REPORTED:
-            entry[k] = _mean([r.metrics.get(k) for r in runs])
-            entry[k + "_std"] = _std([r.metrics.get(k) for r in runs])
+        for k in REPORTED:  # mean and sample std (n-1; None for one seed) over seeds
+            stats = seed_stats(r.metrics.get(k) for r in runs)
+            entry[k], entry[k + "_std"] = stats.mean, stats.std
         summary["methods"][method] = entry
-        best_curves[f"{method} (lr {best_lr:g})"] = _mean_curves([r.curves for r in runs])
+        best_curves[f"{method} (lr {best_lr:g})"] = [r.curves for r in runs]
         best_fits.append((f"{method} (lr {best_lr:g}, seed {runs[0].metrics['seed']})",
                           _mesh_unit(runs[0].run_dir, shape), runs[0].metrics))
 
@@ -129,32 +119,52 @@ def _fmt(v, spec):
     return "n/a" if v is None else format(v, spec)
 
 
+# column heading, metric key, decimals, higher is better: mean ± sample std over seeds, best in bold
+_STAT_COLUMNS = (("IoU (points)", "iou_points", 4, True), ("IoU (grid)", "iou_grid", 4, True),
+                 ("Chamfer-L1", "chamfer_l1", 5, False), ("normal cons.", "normal_consistency", 4, True),
+                 ("F-score@1%", "fscore", 4, True))
+
+
+def _stats(entry: dict, key: str) -> Stats:
+    """A metric's seed statistics from the per-seed values (so every report computes them alike)."""
+    if entry.get("per_seed"):
+        return seed_stats(v.get(key) for v in entry["per_seed"].values())
+    return Stats(entry.get(key), entry.get(key + "_std"))
+
+
 def to_markdown(summary: dict, name: str) -> str:
     seeds = summary["seeds"]
     early = summary.get("early_fraction", EARLY_FRACTION)
+    columns = ((f"IoU @{early:.0%}", "iou_early", 4, True),) + _STAT_COLUMNS
+    methods = summary["methods"]
+    stats = {(m, key): _stats(e, key) for m, e in methods.items() for _, key, _, _ in columns}
+    best = {key: best_keys({m: stats[(m, key)].mean for m in methods}, higher) for _, key, _, higher in columns}
     lines = [f"# Conditioning comparison: {name}", "",
              f"Task {summary['task']}, optimizer {summary['optimizer']}, {summary['steps']} steps, "
              f"batch {summary['batch_size']}, seeds {seeds} (same seeds and same training points for every "
              f"conditioner). Learning rate: {summary['lr_selection']}, from {', '.join(f'{x:g}' for x in summary['lrs'])}.",
-             "Metrics are means over seeds (± std); Chamfer-L1 is in the normalised [-1, 1]^3 frame.",
+             f"Metrics are {stat_sentence(len(seeds))}, the best mean of each metric column in bold; final loss, s/step "
+             "and CPU s/step are means over seeds. Chamfer-L1 is in the normalised [-1, 1]^3 frame.",
              "s/step is wall-clock (noisy on a shared machine); CPU s/step is the process's CPU time per "
              "step (all threads), a steadier cost measure.", "",
              f"IoU @{early:.0%}: the IoU curve (on {summary.get('curve_points', 'the curve')} points) at {early:.0%} of the "
              "steps; steps to target: the fraction of the steps after which the seed-averaged IoU curve first "
              f"reaches the plain field's final IoU (`{BASELINE}`'s own row shows the curve's noise).", "",
-             f"| conditioner | lr | IoU @{early:.0%} | steps to target | IoU (points) | IoU (grid) | Chamfer-L1 "
-             "| normal cons. | F-score@1% | final loss | s/step | CPU s/step |",
+             f"| conditioner | lr | {columns[0][0]} | steps to target | "
+             + " | ".join(c[0] for c in _STAT_COLUMNS) + " | final loss | s/step | CPU s/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     targets = summary.get("steps_to_target") or {}
-    for m, e in summary["methods"].items():
+
+    def cell(m, key, decimals):
+        return format_cell(stats[(m, key)], decimals, bold_it=m in best[key], empty="n/a")
+
+    for m, e in methods.items():
         reach = targets.get(m, "–") if m in targets else "–"
         reach = "not reached" if reach is None else reach if isinstance(reach, str) else f"{reach:.2f}"
-        lines.append(
-            f"| {m} | {e['lr']:g} | {_fmt(e.get('iou_early'), '.4f')} ± {_fmt(e.get('iou_early_std'), '.4f')} | "
-            f"{reach} | {_fmt(e['iou_points'], '.4f')} ± {_fmt(e['iou_points_std'], '.4f')} | "
-            f"{_fmt(e['iou_grid'], '.4f')} | {_fmt(e['chamfer_l1'], '.5f')} ± {_fmt(e['chamfer_l1_std'], '.5f')} | "
-            f"{_fmt(e['normal_consistency'], '.4f')} | {_fmt(e['fscore'], '.4f')} | {_fmt(e['final_loss'], '.4g')} | "
-            f"{_fmt(e['seconds_per_step'], '.4f')} | {_fmt(e['cpu_seconds_per_step'], '.4f')} |")
+        row = [m, f"{e['lr']:g}", cell(m, "iou_early", 4), reach]
+        row += [cell(m, key, d) for _, key, d, _ in _STAT_COLUMNS]
+        row += [_fmt(e["final_loss"], ".4g"), _fmt(e["seconds_per_step"], ".4f"), _fmt(e["cpu_seconds_per_step"], ".4f")]
+        lines.append("| " + " | ".join(row) + " |")
     if len(summary["lrs"]) > 1:
         lines += ["", "Learning-rate sweep (final training loss / IoU on points, mean over seeds):", "",
                   "| conditioner | " + " | ".join(f"lr {x:g}" for x in summary["lrs"]) + " |",
@@ -170,5 +180,6 @@ def to_markdown(summary: dict, name: str) -> str:
                   f"seed {seeds[0]}, from the same cameras (`--view` on this folder opens them in the viewer)."]
     if figures.get("curves"):
         lines += ["", f"![Training loss and IoU curves]({figures['curves']})", "",
-                  "Training loss and IoU curves at each conditioner's chosen learning rate, mean over seeds."]
+                  "Training loss and IoU curves at each conditioner's chosen learning rate: mean over seeds, "
+                  "the band their min-max."]
     return "\n".join(lines) + "\n"
