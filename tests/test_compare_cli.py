@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from wcnerf.eval.cli import CompareLLFF, main
-from wcnerf.eval.sweep import parse_list
+from wcnerf.eval.plan import parse_list
 
 from support.helpers import REPO, compare_dry_run
 

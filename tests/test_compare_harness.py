@@ -8,13 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+import imageio.v3 as imageio
 import numpy as np
 import pytest
 
 from wcnerf.atomic import write_json
 from wcnerf.eval.protocols import Protocol, ProtocolError, load_protocol
 from wcnerf.eval.runs import MethodSpec, RunFailed, RunResult, SceneSpec, run_state
-from wcnerf.eval.sweep import resolve_methods, resolve_scenes, run_sweep
+from wcnerf.eval.plan import resolve_methods, resolve_scenes
+from wcnerf.eval.sweep import run_sweep
 from wcnerf.eval.table import read_results_csv
 
 from support.fake_runner import FakeRunner  # a plain module: worker processes import it too
@@ -26,8 +28,7 @@ def proto(**kw) -> Protocol:
         name="fake",
         methods={"nerf": "nerf-small", "e-nerf": "e-nerf-small"},
         base_method="nerf-small",
-        max_num_iterations=10,
-        downscale_factor=8,
+        overrides={"max_num_iterations": 10, "pipeline.datamanager.dataparser.downscale_factor": 8},
     )
     base.update(kw)
     return Protocol(**base)
@@ -165,32 +166,36 @@ def test_resolve_scenes(tmp_path, monkeypatch):
     scene = tmp_path / "root" / "myscene"
     (scene / "images_8").mkdir(parents=True)
     np.save(scene / "poses_bounds.npy", np.load(REPO / "data/llff/fern/poses_bounds.npy")[:2])  # possible cameras
+    for i in range(2):  # the dataparser checks the scene: two small images of fern's shape
+        imageio.imwrite(scene / "images_8" / f"{i:03d}.png", np.zeros((8, 12, 3), np.uint8))
     monkeypatch.setenv("WCNERF_DATA", str(tmp_path / "root"))
-    fern, mine, missing = resolve_scenes(["fern,myscene", str(scene), "nope"], 8)  # myscene twice: once
+    at8, at4 = proto(dataparser="llff"), proto(overrides={"pipeline.datamanager.dataparser.downscale_factor": 4})
+    fern, mine, missing = resolve_scenes(["fern,myscene", str(scene), "nope"], at8)  # myscene twice: once
     assert fern.error is None and fern.path == (REPO / "data/llff/fern").resolve()
     assert mine.error is None and mine.path == scene.resolve() and mine.label == "myscene"
-    (byp,) = resolve_scenes([str(scene)], 8)
+    (byp,) = resolve_scenes([str(scene)], at8)
     assert byp == mine
     assert missing.path is None and "not found" in missing.error and "WCNERF_DATA" in missing.error
-    (bad,) = resolve_scenes([str(scene)], 4)  # no images_4, no images/
+    (bad,) = resolve_scenes([str(scene)], at4)  # no images_4, no images/
     assert bad.error and "images_4" in bad.error
 
 
 def test_protocols_paper_and_cpu():
     paper, cpu = load_protocol("paper"), load_protocol("cpu")
-    assert (paper.downscale_factor, paper.max_num_iterations, paper.holdout_every) == (4, 200000, 8)
+    factor, every = (f"pipeline.datamanager.dataparser.{k}" for k in ("downscale_factor", "holdout_every"))
+    assert (paper.overrides[factor], paper.max_num_iterations, paper.overrides[every]) == (4, 200000, 8)
     assert paper.methods == {"nerf": "nerf", "e-nerf": "e-nerf"}
     assert len(paper.scenes) == 8
-    assert cpu.downscale_factor == 8 and cpu.methods == {"nerf": "nerf-small", "e-nerf": "e-nerf-small"}
+    assert cpu.overrides[factor] == 8 and cpu.methods == {"nerf": "nerf-small", "e-nerf": "e-nerf-small"}
     with pytest.raises(ProtocolError):
         load_protocol("no-such-protocol")
 
 
 def test_protocol_from_path(tmp_path):
     p = tmp_path / "mine.yaml"
-    p.write_text("methods: {nerf: nerf-small}\nbase_method: nerf-small\nmax_num_iterations: 3\ndownscale_factor: 8\n")
+    p.write_text("methods: {nerf: nerf-small}\nbase_method: nerf-small\noverrides: {max_num_iterations: 3}\n")
     assert load_protocol(p).name == "mine"
-    p.write_text("methods: {}\nbase_method: x\nmax_num_iterations: 3\ndownscale_factor: 8\ntypo: 1\n")
+    p.write_text("methods: {}\nbase_method: x\noverrides: {max_num_iterations: 3}\ntypo: 1\n")
     with pytest.raises(ProtocolError, match="typo"):
         load_protocol(p)
 

@@ -18,44 +18,55 @@ from wcnerf.eval.plots import compose_views
 from wcnerf.eval.protocols import load_protocol
 
 
-def _spec(tmp_path, method=MethodSpec("weight-norm", "nerf-small", "weight-norm")):
-    proto = load_protocol("cpu").with_overrides(max_num_iterations=1000)
+def _spec(tmp_path, method=MethodSpec("weight-norm", "nerf-small", "weight-norm"), protocol=None):
+    proto = protocol or load_protocol("cpu").with_overrides(max_num_iterations=1000)
     return RunSpec(proto, SceneSpec("fern", tmp_path / "fern"), method, 3, tmp_path / "run")
 
 
 def test_train_command(tmp_path):
+    """ns-train trains the run's config file; that config holds what the command line held."""
+    from wcnerf.eval.execution import Execution
+    from wcnerf.eval.ns_runner import resume_config
+    from wcnerf.eval.plan import build_config, write_configs
+
     runner = NerfstudioRunner(python="py")
     spec = _spec(tmp_path)
     cmd = runner.train_command(spec)
-    text = " ".join(cmd)
-    assert cmd[:4] == ["py", "-m", "nerfstudio.scripts.train", "nerf-small"]
-    assert "--pipeline.model.conditioning weight-norm" in text
-    assert "--max-num-iterations 1000" in text and "--machine.seed 3" in text and "--vis tensorboard" in text
-    assert "--load-dir" not in text
-    # the dataparser subcommand comes last, with the scene and the protocol's factor
-    i = cmd.index("llff")
-    assert cmd[i:] == ["llff", "--data", str(tmp_path / "fern"), "--downscale-factor", "8", "--holdout-every", "8",
-                       "--max-eval-views", "5"]
-    every = runner.train_command(dataclasses.replace(spec, protocol=spec.protocol.with_overrides(max_eval_views=0)))
-    assert "--max-eval-views" not in every  # 0: the dataparser's default, every held-out image
-    resumed = runner.train_command(spec, load_dir=tmp_path / "ckpts")
-    assert resumed[resumed.index("--load-dir") + 1] == str(tmp_path / "ckpts")
-    assert "--resume-to-max-iterations True" in " ".join(resumed)
-    assert "--max-num-iterations 1000" in " ".join(resumed)  # the total, not what is left
-    plain = runner.train_command(_spec(tmp_path, MethodSpec("e-nerf", "e-nerf-small")))
-    assert "--pipeline.model.conditioning" not in plain and plain[3] == "e-nerf-small"
-    assert runner._env(spec)["OMP_NUM_THREADS"] == "1"  # the cpu protocol's threads
-    assert runner._env(spec, "eval")["OMP_NUM_THREADS"] == "1"  # no stage threads: `threads`
-    two = dataclasses.replace(runner, eval_threads=2)
-    assert two._env(spec, "eval")["OMP_NUM_THREADS"] == two._env(spec, "eval")["MKL_NUM_THREADS"] == "2"
-    assert two._env(spec, "train")["OMP_NUM_THREADS"] == "1"
-    three = dataclasses.replace(runner, train_threads=3)
-    assert three._env(spec, "train")["OMP_NUM_THREADS"] == three._env(spec, "train")["MKL_NUM_THREADS"] == "3"
-    assert three._env(spec, "eval")["OMP_NUM_THREADS"] == "1"
+    assert cmd == ["py", "-m", "nerfstudio.scripts.train", "nerf-small", "--load-config", str(tmp_path / "run" / "config.yml")]
+    config = build_config(spec, "cpu")
+    assert config.pipeline.model.conditioning == "weight-norm"
+    assert config.max_num_iterations == 1000 and config.machine.seed == 3 and config.vis == "tensorboard"
+    assert config.load_dir is None
+    # the dataparser: the scene and the protocol's factor
+    dp = config.pipeline.datamanager.dataparser
+    assert (type(dp).__name__, dp.data, dp.downscale_factor, dp.holdout_every, dp.max_eval_views) == (
+        "LLFFDataParserConfig", tmp_path / "fern", 8, 8, 5)
+    every = build_config(_spec(tmp_path, protocol=spec.protocol.with_overrides(
+        pipeline__datamanager__dataparser__max_eval_views=0)), "cpu")
+    assert every.pipeline.datamanager.dataparser.max_eval_views == 0  # 0: every held-out image
+    write_configs([spec], "cpu")
+    resumed = resume_config(spec.run_dir / "config.yml", tmp_path / "ckpts", tmp_path / "resume.yml")
+    import yaml
+
+    again = yaml.load(resumed.read_text(), Loader=yaml.Loader)
+    assert again.load_dir == tmp_path / "ckpts" and again.resume_to_max_iterations is True
+    assert again.max_num_iterations == 1000  # the total, not what is left
+    plain = build_config(_spec(tmp_path, MethodSpec("e-nerf", "e-nerf-small")), "cpu")
+    assert plain.pipeline.model.conditioning == "equilibrate" and plain.method_name == "e-nerf-small"
+    env = lambda ex, stage="train": runner.__class__(execution=ex)._env(spec, stage)  # noqa: E731
+    one = Execution.decide(spec.protocol, workers=2, cores=2)
+    assert env(one)["OMP_NUM_THREADS"] == "1"  # the cpu protocol's threads
+    assert env(one, "eval")["OMP_NUM_THREADS"] == "1"  # a core each: `threads`
+    two = Execution(threads=1, eval_threads=2)
+    assert env(two, "eval")["OMP_NUM_THREADS"] == env(two, "eval")["MKL_NUM_THREADS"] == "2"
+    assert env(two, "train")["OMP_NUM_THREADS"] == "1"
+    three = Execution(threads=1, train_threads=3)
+    assert env(three, "train")["OMP_NUM_THREADS"] == env(three, "train")["MKL_NUM_THREADS"] == "3"
+    assert env(three, "eval")["OMP_NUM_THREADS"] == "1"
 
 
 def test_local_threads_is_the_protocols_up_to_a_workers_share_of_the_cores():
-    from wcnerf.eval.executors import local_threads
+    from wcnerf.eval.execution import local_threads
 
     assert local_threads(None, 1, 1, 2) is None  # the protocol sets none: `threads`
     assert local_threads(2, 1, 1, 2) == 2  # one worker on 2 cores
@@ -65,33 +76,34 @@ def test_local_threads_is_the_protocols_up_to_a_workers_share_of_the_cores():
     assert local_threads(2, 1, 1, None) == 1
 
 
-def test_with_local_threads_sets_both_stages_unless_the_runner_fixes_them(tmp_path):
-    from wcnerf.eval.executors import with_local_threads
+def test_the_execution_sets_both_stages_unless_the_command_line_fixes_them(tmp_path):
+    from wcnerf.eval.execution import Execution
 
     proto = dataclasses.replace(_spec(tmp_path).protocol, train_threads=2, eval_threads=2, threads=1)
     cores = min(2, os.cpu_count() or 1)
-    runner = with_local_threads(NerfstudioRunner(), proto, 1)
-    assert (runner.train_threads, runner.eval_threads) == (cores, cores)
-    assert with_local_threads(NerfstudioRunner(), proto, os.cpu_count() or 1).train_threads in (None, 1)  # a core each
-    own = with_local_threads(NerfstudioRunner(eval_threads=3), proto, 1)
-    assert (own.train_threads, own.eval_threads) == (cores, 3)  # a stage the runner sets keeps its setting
-    fixed = NerfstudioRunner(threads=1)  # --threads 1: every process, as the user said
-    assert with_local_threads(fixed, proto, 1) is fixed
-    unset = with_local_threads(NerfstudioRunner(), dataclasses.replace(proto, train_threads=None, eval_threads=None), 1)
+    one = Execution.decide(proto, workers=1)
+    assert (one.train_threads, one.eval_threads) == (cores, cores)
+    assert Execution.decide(proto, workers=os.cpu_count() or 1).train_threads in (None, 1)  # a core each
+    fixed = Execution.decide(proto, workers=1, threads=1)  # --threads 1: every process, as the user said
+    assert (fixed.threads, fixed.train_threads, fixed.eval_threads) == (1, 1, 1)
+    unset = Execution.decide(dataclasses.replace(proto, train_threads=None, eval_threads=None), workers=1)
     assert (unset.train_threads, unset.eval_threads) == (None, None)
-    fake = object()
-    assert with_local_threads(fake, proto, 1) is fake
+    remote = Execution.decide(proto, "ray")  # stage threads are a local worker's share of this machine
+    assert (remote.train_threads, remote.eval_threads, remote.threads) == (None, None, 1)
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
         (("train_threads: 2", "train_threads: 0"), r"bad\.yaml: train_threads must be >= 1"),
-        (("max_eval_views: 5", "max_eval_views: -2"), r"bad\.yaml: max_eval_views must be >= 0"),
-        (("dataparser: llff", "dataparser: nerfstudio-data"), r"bad\.yaml: max_eval_views is an option of the llff"),
+        (("max_eval_views: 5", "max_eval_views: -2"), r"bad\.yaml: .*max.eval.views -2: must be >= 0"),
+        (("dataparser: llff", "dataparser: nerfstudio-data"),
+         r"bad\.yaml: override 'pipeline\.datamanager\.dataparser\.holdout_every'.*NerfstudioDataParserConfig"),
+        (("max_num_iterations: 700", "max_num_iteration: 700"), r"bad\.yaml: override 'max_num_iteration'.* no field"),
     ],
 )
 def test_a_protocol_with_impossible_settings_is_refused(tmp_path, change, message):
+    from wcnerf.eval.plan import check_protocol
     from wcnerf.eval.protocols import ProtocolError
 
     text = Path(load_protocol("cpu").source).read_text()
@@ -99,13 +111,14 @@ def test_a_protocol_with_impossible_settings_is_refused(tmp_path, change, messag
     bad = tmp_path / "bad.yaml"
     bad.write_text(text.replace(*change))
     with pytest.raises(ProtocolError, match=message):
-        load_protocol(str(bad))
+        check_protocol(load_protocol(str(bad)))  # when the runs are planned, before any starts
 
 
 def test_the_cpu_protocol_says_how_many_views_it_evaluates():
     proto = load_protocol("cpu")
-    assert proto.max_eval_views == 5 and "(at most 5 of them evaluated, evenly spaced)" in proto.summary()
-    assert "evaluated" not in load_protocol("paper").summary()
+    assert proto.overrides["pipeline.datamanager.dataparser.max_eval_views"] == 5
+    assert "max_eval_views=5" in proto.summary()
+    assert "max_eval_views" not in load_protocol("paper").summary()
 
 
 def _fake_ckpt(path: Path, payload: bytes = b"x" * 100) -> None:

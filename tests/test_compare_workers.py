@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from wcnerf.atomic import write_json
+from wcnerf.eval.execution import Execution
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.runs import MethodSpec, SceneSpec, run_state
 from wcnerf.eval.sweep import run_sweep
@@ -133,7 +134,7 @@ def test_heartbeat_keeps_a_lease_live_and_a_taken_lease_is_noticed(tmp_path):
 # ----------------------------------------------------------------------------- workers
 
 PROTO = Protocol(name="fake", methods={"nerf": "nerf-small", "e-nerf": "e-nerf-small"}, base_method="nerf-small",
-                 max_num_iterations=10, downscale_factor=8)
+                 overrides={"max_num_iterations": 10, "pipeline.datamanager.dataparser.downscale_factor": 8})
 SCENES = [SceneSpec("fern", Path("/nonexistent/fern")), SceneSpec("flower", Path("/nonexistent/flower"))]
 METHODS = [MethodSpec("nerf", "nerf-small"), MethodSpec("e-nerf", "e-nerf-small")]
 KILLED = ("fern", "e-nerf", 0)
@@ -143,7 +144,7 @@ def _sweep_with_a_killed_worker(tmp_path, executor, options=None, steps=6, step_
     log = tmp_path / "calls.log"
     runner = FakeRunner(steps=steps, step_seconds=step_seconds, log=log, kill_once={KILLED}, kill_at=2)
     s = run_sweep(PROTO, SCENES, METHODS, [0], runner=runner, output_root=tmp_path, show_progress=False,
-                  executor=executor, workers=2, executor_options=options, lease_seconds=4, progress_every=5)
+                  execution=Execution(executor=executor, workers=2), executor_options=options, lease_seconds=4, progress_every=5)
     return s, read_log(log)
 
 
@@ -177,7 +178,7 @@ def test_local_two_workers_one_killed(tmp_path, tests_on_path):
 def test_local_one_worker_runs_in_this_process(tmp_path):
     runner = FakeRunner()
     s = run_sweep(PROTO, SCENES, METHODS, [0], runner=runner, output_root=tmp_path, show_progress=False,
-                  executor="local", workers=1)
+                  execution=Execution(executor="local", workers=1))
     assert len(runner.calls) == 4 and s.done == 4
 
 
@@ -225,7 +226,7 @@ def test_submitit_time_limit_requeues_and_resumes(tmp_path, tests_on_path):
     runner = FakeRunner(steps=40, step_seconds=0.5, log=log)  # 20 s per run: a signal lands mid-run
     opts = SlurmOptions(cluster="local", time_min=1, cpus_per_worker=1, extra={"signal_delay_s": 40})
     s = run_sweep(PROTO, SCENES[:1], METHODS, [0], runner=runner, output_root=tmp_path, show_progress=False,
-                  executor="slurm", workers=1, executor_options=opts, lease_seconds=4, progress_every=10)
+                  execution=Execution(executor="slurm", workers=1), executor_options=opts, lease_seconds=4, progress_every=10)
     events = read_log(log)
     ends = Counter(tuple(e["key"]) for e in events if e["event"] == "end")
     assert len(ends) == 2 and set(ends.values()) == {1}, events
@@ -249,18 +250,21 @@ def test_engine_flags_and_the_paper_on_cpu_refusal(tmp_path):
     cfg = tyro.cli(CompareLLFF, args=["--executor", "slurm", "--workers", "8", "--slurm-partition", "gpu",
                                       "--slurm-time-min", "240", "--lease-seconds", "60"])
     assert (cfg.engine.executor, cfg.engine.workers, cfg.engine.slurm_partition) == ("slurm", 8, "gpu")
-    opts, workers = cfg._engine_options(tmp_path)
+    opts = cfg._engine_options()
+    workers = Execution.decide(load_protocol("cpu"), cfg.engine.executor, cfg.engine.workers).workers
     assert workers == 8 and opts.partition == "gpu" and opts.time_min == 240 and opts.cluster is None
     paper = load_protocol("paper")
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: nothing to refuse")
-    why = cpu_refusal(paper, "local", allow_cpu=False)
+    here, ray = Execution.decide(paper, "local"), Execution.decide(paper, "ray")
+    why = cpu_refusal(paper.max_num_iterations, paper.name, here, allow_cpu=False)
     assert why and "200000" in why and "--allow-cpu" in why
-    assert cpu_refusal(paper, "local", allow_cpu=True) is None
-    assert cpu_refusal(paper, "ray", allow_cpu=False) is None  # workers run elsewhere
-    assert cpu_refusal(load_protocol("cpu"), "local", allow_cpu=False) is None
+    assert cpu_refusal(paper.max_num_iterations, paper.name, here, allow_cpu=True) is None
+    assert cpu_refusal(paper.max_num_iterations, paper.name, ray, allow_cpu=False) is None  # workers run elsewhere
+    cpu = load_protocol("cpu")
+    assert cpu_refusal(cpu.max_num_iterations, cpu.name, Execution.decide(cpu, "local"), allow_cpu=False) is None
     code = CompareLLFF(protocol="paper", output_root=tmp_path).main()
     assert code == 2 and not (tmp_path / "paper").exists()
 

@@ -148,7 +148,7 @@ class KappaRunner:
 @pytest.mark.parametrize("logged", [True, False])
 def test_sweep_report_links_the_figure_or_says_why_not(tmp_path, logged):
     proto = Protocol(name="fake", methods={"nerf": "nerf-small", "e-nerf": "e-nerf-small"},
-                     base_method="nerf-small", max_num_iterations=10, downscale_factor=8)
+                     base_method="nerf-small", overrides={"max_num_iterations": 10})
     summary = run_sweep(proto, [SceneSpec("fern", Path("/nonexistent/fern"))],
                         [MethodSpec("nerf", "nerf-small"), MethodSpec("e-nerf", "e-nerf-small")], [0],
                         runner=KappaRunner(logged), output_root=tmp_path, show_progress=False)

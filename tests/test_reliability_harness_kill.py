@@ -18,11 +18,12 @@ import pytest
 PARENT = """
 import sys, types
 from pathlib import Path
+from wcnerf.eval.execution import Execution
 from wcnerf.eval.ns_runner import NerfstudioRunner
 spec = types.SimpleNamespace(protocol=types.SimpleNamespace(timeout_minutes=None, threads=1),
                              report=lambda *a, **k: None)
 child = "import os, time; open({pidfile!r}, 'w').write(str(os.getpid())); time.sleep(600)"
-NerfstudioRunner(poll_seconds=0.2)._call(spec, [sys.executable, "-c", child], "train",
+NerfstudioRunner(poll_seconds=0.2, execution=Execution(threads=1))._call(spec, [sys.executable, "-c", child], "train",
                                          Path({log!r}), Path({err!r}), None)
 """
 

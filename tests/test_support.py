@@ -97,6 +97,7 @@ def test_the_tiny_protocol_trains_the_preset():
 
     with tempfile.TemporaryDirectory() as tmp:
         p = protocol(Path(tmp))
-    assert p.max_num_iterations == 6 and p.downscale_factor == TINY_FACTOR
+    assert p.max_num_iterations == 6 and p.overrides["pipeline.datamanager.dataparser.downscale_factor"] == TINY_FACTOR
     model_flags = [a for a in NERF.args() if a.startswith("--pipeline.")]
-    assert [a for a in p.train_args if a.startswith("--")] == model_flags
+    flags = ["--" + k.replace("_", "-") for k in p.overrides if k.startswith("pipeline.") and ".dataparser." not in k]
+    assert flags == model_flags

@@ -87,26 +87,22 @@ class TinyPreset:
     def protocol_yaml(self, iterations: int, *, methods: Mapping[str, str], base_method: str) -> str:
         """A comparison protocol (configs/protocols schema) that trains this preset on
         :func:`tiny_fern` for ``iterations`` steps, one seed, two evaluated held-out views."""
-        train_args = _argv({path: v for path, v in self.overrides().items() if path.startswith("pipeline.")})
-        quoted = ", ".join(f'"{a}"' for a in train_args)
-        method_map = ", ".join(f"{k}: {v}" for k, v in methods.items())
-        return (
-            "name: tiny\n"
-            f"methods: {{{method_map}}}\n"
-            f"base_method: {base_method}\n"
-            f"max_num_iterations: {iterations}\n"
-            f"downscale_factor: {TINY_FACTOR}\n"
-            "holdout_every: 8\n"
-            "max_eval_views: 2\n"
-            "scenes: [fern]\n"
-            "seeds: [0]\n"
-            f"steps_per_log: {self.run['logging.steps_per_log']}\n"
-            "steps_per_save: 3\n"
-            f"steps_per_eval_batch: {self.run['steps_per_eval_batch']}\n"
-            "threads: 1\n"
-            f"train_args: [{quoted}]\n"
-            "timeout_minutes: 10\n"
-        )
+        import yaml
+
+        overrides = {path: v for path, v in self.overrides().items() if path.startswith("pipeline.")}
+        overrides.update({
+            "max_num_iterations": iterations,
+            "pipeline.datamanager.dataparser.downscale_factor": TINY_FACTOR,
+            "pipeline.datamanager.dataparser.holdout_every": 8,
+            "pipeline.datamanager.dataparser.max_eval_views": 2,
+            "logging.steps_per_log": self.run["logging.steps_per_log"],
+            "steps_per_save": 3,
+            "steps_per_eval_batch": self.run["steps_per_eval_batch"],
+        })
+        return yaml.safe_dump({
+            "name": "tiny", "methods": dict(methods), "base_method": base_method, "scenes": ["fern"], "seeds": [0],
+            "threads": 1, "timeout_minutes": 10, "overrides": overrides,
+        }, sort_keys=False)
 
 
 _RUN = {

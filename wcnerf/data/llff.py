@@ -81,6 +81,11 @@ class LLFFDataParserConfig(DataParserConfig):
     far_factor: float = 1.0
     """Non-NDC mode: far = max scaled bound * far_factor (nerf-pytorch: 1.0)."""
 
+    def check_options(self) -> None:
+        """Refuse impossible options before any scene is read (the harness plans with it)."""
+        if self.max_eval_views < 0:
+            raise LLFFDataError(f"--max-eval-views {self.max_eval_views}: must be >= 0 (0: every held-out image)")
+
 
 _WARNED: set = set()
 
@@ -111,8 +116,7 @@ class LLFF(DataParser):
     def load_scene(self) -> LLFFScene:
         """The whole scene (all images), resolved and checked once per parser."""
         cfg = self.config
-        if cfg.max_eval_views < 0:
-            raise LLFFDataError(f"--max-eval-views {cfg.max_eval_views}: must be >= 0 (0: every held-out image)")
+        cfg.check_options()
         root = resolve_data_path(cfg.data, cfg.downscale_factor)
         key = (str(root.resolve()), cfg.downscale_factor, cfg.bd_factor, cfg.holdout_every)
         if self._cache is None or self._cache[0] != key:

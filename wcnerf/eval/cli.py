@@ -1,10 +1,13 @@
-"""The comparison's command line (``scripts/compare_llff.py``): E-NeRF vs NeRF on LLFF scenes
-(the paper's Table 4), a resumable sweep over scenes x methods x seeds under a protocol of
-``configs/protocols/``::
+"""The comparison's command line (``wcnerf-compare``, ``scripts/compare_llff.py``): a
+resumable sweep over scenes x methods x seeds under a protocol of ``configs/protocols/``; by
+default E-NeRF vs NeRF on LLFF scenes (the paper's Table 4), and any method ``ns-train`` knows
+under any conditioners on any scene its dataparser reads::
 
-    python scripts/compare_llff.py --protocol cpu --scenes fern flower --seeds 0 1 2
-    python scripts/compare_llff.py --protocol paper --scenes fern flower fortress horns leaves orchids room trex
-    python scripts/compare_llff.py --methods nerf e-nerf weight-norm     # any conditioner name too
+    wcnerf-compare --protocol cpu --scenes fern flower --seeds 0 1 2
+    wcnerf-compare --protocol paper --scenes fern flower fortress horns leaves orchids room trex
+    wcnerf-compare --methods nerf e-nerf weight-norm     # any conditioner name too
+    wcnerf-compare --method nerfacto --conditioners none equilibrate --data my/scene \
+        --dataparser nerfstudio-data --set max_num_iterations=3000 --seeds 0 1 2
 
 Lists are typed tuples, one value per word as in nerfstudio's command lines; a comma-joined
 word (``--seeds 0,1,2``) is split too. Writes
@@ -27,9 +30,10 @@ from rich.markup import escape
 from tyro.constructors import PrimitiveConstructorSpec
 from typing_extensions import Annotated
 
-from wcnerf.eval.sweep import parse_list
+from wcnerf.eval.plan import check_protocol, known_conditioners, parse_list
+from wcnerf.eval.runs import MethodSpec
 
-__all__ = ["CompareLLFF", "Selection", "Execution", "Engine", "cpu_refusal", "main"]
+__all__ = ["Compare", "CompareLLFF", "Selection", "RunOptions", "Engine", "cpu_refusal", "main"]
 
 T = TypeVar("T")
 
@@ -53,13 +57,26 @@ Seeds = Annotated[Tuple[int, ...], _words(int, "INT [INT ...]")]
 class Selection:
     """What is swept (every scene x method x seed)."""
 
-    scenes: Names = ()
-    """Scene names or folders. A name is looked up as <root>/NAME and <root>/llff/NAME under the
-    repo's data/, each --data-root and each $WCNERF_DATA entry (the same lookup as
-    `ns-train ... llff --data NAME`). Default: the protocol's scenes."""
+    scenes: Annotated[Names, tyro.conf.arg(aliases=("--data",))] = ()
+    """Scene names or folders (--data is the same). For llff a name is looked up as <root>/NAME
+    and <root>/llff/NAME under the repo's data/, each --data-root and each $WCNERF_DATA entry
+    (the same lookup as `ns-train ... llff --data NAME`). Default: the protocol's scenes."""
     methods: Names = ("nerf", "e-nerf")
     """nerf, e-nerf, or any conditioner name (none, equilibrate-out, weight-norm, equinorm, ...):
     the protocol's base method with that conditioning."""
+    method: Optional[str] = None
+    """Any method ns-train knows (nerfacto, vanilla-nerf, another plugin's...): compare it under
+    --conditioners instead of the protocol's methods; outputs go to <protocol>-<method>/."""
+    conditioners: Names = ("none", "equilibrate")
+    """With --method: the conditioners compared (none: the method as it is, through the same
+    wrapper), conditioned as wcnerf-train conditions it."""
+    dataparser: Optional[str] = None
+    """A dataparser ns-train knows (llff, nerfstudio-data, blender-data, colmap, ...) instead of
+    the protocol's; the protocol's settings of its own dataparser are then dropped."""
+    set: Tuple[str, ...] = ()
+    """KEY=VALUE overrides of each run's nerfstudio config by dotted path (as in the protocol's
+    `overrides`, e.g. pipeline.datamanager.dataparser.downscale_factor=4); values are YAML.
+    Outputs then go to a folder of their own."""
     seeds: Seeds = ()
     """Seeds. Default: the protocol's seeds."""
     max_num_iterations: Optional[int] = None
@@ -69,7 +86,7 @@ class Selection:
 
 
 @dataclass
-class Execution:
+class RunOptions:
     """How the runs are run."""
 
     retry_failed: bool = True
@@ -79,6 +96,8 @@ class Execution:
     threads: Optional[int] = None
     """OMP/MKL threads of every training / evaluation subprocess (default: the protocol's
     ``threads``, or its ``train_threads`` / ``eval_threads`` for a local worker with the cores to itself)."""
+    device: Optional[str] = None
+    """cpu, cuda or mps for every run (default: the protocol's; auto is cuda where a GPU is seen)."""
 
 
 @dataclass
@@ -124,36 +143,65 @@ class Engine:
 CPU_ITERATION_LIMIT = 20000
 
 
-def cpu_refusal(protocol: Any, executor: str, allow_cpu: bool) -> Optional[str]:
-    """Why a long protocol must not start on a CPU here (None when it may): the `paper`
+def cpu_refusal(iterations: int, protocol_name: str, execution: Any, allow_cpu: bool) -> Optional[str]:
+    """Why a long sweep must not start on a CPU here (None when it may): the `paper`
     protocol's 200k iterations take days per run on a GPU and months on a CPU."""
-    if allow_cpu or protocol.max_num_iterations <= CPU_ITERATION_LIMIT or executor != "local":
-        return None
-    if protocol.device == "cpu":
-        where = "its device is `cpu`"
-    elif protocol.device == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            return None
-        where = "no CUDA GPU is visible here (torch.cuda.is_available() is False)"
-    else:
+    if allow_cpu or iterations <= CPU_ITERATION_LIMIT or execution.executor != "local" or execution.device != "cpu":
         return None
     return (
-        f"protocol `{protocol.name}` trains {protocol.max_num_iterations} iterations per run and {where}: "
-        "at CPU speed that is weeks per run. Use `--protocol cpu`, fewer iterations (`--max-num-iterations N`), "
-        "a GPU machine or cluster (`--executor ray|slurm`), or pass `--allow-cpu` to run it anyway."
+        f"protocol `{protocol_name}` trains {iterations} iterations per run on the CPU (no CUDA GPU is visible here, "
+        "or the device is cpu): at CPU speed that is weeks per run. Use `--protocol cpu`, fewer iterations "
+        "(`--max-num-iterations N`), a GPU machine or cluster (`--executor ray|slurm`), or pass `--allow-cpu` to run it anyway."
     )
 
 
+def _yaml_value(item: str, text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {item!r}: the value is not YAML ({str(exc).splitlines()[0]})") from None
+
+
+def selected_protocol(protocol: Any, sel: "Selection") -> Any:
+    """The protocol with the command line's method, dataparser, overrides and budget applied;
+    each change that alters what a run trains gives it a name (an output folder) of its own."""
+    import dataclasses
+    import hashlib
+
+    name = protocol.name
+    if sel.dataparser and sel.dataparser != protocol.dataparser:
+        kept = {k: v for k, v in protocol.overrides.items() if not k.startswith("pipeline.datamanager.dataparser.")}
+        protocol = dataclasses.replace(protocol, dataparser=sel.dataparser, overrides=kept)
+        name += f"-{sel.dataparser}"
+    if sel.method:
+        protocol = dataclasses.replace(protocol, methods={}, base_method=sel.method)
+        name += f"-{sel.method}"
+    if sel.set:
+        changes = {}
+        for item in sel.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE (a dotted path in the run's config, e.g. "
+                                 "max_num_iterations=3000)")
+            changes[key.strip()] = _yaml_value(item, value)
+        protocol = protocol.with_overrides(**changes)
+        name += "-set" + hashlib.sha1(repr(sorted(changes.items())).encode()).hexdigest()[:6]
+    protocol = dataclasses.replace(protocol, name=name)
+    if sel.max_num_iterations is not None:
+        protocol = protocol.with_budget(sel.max_num_iterations)
+    return protocol
+
+
 @dataclass
-class CompareLLFF:
-    """Train and evaluate NeRF and E-NeRF (and other conditioners) on LLFF scenes."""
+class Compare:
+    """Train and evaluate methods under weight conditioners over scenes and seeds, and report."""
 
     protocol: str = "cpu"
-    """Protocol name (configs/protocols/<name>.yaml: paper, cpu) or path to a protocol YAML."""
+    """Protocol name (configs/protocols/<name>.yaml: paper, cpu, budget) or path to a protocol YAML."""
     select: tyro.conf.OmitArgPrefixes[Selection] = field(default_factory=Selection)
-    run: tyro.conf.OmitArgPrefixes[Execution] = field(default_factory=Execution)
+    run: tyro.conf.OmitArgPrefixes[RunOptions] = field(default_factory=RunOptions)
     engine: tyro.conf.OmitArgPrefixes[Engine] = field(default_factory=Engine)
     output_root: Path = Path("outputs/compare")
     """Outputs go to <output-root>/<protocol>/."""
@@ -164,54 +212,77 @@ class CompareLLFF:
 
     def main(self, console: Any = None) -> int:
         """Run (or plan, or report) the sweep; returns the exit code."""
+        from wcnerf.eval.execution import Execution
         from wcnerf.eval.ns_runner import NerfstudioRunner
-        from wcnerf.eval.protocols import load_protocol
+        from wcnerf.eval.plan import build_config, config_changes, plan_runs, resolve_methods, resolve_scenes, write_configs
+        from wcnerf.eval.protocols import ProtocolError, load_protocol
         from wcnerf.eval.reports import collect_records, write_reports
         from wcnerf.eval.runs import run_state
-        from wcnerf.eval.sweep import plan_runs, resolve_methods, resolve_scenes, run_sweep
+        from wcnerf.eval.sweep import run_sweep
 
         console = console if console is not None else Console()
         sel = self.select
         if sel.data_root:
             extra = os.pathsep.join(str(Path(p).expanduser().resolve()) for p in sel.data_root)
             os.environ["WCNERF_DATA"] = os.pathsep.join(x for x in (extra, os.environ.get("WCNERF_DATA", "")) if x)
-        protocol = load_protocol(self.protocol)
-        if sel.max_num_iterations is not None and sel.max_num_iterations != protocol.max_num_iterations:
-            # another iteration count is another protocol: its own output folder, never mixed
-            protocol = protocol.with_overrides(
-                name=f"{protocol.name}-{sel.max_num_iterations}it", max_num_iterations=sel.max_num_iterations
-            )
-        scenes = resolve_scenes(sel.scenes or protocol.scenes, protocol.downscale_factor)
-        methods = resolve_methods(sel.methods, protocol)
+        eng = self.engine
+        try:
+            protocol = selected_protocol(load_protocol(self.protocol), sel)
+            check_protocol(protocol, [sel.method] if sel.method else [])
+            if sel.method:
+                methods = [MethodSpec(c, sel.method, conditioning=c) for c in parse_list(sel.conditioners)]
+                unknown = [c for c in parse_list(sel.conditioners) if c not in known_conditioners()]
+                if unknown or not methods:
+                    raise ValueError(f"--conditioners: unknown {unknown or 'none given'}; known: {', '.join(known_conditioners())}")
+            else:
+                methods = resolve_methods(sel.methods, protocol)
+            scenes = resolve_scenes(sel.scenes or protocol.scenes, protocol)
+            execution = Execution.decide(protocol, eng.executor, eng.workers, self.run.threads, self.run.device)
+        except (ProtocolError, ValueError) as exc:
+            console.print(f"[red]refused[/]: {escape(str(exc))}")
+            return 2
         seeds = list(sel.seeds) or list(protocol.seeds)
-        runner = NerfstudioRunner(threads=self.run.threads)
+        runner = NerfstudioRunner(execution=execution)
         console.print(f"[bold]{escape(protocol.summary())}[/]")
         for sc in scenes:
             # the whole message (a lookup error lists every place looked at), markup escaped
             where = escape(str(sc.path)) if sc.error is None else "[red]" + escape(sc.error) + "[/]"
             console.print(f"  scene {escape(sc.label)}: {where}")
         out_dir = self.output_root / protocol.name
+        plan = plan_runs(protocol, scenes, methods, seeds, out_dir)
+        if self.report_only:
+            records = collect_records(out_dir, plan if sel.scenes else [])
+            write_reports(out_dir, records, protocol, console=console)
+            return 1 if any(r["status"] == "failed" for r in records) else 0
+        try:
+            configs = {spec.key: build_config(spec, execution.device, execution.allocator)
+                       for spec in plan if spec.scene.error is None}  # every override is checked here
+        except (ProtocolError, ValueError) as exc:
+            console.print(f"[red]refused[/]: {escape(str(exc))}")
+            return 2
         if self.dry_run:
-            for spec in plan_runs(protocol, scenes, methods, seeds, out_dir):
+            for spec in plan:
                 state = run_state(spec.run_dir)
-                cmd = runner.train_command(spec) if spec.scene.path else ["(scene not found)"]
+                cmd = runner.train_command(spec) if spec.scene.error is None else ["(scene not found)"]
                 console.print(
                     escape(f"[{state}] {spec.scene.label} {spec.method.label} seed {spec.seed}: {' '.join(cmd)}"),
                     soft_wrap=True,
                 )
+                if spec.key in configs:
+                    config = configs[spec.key]
+                    factor = getattr(config.pipeline.datamanager.dataparser, "downscale_factor", None)
+                    console.print(escape(
+                        f"    {config.max_num_iterations} iterations, --downscale-factor {factor}, "
+                        f"{spec.scene.views_evaluated} of {spec.scene.views_held_out} held-out views evaluated; "
+                        f"its config is ns-train {spec.method.ns_method} {' '.join(config_changes(config))}"),
+                        soft_wrap=True)
             return 0
-        if self.report_only:
-            plan = plan_runs(protocol, scenes, methods, seeds, out_dir) if sel.scenes else []
-            records = collect_records(out_dir, plan)
-            write_reports(out_dir, records, protocol, console=console)
-            return 1 if any(r["status"] == "failed" for r in records) else 0
-
-        eng = self.engine
-        refusal = cpu_refusal(protocol, eng.executor, eng.allow_cpu)
+        budget = max((int(c.max_num_iterations) for c in configs.values()), default=0)
+        refusal = cpu_refusal(budget, protocol.name, execution, eng.allow_cpu)
         if refusal:
             console.print(f"[red]refused[/]: {escape(refusal)}")
             return 2
-        options, workers = self._engine_options(out_dir)
+        write_configs(plan, execution.device, execution.allocator, console=console)
 
         def _sigterm(signum, frame):  # `kill PID`: stop like Ctrl-C (status + reports written)
             raise KeyboardInterrupt
@@ -227,9 +298,8 @@ class CompareLLFF:
             retry_failed=self.run.retry_failed,
             redo=self.run.redo,
             console=console,
-            executor=eng.executor,
-            workers=workers,
-            executor_options=options,
+            execution=execution,
+            executor_options=self._engine_options(),
             lease_seconds=eng.lease_seconds,
             progress_every=eng.progress_every,
         )
@@ -242,33 +312,32 @@ class CompareLLFF:
             return 130
         return 1 if failed else 0
 
-
-    def _engine_options(self, out_dir: Path) -> Tuple[Any, Optional[int]]:
-        """The executor's options and the number of workers (None: the engine's default)."""
-        from wcnerf.eval.executors import LocalOptions, RayOptions, SlurmOptions, visible_gpus
+    def _engine_options(self) -> Any:
+        """The executor's options."""
+        from wcnerf.eval.executors import LocalOptions, RayOptions, SlurmOptions
 
         eng = self.engine
         if eng.executor == "local":
-            gpus = visible_gpus()
-            return LocalOptions(gpus=gpus), eng.workers or max(1, len(gpus))
+            return LocalOptions()
         if eng.executor == "ray":
-            return RayOptions(address=eng.ray_address), eng.workers
-        return (
-            SlurmOptions(
-                partition=eng.slurm_partition,
-                time_min=eng.slurm_time_min,
-                gpus_per_worker=eng.slurm_gpus,
-                cpus_per_worker=eng.slurm_cpus,
-                mem_gb=eng.slurm_mem_gb,
-                folder=eng.slurm_folder,
-                cluster="local" if eng.slurm_local else None,
-                detach=eng.detach,
-            ),
-            eng.workers or 1,
+            return RayOptions(address=eng.ray_address)
+        return SlurmOptions(
+            partition=eng.slurm_partition,
+            time_min=eng.slurm_time_min,
+            gpus_per_worker=eng.slurm_gpus,
+            cpus_per_worker=eng.slurm_cpus,
+            mem_gb=eng.slurm_mem_gb,
+            folder=eng.slurm_folder,
+            cluster="local" if eng.slurm_local else None,
+            detach=eng.detach,
         )
 
 
+CompareLLFF = Compare
+"""The name this command had while it compared LLFF scenes only."""
+
+
 def main(args: Optional[Sequence[str]] = None) -> int:
-    """``compare_llff`` entry point: parse the command line (``sys.argv`` unless ``args``) and
-    run; returns the exit code."""
-    return tyro.cli(CompareLLFF, args=args).main()
+    """``wcnerf-compare`` entry point: parse the command line (``sys.argv`` unless ``args``)
+    and run; returns the exit code."""
+    return tyro.cli(Compare, args=args).main()

@@ -2,9 +2,7 @@
 
 - ``local``: N worker processes on this machine (``multiprocessing``, spawned); with CUDA, one
   per visible GPU by default, each seeing its own (``CUDA_VISIBLE_DEVICES``); on a CPU, N
-  processes with the protocol's ``threads`` each; ``ns-train`` and ``ns-eval`` with the
-  protocol's ``train_threads`` and ``eval_threads`` up to each worker's share of the cores
-  (``--threads`` fixes every process's threads instead).
+  processes; their threads are the sweep's :class:`wcnerf.eval.execution.Execution`.
 - ``ray``: N Ray tasks, each reserving one GPU (``num_gpus``; CPUs on a CPU cluster), on an
   existing cluster (``address``) or a local Ray started for the sweep.
 - ``slurm``: a job array of N workers through ``submitit`` (partition, time limit, GPUs, memory);
@@ -20,7 +18,6 @@ imported only when their executor is used.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,11 +26,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from rich.markup import escape
 
+from wcnerf.eval.execution import EXECUTORS, visible_gpus
 from wcnerf.eval.workers import SweepJob, WorkerReport, sweep_progress, work
 
-__all__ = ["LocalOptions", "RayOptions", "SlurmOptions", "run_with_executor", "visible_gpus", "EXECUTORS"]
-
-EXECUTORS = ("local", "ray", "slurm")
+__all__ = ["LocalOptions", "RayOptions", "SlurmOptions", "run_with_executor", "EXECUTORS"]
 
 
 @dataclass
@@ -49,7 +45,7 @@ class RayOptions:
     gpus_per_worker: Optional[float] = None
     """Default: 1 when the cluster has GPUs, else 0."""
     cpus_per_worker: Optional[float] = None
-    """Default: the protocol's threads (1 when unset)."""
+    """Default: the sweep's threads per process (1 when unset)."""
     max_retries: int = 2
     """Ray restarts a worker whose process died this many times."""
     init_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -76,30 +72,6 @@ class SlurmOptions:
     """Submit and return; ``--report-only`` later writes the reports."""
 
 
-def visible_gpus() -> List[str]:
-    """The CUDA devices this process may use (ids as CUDA_VISIBLE_DEVICES lists them)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    except Exception:  # noqa: BLE001
-        return []
-
-
-def _base_threads(runner: Any, protocol: Any) -> Optional[int]:
-    """Torch threads of a worker and of its runs when it shares the cores: the runner's
-    (``--threads``), else the protocol's ``threads``."""
-    return getattr(runner, "threads", None) or protocol.threads
-
-
-def _thread_env(job: SweepJob) -> Dict[str, str]:
-    threads = _base_threads(job.runner, job.protocol)
-    return {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
-
-
 # --------------------------------------------------------------------------------------
 # local: processes on this machine
 # --------------------------------------------------------------------------------------
@@ -114,33 +86,6 @@ def _local_worker(job: SweepJob, name: str, env: Dict[str, str], queue: Any) -> 
     queue.put(report)
 
 
-def local_threads(stage_threads: Optional[int], threads: Optional[int], workers: int,
-                  cores: Optional[int]) -> Optional[int]:
-    """Threads of one stage (the protocol's ``train_threads`` or ``eval_threads``) in each of
-    ``workers`` local CPU workers: capped at the worker's share of the cores, never below
-    ``threads``; None (``threads``) when the protocol sets none."""
-    if not stage_threads:
-        return None
-    share = max(1, (cores or 1) // max(1, workers))
-    return max(threads or 1, min(stage_threads, share))
-
-
-def with_local_threads(runner: Any, protocol: Any, workers: int) -> Any:
-    """``runner`` with its ns-train and ns-eval threads set for ``workers`` local workers on this
-    machine (:func:`local_threads`). Unchanged when its threads are fixed (``--threads``: every
-    process), or when it is not a runner with stage threads (a fake runner); a stage the runner
-    sets itself keeps its setting."""
-    if not dataclasses.is_dataclass(runner) or not hasattr(runner, "eval_threads") or runner.threads:
-        return runner
-    cores, base = os.cpu_count(), protocol.threads
-    changes = {
-        attr: local_threads(getattr(protocol, attr), base, workers, cores)
-        for attr in ("train_threads", "eval_threads")
-        if not getattr(runner, attr)
-    }
-    return dataclasses.replace(runner, **{k: v for k, v in changes.items() if v})
-
-
 class _LocalEngine:
     def __init__(self, job: SweepJob, n: int, opts: LocalOptions):
         import multiprocessing as mp
@@ -149,10 +94,9 @@ class _LocalEngine:
         self.queue = ctx.Queue()
         self.got: List[Any] = []
         gpus = opts.gpus if opts.gpus is not None else visible_gpus()
-        job = dataclasses.replace(job, runner=with_local_threads(job.runner, job.protocol, n))
         self.procs = []
         for i in range(n):
-            env = _thread_env(job)
+            env = job.execution.env("worker")
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             p = ctx.Process(target=_local_worker, args=(job, f"local:{i}", env, self.queue), name=f"wcnerf-worker-{i}")
@@ -206,7 +150,7 @@ def _worker_sigterm(signum: int, frame: Any) -> None:
 def _ray_worker(job: SweepJob, index: int) -> WorkerReport:
     import ray
 
-    os.environ.update(_thread_env(job))
+    os.environ.update(job.execution.env("worker"))
     try:
         task = ray.get_runtime_context().get_task_id()
     except Exception:  # noqa: BLE001
@@ -249,7 +193,7 @@ class _RayEngine:
                 self.started = True
         res = ray.cluster_resources()
         gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1.0 if res.get("GPU", 0) >= 1 else 0.0)
-        cpus = opts.cpus_per_worker if opts.cpus_per_worker is not None else float(_base_threads(job.runner, job.protocol) or 1)
+        cpus = opts.cpus_per_worker if opts.cpus_per_worker is not None else float(job.execution.threads or 1)
         if not n:  # one worker per GPU of the cluster, else per `cpus` CPUs
             n = int(res.get("GPU", 0) // gpus) if gpus else int(res.get("CPU", 1) // max(cpus, 1e-9))
             n = max(1, n)
@@ -303,7 +247,7 @@ class SlurmWorker:
         self.job = job
 
     def __call__(self, index: int) -> WorkerReport:
-        os.environ.update(_thread_env(self.job))
+        os.environ.update(self.job.execution.env("worker"))
         try:
             import submitit
 

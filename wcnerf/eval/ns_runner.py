@@ -2,17 +2,19 @@
 
 Per run folder (``runs/<scene>/<method>/seed-<seed>/``)::
 
-    ns/<scene>/<ns-method>/run/        nerfstudio's output: config.yml, nerfstudio_models/, tensorboard events
+    config.yml                         the run's TrainerConfig (written when planned, wcnerf.eval.plan)
+    ns/<scene>/<ns-method>/run/        nerfstudio's output: its copy of config.yml, nerfstudio_models/, tensorboard events
     train.log, train.err.log           ns-train stdout / stderr (appended over attempts)
     eval/ns_eval.json, eval/renders/   ns-eval output (metrics over the evaluated held-out images, PNGs)
     eval.log, eval.err.log
     curves.json                        train / held-out PSNR read back from the tensorboard events
     heldout/gt_0000.png, pred_0000.png the first held-out view (from ns-eval's renders)
 
-Resuming: a partially trained run continues from its last nerfstudio checkpoint
-(``--load-dir`` with ``--resume-to-max-iterations True``: wcnerf's trainer then stops at
-``max_num_iterations`` in total and keeps the learning-rate schedule of the whole run; stock
-nerfstudio 1.1.5 would train ``max_num_iterations`` more steps). A checkpoint that is not a
+Training is ``ns-train <method> --load-config <run>/config.yml``. Resuming: a partially trained
+run continues from its last nerfstudio checkpoint through ``resume.yml``, the same config with
+``load_dir`` set (wcnerf's trainer, which every run uses, then stops at ``max_num_iterations``
+in total and keeps the learning-rate schedule of the whole run; stock nerfstudio 1.1.5 would
+train ``max_num_iterations`` more steps). A checkpoint that is not a
 complete archive is moved aside; with no usable checkpoint the nerfstudio folder is removed and the run restarts
 from scratch. A trained run whose evaluation was interrupted is only evaluated again.
 """
@@ -33,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from wcnerf.atomic import write_json
-from wcnerf.data.llff_scene import image_dir_for, list_images, split_indices
-from wcnerf.eval.runs import CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
+from wcnerf.atomic import write_json, write_text
+from wcnerf.eval.execution import Execution
+from wcnerf.eval.runs import CONFIG_FILE, CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
 from wcnerf.eval.image_metrics import psnr_from_mse
 
 __all__ = [
@@ -191,19 +193,29 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+RESUME_FILE = "resume.yml"
+
+
+def resume_config(config_file: Path, ckpt_dir: Path, out: Path) -> Path:
+    """``config_file`` with ``load_dir`` set to ``ckpt_dir`` (and wcnerf's resume-to-the-total),
+    written to ``out``: what ``ns-train --load-config`` resumes an interrupted run from."""
+    import yaml
+
+    config = yaml.load(Path(config_file).read_text(encoding="utf8"), Loader=yaml.Loader)
+    config.load_dir = Path(ckpt_dir)
+    if hasattr(config, "resume_to_max_iterations"):
+        config.resume_to_max_iterations = True
+    write_text(out, yaml.dump(config))
+    return out
+
+
 @dataclass
 class NerfstudioRunner:
     """Runs ``ns-train`` and ``ns-eval`` as subprocesses of ``python`` (the same interpreter)."""
 
     python: str = sys.executable
-    threads: Optional[int] = None
-    """OMP/MKL threads of the subprocesses (None: the protocol's ``threads``)."""
-    train_threads: Optional[int] = None
-    """OMP/MKL threads of ``ns-train`` (None: ``threads``). The local executor sets it from the
-    protocol's ``train_threads`` when a worker's share of the CPU cores allows
-    (:func:`wcnerf.eval.executors.local_threads`)."""
-    eval_threads: Optional[int] = None
-    """OMP/MKL threads of ``ns-eval`` (None: ``threads``), set like ``train_threads``."""
+    execution: Optional[Execution] = None
+    """The sweep's execution policy (threads of each stage); None: decided for one local worker."""
     keep_checkpoints: bool = True
     env: Dict[str, str] = field(default_factory=dict)
     poll_seconds: float = 1.0
@@ -216,51 +228,11 @@ class NerfstudioRunner:
     def base_dir(self, spec: RunSpec) -> Path:
         return self.ns_dir(spec) / spec.scene.label / spec.method.ns_method / "run"
 
-    def device(self, spec: RunSpec) -> str:
-        dev = spec.protocol.device
-        if dev == "auto":
-            try:
-                import torch
-
-                return "cuda" if torch.cuda.is_available() else "cpu"
-            except Exception:  # noqa: BLE001
-                return "cpu"
-        return dev
-
     # ---- commands --------------------------------------------------------------------
-    def train_command(self, spec: RunSpec, load_dir: Optional[Path] = None) -> List[str]:
-        p = spec.protocol
-        cmd = [
-            self.python, "-m", "nerfstudio.scripts.train", spec.method.ns_method,
-            "--output-dir", str(self.ns_dir(spec)),
-            "--experiment-name", spec.scene.label,
-            "--timestamp", "run",
-            "--max-num-iterations", str(p.max_num_iterations),
-            "--machine.seed", str(spec.seed),
-            "--machine.device-type", self.device(spec),
-            "--vis", "tensorboard",
-            "--steps-per-save", str(p.steps_per_save),
-            "--steps-per-eval-batch", str(p.steps_per_eval_batch),
-            "--steps-per-eval-image", str(p.steps_per_eval_image),
-            "--steps-per-eval-all-images", str(p.steps_per_eval_all_images),
-            "--logging.steps-per-log", str(p.steps_per_log),
-            "--logging.local-writer.max-log-size", "0",
-        ]  # fmt: skip
-        if spec.method.conditioning is not None:
-            cmd += ["--pipeline.model.conditioning", spec.method.conditioning]
-        cmd += list(p.train_args)
-        if load_dir is not None:  # wcnerf's trainer: resume up to max_num_iterations in total
-            cmd += ["--load-dir", str(load_dir), "--resume-to-max-iterations", "True"]
-        cmd += [
-            p.dataparser,
-            "--data", str(spec.scene.path),
-            "--downscale-factor", str(p.downscale_factor),
-            "--holdout-every", str(p.holdout_every),
-        ]  # fmt: skip
-        if p.max_eval_views:
-            cmd += ["--max-eval-views", str(p.max_eval_views)]
-        cmd += list(p.dataparser_args)
-        return cmd
+    def train_command(self, spec: RunSpec, config_file: Optional[Path] = None) -> List[str]:
+        """``ns-train <method> --load-config <run>/config.yml`` (or the resume config)."""
+        config_file = config_file or spec.run_dir / CONFIG_FILE
+        return [self.python, "-m", "nerfstudio.scripts.train", spec.method.ns_method, "--load-config", str(config_file)]
 
     def eval_command(self, spec: RunSpec, config: Path) -> List[str]:
         out = spec.run_dir / "eval"
@@ -276,20 +248,18 @@ class NerfstudioRunner:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        threads = self.threads or spec.protocol.threads
-        threads = {"train": self.train_threads, "eval": self.eval_threads}.get(stage) or threads
-        if threads:
-            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                env[k] = str(threads)
+        env.update((self.execution or Execution.decide(spec.protocol)).env(stage))
         env.update(self.env)
         return env
 
-    def _call(self, spec: RunSpec, cmd: List[str], stage: str, log: Path, err_log: Path, total: Optional[int]) -> float:
-        """Run a command, following its progress; raises RunFailed with stderr's last lines."""
+    def _call(self, spec: RunSpec, cmd: List[str], stage: str, log: Path, err_log: Path, total: Optional[int],
+              note: str = "") -> float:
+        """Run a command, following its progress; raises RunFailed with stderr's last lines.
+        ``note`` is added to the command line in the logs."""
         timeout = spec.protocol.timeout_minutes * 60 if spec.protocol.timeout_minutes else None
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out, open(err_log, "ab") as err:
-            header = f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n".encode()
+            header = f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}{note}\n".encode()
             out.write(header)
             err.write(header)
             out.flush()
@@ -364,6 +334,8 @@ class NerfstudioRunner:
     def __call__(self, spec: RunSpec) -> RunResult:
         if spec.scene.path is None:
             raise RunFailed(spec.scene.error or f"{spec.scene.label}: scene not found")
+        if not (spec.run_dir / CONFIG_FILE).is_file():
+            raise RunFailed(f"no {CONFIG_FILE} in {spec.run_dir}: the run was not planned (wcnerf.eval.plan.write_configs)")
         total = spec.iterations
         base = self.base_dir(spec)
         ckpt_dir = base / "nerfstudio_models"
@@ -378,17 +350,19 @@ class NerfstudioRunner:
         if latest is not None and latest[0] >= total - 1:
             spec.report("trained; evaluating", total, total)
         else:
-            load_dir = None
+            config_file, note = None, ""
             if latest is not None:
-                load_dir = ckpt_dir
+                note = f"  # {RESUME_FILE}: {CONFIG_FILE} with --load-dir {ckpt_dir}"
+                config_file = resume_config(spec.run_dir / CONFIG_FILE, ckpt_dir, spec.run_dir / RESUME_FILE)
                 timing.setdefault("resumed_from", []).append(latest[0] + 1)
                 spec.report(f"train (resume from step {latest[0] + 1})", latest[0] + 1, total)
             else:
                 if self.ns_dir(spec).exists():  # a start without any checkpoint: begin anew
                     shutil.rmtree(self.ns_dir(spec))
                 spec.report("train", 0, total)
-            cmd = self.train_command(spec, load_dir=load_dir)
-            seconds = self._call(spec, cmd, "train", spec.run_dir / "train.log", spec.run_dir / "train.err.log", total)
+            cmd = self.train_command(spec, config_file)
+            seconds = self._call(spec, cmd, "train", spec.run_dir / "train.log", spec.run_dir / "train.err.log", total,
+                                 note)
             timing["train_seconds"] = timing.get("train_seconds", 0.0) + seconds
             write_json(timing_path, timing)
             latest = latest_checkpoint(ckpt_dir, quarantine=spec.run_dir / "bad_checkpoints")
@@ -445,21 +419,12 @@ class NerfstudioRunner:
             extra={
                 "ns_eval": results,
                 "num_evaluated_images": len(renders),
-                "num_heldout_images": self._num_heldout(spec) or len(renders),
+                "num_heldout_images": spec.scene.views_held_out or len(renders),
                 "resumed_from": timing.get("resumed_from", []),
                 "config": str(config),
                 "curves_source": {k: (curves.get(k) or {}).get("source") for k in ("train", "heldout")},
             },
         )
-
-    @staticmethod
-    def _num_heldout(spec: RunSpec) -> Optional[int]:
-        """How many of the scene's images the protocol holds out (None: not an LLFF scene here)."""
-        if spec.scene.path is None or spec.protocol.dataparser != "llff":
-            return None
-        img_dir = image_dir_for(spec.scene.path, spec.protocol.downscale_factor)
-        files = list_images(img_dir) if img_dir.is_dir() else []
-        return len(split_indices(len(files), spec.protocol.holdout_every, "eval")) if files else None
 
     def _save_heldout(self, spec: RunSpec, renders: Sequence[Path]) -> None:
         """First held-out view: ground truth and render from ns-eval's combined image."""
@@ -469,12 +434,7 @@ class NerfstudioRunner:
         import numpy as np
 
         combined = np.asarray(iio.imread(renders[0]))
-        width = 0
-        img_dir = image_dir_for(spec.scene.path, spec.protocol.downscale_factor)  # the dataparser's images
-        if img_dir.is_dir():
-            files = list_images(img_dir)
-            if files:
-                width = int(iio.improps(files[0]).shape[1])
+        width = spec.scene.image_width or 0  # the dataparser's evaluated images
         parts = split_eval_image(combined, width) if width else None
         if parts is None:  # unknown width: vanilla NeRF's [gt | coarse | fine]
             parts = split_eval_image(combined, combined.shape[1] // 3) if combined.shape[1] % 3 == 0 else None

@@ -1,24 +1,34 @@
-"""Comparison protocols: the settings a NeRF vs E-NeRF sweep is run under.
+"""Comparison protocols: a base method, a dataparser and overrides of nerfstudio's config.
 
-A protocol is data: a YAML file ``configs/protocols/<name>.yaml`` in the repository (``paper``
-for GPUs, ``cpu`` for a small CPU run) or any YAML path with the same keys. See
-``configs/protocols/paper.yaml`` for a commented example.
+A protocol is data: ``configs/protocols/<name>.yaml`` in the repository (``paper`` for GPUs,
+``cpu`` for a small CPU run, ``budget`` for the training-budget study) or any YAML path with the
+same keys. It does not restate nerfstudio's settings: each run's ``TrainerConfig`` is the
+method's own specification (``ns-train <method>``'s defaults) with the protocol's
+``overrides`` applied by their dotted paths in that config, e.g.
+``pipeline.datamanager.dataparser.downscale_factor: 8`` (:mod:`wcnerf.eval.plan`). A misspelt
+override is refused when the runs are planned, naming it and this file.
+
+What is not nerfstudio's (which methods are compared, the scenes and seeds, the threads of a
+process, the time limit of a call) is a key of its own. See ``configs/protocols/cpu.yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-__all__ = ["Protocol", "ProtocolError", "protocols_dir", "available_protocols", "load_protocol"]
+__all__ = ["Protocol", "ProtocolError", "protocols_dir", "available_protocols", "load_protocol", "ITERATIONS"]
+
+ITERATIONS = "max_num_iterations"
+"""The override that sets a run's training budget (the trainer config's field)."""
 
 
 class ProtocolError(ValueError):
-    """A protocol that cannot be found or read."""
+    """A protocol that cannot be found or read, or an override nerfstudio's config lacks."""
 
 
 @dataclass(frozen=True)
@@ -28,59 +38,58 @@ class Protocol:
     methods: Dict[str, str]
     """Sweep label (``nerf``, ``e-nerf``) -> registered nerfstudio method (``nerf-small``)."""
     base_method: str
-    """Method run for a bare conditioner name, with ``--pipeline.model.conditioning NAME``."""
-    max_num_iterations: int
-    downscale_factor: int
-    holdout_every: int = 8
-    max_eval_views: int = 0
-    """Evaluate at most this many of a scene's held-out views, evenly spaced (the LLFF
-    dataparser's ``--max-eval-views``; 0: all). The table says how many of how many were
-    evaluated per scene."""
+    """Method run for a bare conditioner name, conditioned with that conditioner."""
+    dataparser: str = "llff"
+    """A dataparser ``ns-train`` knows (``llff``, ``nerfstudio-data``, ``blender-data``, ``colmap``...)."""
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    """Dotted path in the run's ``TrainerConfig`` -> value, applied over the method's defaults."""
     scenes: Tuple[str, ...] = ("fern",)
     seeds: Tuple[int, ...] = (0,)
     description: str = ""
-    steps_per_log: int = 10
-    steps_per_save: int = 1000
-    steps_per_eval_batch: int = 100
-    steps_per_eval_image: int = 0
-    steps_per_eval_all_images: int = 0
     device: str = "auto"
     """``auto`` (cuda when available, else cpu), ``cuda``, ``cpu`` or ``mps``."""
-    train_args: Tuple[str, ...] = ()
-    """Extra ns-train flags given to every method (before the dataparser subcommand)."""
-    dataparser: str = "llff"
-    dataparser_args: Tuple[str, ...] = ()
     threads: Optional[int] = None
     """OMP/MKL threads of each training / evaluation process (None: torch's default), unless
-    ``train_threads`` / ``eval_threads`` apply. 1 is much faster than torch's default on a
-    small, shared CPU (no thread oversubscription)."""
+    ``train_threads`` / ``eval_threads`` apply (:mod:`wcnerf.eval.execution`). 1 is much faster
+    than torch's default on a small, shared CPU (no thread oversubscription)."""
     train_threads: Optional[int] = None
-    """OMP/MKL threads of ``ns-train`` when a local worker has that many cores to itself (the
-    cores divided by the local workers); None, or any other engine: ``threads``. A sweep with
-    one worker on 2 free cores would otherwise leave one idle while it trains. Float sums that
-    torch splits over threads round differently, so a run trained with 2 threads is not bit
-    for bit the run trained with 1 (docs/results.md, "Training threads and the cost of a run")."""
+    """OMP/MKL threads of ``ns-train`` when a local worker has that many cores to itself. Float
+    sums that torch splits over threads round differently, so a run trained with 2 threads is
+    not bit for bit the run trained with 1 (docs/results.md, "Training threads and the cost of
+    a run")."""
     eval_threads: Optional[int] = None
-    """OMP/MKL threads of ``ns-eval``, by the same rule as ``train_threads``. Evaluation
-    renders every held-out view and gains from a second thread (docs/results.md, "Cost of one
-    cpu protocol run, and its evaluation")."""
+    """OMP/MKL threads of ``ns-eval``, by the same rule as ``train_threads``."""
     timeout_minutes: float = 0.0
     """Wall-clock limit of one ns-train or ns-eval call (0: none)."""
     source: Optional[str] = None
     """The file the protocol was read from."""
 
+    @property
+    def max_num_iterations(self) -> Optional[int]:
+        """The protocol's training budget (None: the method's own)."""
+        value = self.overrides.get(ITERATIONS)
+        return None if value is None else int(value)
+
     def with_overrides(self, **changes: Any) -> "Protocol":
-        changes = {k: v for k, v in changes.items() if v is not None}
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` to its nerfstudio overrides (dotted paths as keyword names
+        with ``__`` for ``.``: ``pipeline__datamanager__dataparser__max_eval_views=0``)."""
+        merged = dict(self.overrides)
+        merged.update({k.replace("__", "."): v for k, v in changes.items()})
+        return dataclasses.replace(self, overrides=merged)
+
+    def with_budget(self, iterations: int) -> "Protocol":
+        """The protocol at another training budget: another protocol, ``<name>-<N>it``, whose
+        outputs never mix with this one's."""
+        if iterations == self.max_num_iterations:
+            return self
+        return dataclasses.replace(self.with_overrides(**{ITERATIONS: int(iterations)}), name=f"{self.name}-{iterations}it")
 
     def summary(self) -> str:
         """One line describing the settings (for table.md and the console)."""
+        shown = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
         return (
             f"protocol `{self.name}`: methods {', '.join(f'{k}={v}' for k, v in self.methods.items())}, "
-            f"downscale factor {self.downscale_factor}, every {self.holdout_every}th image held out"
-            + (f" (at most {self.max_eval_views} of them evaluated, evenly spaced)" if self.max_eval_views else "")
-            + f", {self.max_num_iterations} iterations"
-            + (f", extra ns-train args `{' '.join(self.train_args)}`" if self.train_args else "")
+            f"dataparser {self.dataparser}" + (f", overrides {shown}" if shown else "")
         )
 
 
@@ -100,9 +109,19 @@ def available_protocols() -> List[str]:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _REQUIRED = [n for n, f in _FIELDS.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+_OLD_KEYS = {"max_num_iterations", "downscale_factor", "holdout_every", "max_eval_views", "steps_per_log",
+             "steps_per_save", "steps_per_eval_batch", "steps_per_eval_image", "steps_per_eval_all_images",
+             "train_args", "dataparser_args"}
 
 
 def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
+    old = sorted(set(data) & _OLD_KEYS)
+    if old:
+        raise ProtocolError(
+            f"{source}: {old} are settings of nerfstudio's config: give them under `overrides:` by their path in the "
+            "config (max_num_iterations, steps_per_save, logging.steps_per_log, "
+            "pipeline.datamanager.dataparser.downscale_factor, ...; configs/protocols/cpu.yaml shows each)"
+        )
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ProtocolError(f"{source}: unknown keys {unknown} (known: {sorted(_FIELDS)})")
@@ -110,25 +129,17 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
     if missing:
         raise ProtocolError(f"{source}: missing keys {missing}")
     values = dict(data)
-    for key in ("scenes", "train_args", "dataparser_args"):
-        if key in values:
-            values[key] = tuple(str(x) for x in (values[key] or ()))
+    if "scenes" in values:
+        values["scenes"] = tuple(str(x) for x in (values["scenes"] or ()))
     if "seeds" in values:
         values["seeds"] = tuple(int(x) for x in (values["seeds"] or ()))
     values["methods"] = {str(k): str(v) for k, v in dict(values["methods"]).items()}
-    for key in (
-        "max_num_iterations",
-        "downscale_factor",
-        "holdout_every",
-        "max_eval_views",
-        "steps_per_log",
-        "steps_per_save",
-        "steps_per_eval_batch",
-        "steps_per_eval_image",
-        "steps_per_eval_all_images",
-    ):
-        if key in values:
-            values[key] = int(values[key])
+    overrides = values.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ProtocolError(f"{source}: overrides must be a mapping of config paths to values, not {overrides!r}")
+    values["overrides"] = {str(k): v for k, v in overrides.items()}
+    if values["overrides"].get(ITERATIONS) is not None and int(values["overrides"][ITERATIONS]) < 1:
+        raise ProtocolError(f"{source}: overrides.{ITERATIONS} must be >= 1")
     for key in ("threads", "train_threads", "eval_threads"):
         if values.get(key) is not None:
             values[key] = int(values[key])
@@ -137,14 +148,9 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
     if "timeout_minutes" in values:
         values["timeout_minutes"] = float(values["timeout_minutes"] or 0)
     values["description"] = str(values.get("description") or "").strip()
+    values["dataparser"] = str(values.get("dataparser") or "llff")
     values["source"] = source
     proto = Protocol(**values)
-    if proto.max_num_iterations < 1:
-        raise ProtocolError(f"{source}: max_num_iterations must be >= 1")
-    if proto.max_eval_views < 0:
-        raise ProtocolError(f"{source}: max_eval_views must be >= 0 (0: every held-out view), not {proto.max_eval_views}")
-    if proto.max_eval_views and proto.dataparser != "llff":
-        raise ProtocolError(f"{source}: max_eval_views is an option of the llff dataparser, not of {proto.dataparser!r}")
     if proto.device not in ("auto", "cuda", "cpu", "mps"):
         raise ProtocolError(f"{source}: device must be auto, cuda, cpu or mps, not {proto.device!r}")
     return proto

@@ -18,7 +18,8 @@ from rich.markup import escape
 
 from wcnerf.atomic import write_text
 from wcnerf.eval.protocols import Protocol
-from wcnerf.eval.runs import CURVES_FILE, HELDOUT_DIR, METRICS_FILE, STATUS_FILE, RunSpec, read_json, run_state
+from wcnerf.eval.runs import (CURVES_FILE, HELDOUT_DIR, METRICS_FILE, STATUS_FILE, RunSpec, config_iterations, read_json,
+                              run_state)
 from wcnerf.eval.table import order_methods, order_scenes, scene_display, table_markdown, write_results_csv
 
 __all__ = ["collect_records", "write_reports", "default_console", "figures_markdown"]
@@ -46,7 +47,7 @@ def _record(out_dir: Path, run_dir: Path, fallback: Optional[RunSpec] = None) ->
         "seed": settings.get("seed"),
         "ns_method": settings.get("ns_method"),
         "conditioning": settings.get("conditioning"),
-        "iterations": settings.get("max_num_iterations"),
+        "iterations": config_iterations(run_dir) or settings.get("max_num_iterations"),
         # relative to the folder of results.csv / table.md
         "run_dir": os.path.relpath(Path(run_dir).resolve(), Path(out_dir).resolve()),
         "abs_run_dir": str(Path(run_dir).resolve()),
@@ -174,7 +175,10 @@ def write_reports(
     summary = protocol.summary() if protocol else ""
     if protocol and protocol.description:
         summary = f"{protocol.description}\n\n{summary}"
-    title = f"E-NeRF vs NeRF on LLFF ({protocol.name} protocol)" if protocol else "E-NeRF vs NeRF on LLFF"
+    title = "E-NeRF vs NeRF on LLFF"
+    if protocol and not protocol.methods:  # `--method M`: any method under conditioners
+        title = f"{protocol.base_method} under weight conditioners on {protocol.dataparser} scenes"
+    title += f" ({protocol.name} protocol)" if protocol else ""
     curves, views = _curves_and_views(records)
     heldout: Dict[Tuple[str, str], List[Tuple[List[int], List[float]]]] = {}
     for scene, method, _seed, data in curves:

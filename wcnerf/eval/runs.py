@@ -2,6 +2,7 @@
 
 Layout of a run folder ``<output_root>/<protocol>/runs/<scene>/<method>/seed-<seed>/``::
 
+    config.yml      # the run's nerfstudio TrainerConfig, written when it is planned (wcnerf.eval.plan)
     status.json     # written atomically at every change: pending/running/done/failed/interrupted
     metrics.json    # written atomically last: its existence is what "finished" means
     curves.json     # train / held-out PSNR against iterations (optional)
@@ -11,7 +12,7 @@ Layout of a run folder ``<output_root>/<protocol>/runs/<scene>/<method>/seed-<se
 The step "train and evaluate one run" is a replaceable callable (:data:`Runner`): the real
 one is :class:`wcnerf.eval.ns_runner.NerfstudioRunner` (which depends on this module only);
 tests inject fakes. :func:`execute` runs one spec through a runner and records its status,
-result or error. Planning and the sweep are :mod:`wcnerf.eval.sweep`; the reports
+result or error. Planning is :mod:`wcnerf.eval.plan`, the sweep :mod:`wcnerf.eval.sweep`; the reports
 :mod:`wcnerf.eval.reports`.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import socket
 import time
 import traceback
@@ -32,6 +34,7 @@ from wcnerf.eval.protocols import Protocol
 from wcnerf.lease import lease_is_live, pid_alive, read_lease
 
 __all__ = [
+    "CONFIG_FILE",
     "STATUS_FILE",
     "METRICS_FILE",
     "CURVES_FILE",
@@ -48,6 +51,7 @@ __all__ = [
     "execute",
 ]
 
+CONFIG_FILE = "config.yml"
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.json"
@@ -87,6 +91,12 @@ class SceneSpec:
     """The scene folder, or None when it could not be found."""
     error: Optional[str] = None
     """Why the scene cannot be used (its runs are recorded as failed with this error)."""
+    views_evaluated: Optional[int] = None
+    """Held-out views the evaluation renders (the dataparser's test split)."""
+    views_held_out: Optional[int] = None
+    """Views the dataparser holds out of training (more than evaluated when it evaluates a subset)."""
+    image_width: Optional[int] = None
+    """Width of the evaluated images (to cut ns-eval's side-by-side renders apart)."""
 
 
 @dataclass
@@ -103,30 +113,39 @@ class RunSpec:
 
     @property
     def iterations(self) -> int:
-        return self.protocol.max_num_iterations
+        """The run's training budget: its config's (once planned), else the protocol's (0: unknown)."""
+        return config_iterations(self.run_dir) or self.protocol.max_num_iterations or 0
 
     @property
     def key(self) -> Tuple[str, str, int]:
         return (self.scene.label, self.method.label, self.seed)
 
     def settings(self) -> Dict[str, Any]:
-        """What the run's numbers depend on (recorded in status.json and metrics.json)."""
-        p = self.protocol
+        """Which run this is (recorded in status.json and metrics.json); what it trains is its
+        ``config.yml``."""
         return {
-            "protocol": p.name,
+            "protocol": self.protocol.name,
             "scene": self.scene.label,
             "scene_path": str(self.scene.path) if self.scene.path else None,
             "method": self.method.label,
             "ns_method": self.method.ns_method,
             "conditioning": self.method.conditioning,
             "seed": self.seed,
-            "max_num_iterations": p.max_num_iterations,
-            "downscale_factor": p.downscale_factor,
-            "holdout_every": p.holdout_every,
-            "max_eval_views": p.max_eval_views,
-            "train_args": list(p.train_args),
-            "dataparser_args": list(p.dataparser_args),
+            "config": str(self.run_dir / CONFIG_FILE),
         }
+
+
+_ITERATIONS_LINE = re.compile(r"^max_num_iterations: (\d+)$", re.M)
+
+
+def config_iterations(run_dir: Path) -> Optional[int]:
+    """``max_num_iterations`` of a run's ``config.yml``, read from its text (no nerfstudio
+    import: the sweep's progress reads it often); None without one."""
+    try:
+        m = _ITERATIONS_LINE.search((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf8"))
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
 
 
 @dataclass
@@ -209,6 +228,13 @@ def _error_text(exc: BaseException) -> str:
     )
 
 
+def _execution_record(runner: Runner) -> Optional[Dict[str, Any]]:
+    """The execution policy the run is run under (``status.json``'s ``execution``), when the
+    runner has one."""
+    execution = getattr(runner, "execution", None)
+    return execution.record() if hasattr(execution, "record") else None
+
+
 def execute(spec: RunSpec, runner: Runner, sweep_id: Optional[str] = None, job_id: Optional[str] = None) -> Tuple[str, Optional[str]]:
     """Run one spec through the runner, recording status; returns (status, error).
 
@@ -236,6 +262,7 @@ def execute(spec: RunSpec, runner: Runner, sweep_id: Optional[str] = None, job_i
         host=socket.gethostname(),
         error=None,
         settings=spec.settings(),
+        execution=_execution_record(runner),
         history=history[-10:],
         sweep=sweep_id,
         job_id=job_id,

@@ -5,10 +5,10 @@ Outputs go to ``<output_root>/<protocol>/`` (default ``outputs/compare/<protocol
     results.csv  table.md  curves.png  renders/<scene>.png     (wcnerf.eval.reports)
     runs/<scene>/<method>/seed-<seed>/                         (wcnerf.eval.runs)
 
-This module turns names into what is swept (:func:`resolve_methods`, :func:`resolve_scenes`
-with the one LLFF scene lookup of :mod:`wcnerf.data.llff_scene`), plans the runs and runs the
-sweep: skipping finished runs, retrying failed ones, showing progress, then writing the reports.
-The step "train and evaluate one run" is a :data:`wcnerf.eval.runs.Runner`.
+This module runs the planned sweep (:mod:`wcnerf.eval.plan`): skipping finished runs, retrying
+failed ones, showing progress, then writing the reports. The step "train and evaluate one run"
+is a :data:`wcnerf.eval.runs.Runner`; how runs are executed, an
+:class:`wcnerf.eval.execution.Execution`; where, an engine of :mod:`wcnerf.eval.executors`.
 """
 
 from __future__ import annotations
@@ -16,124 +16,20 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
+from typing import Any, Dict, List, Optional, Sequence
 
 from rich.markup import escape
 
-from wcnerf.data.llff_scene import LLFFDataError, resolve_data_path, scene_problem
+from wcnerf.eval.execution import Execution
+from wcnerf.eval.executors import run_with_executor
+from wcnerf.eval.plan import plan_runs
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.reports import collect_records, default_console, write_reports
-from wcnerf.eval.runs import METRICS_FILE, MethodSpec, RunSpec, Runner, SceneSpec, execute, read_json, run_dir_for, run_state
+from wcnerf.eval.runs import METRICS_FILE, MethodSpec, RunSpec, Runner, SceneSpec, execute, read_json, run_state
+from wcnerf.eval.workers import SweepJob
 from wcnerf.lease import Lease, describe_holder
 
-__all__ = [
-    "SweepSummary",
-    "known_conditioners",
-    "parse_list",
-    "resolve_methods",
-    "resolve_scenes",
-    "plan_runs",
-    "run_sweep",
-]
-
-# Bare conditioner names that are the two named methods.
-_ALIASES = {"none": "nerf", "equilibrate": "e-nerf"}
-
-T = TypeVar("T")
-
-
-def parse_list(values: Iterable[Any], cast: Callable[[str], T] = str) -> List[T]:
-    """``("fern,flower", "room")`` -> ``["fern", "flower", "room"]``: every item split at commas,
-    stripped, empty parts dropped, each part ``cast`` (``int`` for seeds), order kept, duplicates
-    dropped. Command lines take typed tuples (``--seeds 0 1 2``); a comma-joined item
-    (``--seeds 0,1,2``) is split here."""
-    out: List[T] = []
-    for v in values:
-        for part in str(v).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            item = cast(part)
-            if item not in out:
-                out.append(item)
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# What is swept
-# --------------------------------------------------------------------------------------
-
-
-def known_conditioners() -> List[str]:
-    """Conditioner names of :mod:`wcnerf.conditioning`: each is also a method of the sweep."""
-    from wcnerf.conditioning import available
-
-    return list(available())
-
-
-def resolve_methods(names: Sequence[str], protocol: Protocol) -> List[MethodSpec]:
-    """Sweep labels -> methods. ``nerf`` / ``e-nerf`` (any key of ``protocol.methods``) are the
-    registered methods; any other conditioner name runs ``protocol.base_method`` with that
-    conditioning (``none`` and ``equilibrate`` are the same as ``nerf`` and ``e-nerf``)."""
-    conditioners = known_conditioners()
-    specs: List[MethodSpec] = []
-    for raw in parse_list(names):
-        name = _ALIASES.get(raw, raw) if raw not in protocol.methods else raw
-        if name in protocol.methods:
-            spec = MethodSpec(name, protocol.methods[name])
-        elif name in conditioners:
-            spec = MethodSpec(name, protocol.base_method, conditioning=name)
-        else:
-            raise ValueError(
-                f"unknown method {raw!r}: use one of {sorted(protocol.methods)} or a conditioner name "
-                f"({', '.join(conditioners)})"
-            )
-        if spec.label not in [s.label for s in specs]:
-            specs.append(spec)
-    if not specs:
-        raise ValueError("no methods to run")
-    return specs
-
-
-def resolve_scenes(names: Sequence[str], downscale_factor: int) -> List[SceneSpec]:
-    """Scene names or paths -> folders, by the one LLFF lookup rule that ``ns-train ... llff
-    --data NAME`` also follows (:func:`wcnerf.data.llff_scene.resolve_data_path`): a path that
-    exists is used as given, else ``<root>/<name>`` then ``<root>/llff/<name>`` under the
-    repository's ``data/`` and each ``$WCNERF_DATA`` entry; the first folder with
-    ``poses_bounds.npy`` and images for the protocol's factor wins. A scene that cannot be
-    found or used is kept, with its error (naming every place looked at), so that its runs are
-    reported as failed."""
-    specs: List[SceneSpec] = []
-    for raw in parse_list(names):
-        try:
-            path = resolve_data_path(raw, downscale_factor).resolve()
-        except LLFFDataError as exc:
-            spec = SceneSpec(Path(raw).expanduser().name, None, str(exc))
-        else:
-            spec = SceneSpec(path.name, path, scene_problem(path, downscale_factor))
-        clash = [s for s in specs if s.label == spec.label and s.path != spec.path]
-        if clash:
-            raise ValueError(f"two scenes named {spec.label!r}: {clash[0].path} and {spec.path}")
-        if spec.label not in [s.label for s in specs]:
-            specs.append(spec)
-    return specs
-
-
-def plan_runs(
-    protocol: Protocol,
-    scenes: Sequence[SceneSpec],
-    methods: Sequence[MethodSpec],
-    seeds: Sequence[int],
-    out_dir: Path,
-) -> List[RunSpec]:
-    """Every (scene, method, seed), scene-major so a scene's comparison completes early."""
-    return [
-        RunSpec(protocol, sc, m, int(seed), run_dir_for(out_dir, sc.label, m.label, int(seed)))
-        for sc in scenes
-        for seed in seeds
-        for m in methods
-    ]
-
+__all__ = ["SweepSummary", "run_sweep", "with_execution"]
 
 # --------------------------------------------------------------------------------------
 # The sweep
@@ -174,8 +70,7 @@ def run_sweep(
     console: Any = None,
     show_progress: bool = True,
     write_report: bool = True,
-    executor: Optional[str] = None,
-    workers: Optional[int] = 1,
+    execution: Optional[Execution] = None,
     executor_options: Any = None,
     lease_seconds: Optional[float] = None,
     progress_every: float = 30.0,
@@ -188,11 +83,14 @@ def run_sweep(
     Every run is claimed by a lease on its folder (:mod:`wcnerf.lease`) before it is run.
     Ctrl-C marks the current run interrupted and still writes the reports.
 
-    ``executor`` (``local``, ``ray``, ``slurm``; :mod:`wcnerf.eval.executors`) with ``workers``
-    starts that many workers (:func:`wcnerf.eval.workers.work`) on that engine instead of
-    running the runs here; ``local`` with one worker runs them in this process.
+    ``execution`` (default: :meth:`Execution.decide` for one local worker) says how: its
+    ``executor`` (``local``, ``ray``, ``slurm``; :mod:`wcnerf.eval.executors`) with its
+    ``workers`` starts that many workers (:func:`wcnerf.eval.workers.work`) on that engine
+    instead of running the runs here; ``local`` with one worker runs them in this process.
     """
     console = default_console(console)
+    execution = execution or Execution.decide(protocol)
+    runner = with_execution(runner, execution)
     out_dir = Path(output_root) / protocol.name
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_runs(protocol, scenes, methods, seeds, out_dir)
@@ -205,7 +103,6 @@ def run_sweep(
             state = "pending"
         if state == "done":
             summary.skipped_done += 1
-            _warn_if_settings_changed(spec, console)
         elif state == "running":
             summary.skipped_running += 1
             console.print(f"[yellow]skip[/] {_name(spec)}: being run by another process ({escape(str(spec.run_dir))})")
@@ -218,15 +115,12 @@ def run_sweep(
         f"{len(todo)} to run" + (f", {summary.skipped_failed} failed left as they are" if summary.skipped_failed else "")
     )
     try:
-        if executor is not None and not (executor == "local" and (workers or 1) <= 1):
+        if not (execution.executor == "local" and (execution.workers or 1) <= 1):
             if todo or any(run_state(s.run_dir) == "running" for s in plan):
                 _run_with_workers(protocol, scenes, methods, seeds, runner, out_dir, summary, console,
-                                  executor=executor, workers=workers, options=executor_options,
+                                  execution=execution, options=executor_options,
                                   retry_failed=retry_failed, lease_seconds=lease_seconds, progress_every=progress_every)
-        else:
-            from wcnerf.eval.executors import with_local_threads
-
-            runner = with_local_threads(runner, protocol, 1)  # this process is the only worker
+        else:  # this process is the only worker
             if show_progress and todo:
                 _run_with_progress(todo, runner, summary, console, lease_seconds)
             else:
@@ -245,22 +139,6 @@ def run_sweep(
 def _name(spec: RunSpec) -> str:
     """The run for the console (rich markup escaped)."""
     return escape(f"{spec.scene.label} / {spec.method.label} / seed {spec.seed}")
-
-
-def _warn_if_settings_changed(spec: RunSpec, console: Any) -> None:
-    metrics = read_json(spec.run_dir / METRICS_FILE) or {}
-    now = spec.settings()
-    changed = [
-        k
-        for k in ("ns_method", "conditioning", "max_num_iterations", "downscale_factor", "holdout_every", "max_eval_views",
-                  "train_args")
-        if k in metrics and metrics.get(k) != now.get(k)
-    ]
-    if changed:
-        console.print(
-            f"[yellow]note[/] {_name(spec)} finished earlier with different settings ({', '.join(changed)}); "
-            "kept (use --redo to run it again)"
-        )
 
 
 def _run_one(spec: RunSpec, runner: Runner, summary: SweepSummary, console: Any, lease_seconds: Optional[float] = None) -> None:
@@ -303,16 +181,24 @@ def _f(x: Any, d: int = 2) -> str:
         return "–"
 
 
-def _run_with_workers(protocol, scenes, methods, seeds, runner, out_dir, summary, console, *, executor, workers,
-                      options, retry_failed, lease_seconds, progress_every) -> None:
-    """Hand the plan to ``workers`` workers on the engine ``executor``; count what they ran."""
-    from wcnerf.eval.executors import run_with_executor
-    from wcnerf.eval.workers import SweepJob
+def with_execution(runner: Runner, execution: Execution) -> Runner:
+    """``runner`` with the sweep's execution policy, when it takes one and has none (the
+    nerfstudio runner does; a test's fake runner need not)."""
+    import dataclasses
 
+    if dataclasses.is_dataclass(runner) and getattr(runner, "execution", "absent") is None:
+        return dataclasses.replace(runner, execution=execution)  # type: ignore[type-var]
+    return runner
+
+
+def _run_with_workers(protocol, scenes, methods, seeds, runner, out_dir, summary, console, *, execution,
+                      options, retry_failed, lease_seconds, progress_every) -> None:
+    """Hand the plan to the execution's workers on its engine; count what they ran."""
     kw = {"lease_seconds": float(lease_seconds)} if lease_seconds is not None else {}
     job = SweepJob(protocol, list(scenes), list(methods), [int(s) for s in seeds], Path(out_dir).resolve(), runner,
-                   retry_failed=retry_failed, **kw)
-    results = run_with_executor(executor, job, workers, options, console=console, progress_every=progress_every)
+                   execution=execution, retry_failed=retry_failed, **kw)
+    results = run_with_executor(execution.executor, job, execution.workers, options, console=console,
+                                progress_every=progress_every)
     for rep in results:
         for r in getattr(rep, "ran", []):
             summary.ran += 1

@@ -251,12 +251,15 @@ def table_markdown(
 ) -> str:
     """The paper's Table 4 layout: one table per metric, methods as rows, scenes as columns,
     the average last; mean ± sample std (n-1) over seeds; the best method of each column in bold; a row
-    with the PSNR difference of every other method minus NeRF; with ``heldout_curves``
+    with the PSNR difference of every other method minus NeRF (or minus ``none``, the method
+    unconditioned, in a comparison without NeRF); with ``heldout_curves``
     (``(scene, method) -> seed curves`` of held-out PSNR), the steps each method needs to reach
     the plain model's final held-out PSNR (:mod:`wcnerf.analysis.curves`); then every run that
     did not finish (failed, interrupted, running, pending) with its error."""
     scenes = list(scenes) if scenes is not None else order_scenes(r["scene"] for r in records)
     methods = list(methods) if methods is not None else order_methods(r["method"] for r in records)
+    if baseline not in methods and "none" in methods:  # `--method M --conditioners none ...`: M unconditioned
+        baseline = "none"
     seeds = sorted({r.get("seed") for r in records}, key=lambda s: (str(type(s)), s))
     out = io.StringIO()
     out.write(f"# {title}\n\n")

@@ -4,8 +4,8 @@ release it, repeat until no run is left; and the sweep's progress read from the 
 A worker is what every executor (:mod:`wcnerf.eval.executors`: local processes, Ray tasks,
 SLURM array jobs through submitit) starts; the engines only start workers. What a worker
 needs travels in a picklable :class:`SweepJob` (the protocol, scenes, methods, seeds, the
-output folder and the runner); each worker plans the same runs from it
-(:func:`wcnerf.eval.sweep.plan_runs`) and claims them through :class:`wcnerf.lease.Lease` in
+output folder, the runner and the execution policy); each worker plans the same runs from it
+(:func:`wcnerf.eval.plan.plan_runs`) and claims them through :class:`wcnerf.lease.Lease` in
 the run folders: two workers, processes or hosts never run the same run at once, and a run
 whose worker died is taken over when its lease is stale (or at once when the dead worker was
 on the same host) and resumes from its last checkpoint.
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from wcnerf.eval.execution import Execution
+from wcnerf.eval.plan import plan_runs
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.runs import METRICS_FILE, STATUS_FILE, MethodSpec, RunSpec, Runner, SceneSpec, execute, read_json, run_state
 from wcnerf.lease import LEASE_FILE, Lease, default_stale_after
@@ -46,6 +48,7 @@ class SweepJob:
     out_dir: Path
     """``<output_root>/<protocol>``, absolute (workers may start in another folder)."""
     runner: Runner
+    execution: Execution = field(default_factory=Execution)
     sweep_id: str = field(default_factory=new_sweep_id)
     retry_failed: bool = True
     lease_seconds: float = field(default_factory=default_stale_after)
@@ -54,8 +57,6 @@ class SweepJob:
     """How often a worker with nothing to claim looks again (default: lease_seconds / 4, at most 10)."""
 
     def plan(self) -> List[RunSpec]:
-        from wcnerf.eval.sweep import plan_runs
-
         return plan_runs(self.protocol, self.scenes, self.methods, self.seeds, Path(self.out_dir))
 
     @property
