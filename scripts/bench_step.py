@@ -151,7 +151,7 @@ class Runner:
         self.step_no = 0
         self.forward_s = self.backward_s = 0.0  # CPU seconds: batch, forward and losses; backward
         self.rays = self.pipeline.datamanager.get_train_rays_per_batch()
-        from wcnerf.eval.scaled_eval import rescale_view
+        from wcnerf.tools.scaled_eval import rescale_view
 
         dataset = self.pipeline.datamanager.eval_dataset  # ground truth area-averaged to the rendered size
         self.camera, self.batch = rescale_view(dataset.cameras[0:1], dataset[0], image_scale)

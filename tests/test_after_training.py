@@ -60,7 +60,7 @@ def test_train_enerf_splits_its_own_options():
 
 
 def test_find_run_config(tmp_path):
-    from wcnerf.eval.after_training import find_run_config
+    from wcnerf.tools.runs import find_run_config
 
     cfg = tmp_path / "fern" / "e-nerf-small" / "ts" / "config.yml"
     cfg.parent.mkdir(parents=True)
@@ -74,7 +74,7 @@ def test_find_run_config(tmp_path):
 def test_export_crop_box_holds_what_the_cameras_see(fern):
     """Every training camera's view between the near and far bounds lies in the box."""
     from wcnerf.data.llff_scene import load_llff_scene
-    from wcnerf.eval.after_training import export_crop_box
+    from wcnerf.tools.summary import export_crop_box
 
     scene = load_llff_scene(fern, 8)
     center, rot, scale = export_crop_box(scene)
@@ -92,7 +92,7 @@ def test_export_crop_box_holds_what_the_cameras_see(fern):
 
 
 def test_format_summary_lists_metrics_picture_and_commands(tmp_path):
-    from wcnerf.eval.after_training import RunSummary, format_summary
+    from wcnerf.tools.summary import RunSummary, format_summary
 
     s = RunSummary(config=tmp_path / "config.yml", run_dir=tmp_path, method="e-nerf-small",
                    results={"psnr": 21.234, "ssim": 0.6543}, num_heldout=3, heldout_png=tmp_path / "h.png",
@@ -161,6 +161,29 @@ def test_train_enerf_ends_with_a_summary(enerf_run):
                 f"ns-export pointcloud --load-config {cfg} --output-dir exports/fern/e-nerf-small --normal-method open3d"):  # fmt: skip
         assert cmd in out, cmd
     assert re.search(r"--obb-center -?[\d.]+ -?[\d.]+ -4\.\d+ --obb-rotation 0\.0 0\.0 0\.0 --obb-scale [\d.]+ [\d.]+ [\d.]+", out)
+
+
+@pytest.mark.e2e
+def test_the_tools_on_the_finished_run(enerf_run, tmp_path, capsys):
+    """``wcnerf-summary`` (run folder, --no-evaluate: what ns-eval left), ``wcnerf-heldout`` (another
+    view) and ``wcnerf-spiral`` (--load-config) in-process on the run train_enerf.py summarised."""
+    import imageio.v3 as iio
+
+    from wcnerf.tools import heldout, spiral, summary
+
+    run, out = enerf_run
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())["results"]
+    assert summary.main([str(run), "--no-evaluate"]) == 0
+    text = capsys.readouterr().out
+    assert f"3 held-out views (ns-eval): PSNR {metrics['psnr']:.2f} dB" in text and "evaluating" not in text
+    assert f"ns-eval --load-config {run / 'config.yml'}" in text
+    assert heldout.main([str(run / "config.yml"), "--view", "2", "--no-evaluate"]) == 0
+    img = iio.imread(run / "heldout_view_2.png")
+    assert img.shape[1] == 3 * 126 + 2 * 4 and img.shape[0] > 94
+    assert heldout.main([str(run), "--view", "3", "--no-evaluate"]) == 2  # 3 held-out views: 0, 1, 2
+    assert "no view 3" in capsys.readouterr().err
+    assert spiral.main(["--load-config", str(run / "config.yml"), "--frames", "3", "--output", str(tmp_path / "s.json")]) == 0
+    assert len(json.loads((tmp_path / "s.json").read_text())["camera_path"]) == 3
 
 
 @pytest.mark.e2e

@@ -333,7 +333,7 @@ def test_wcnerf_train_then_ns_eval(tmp_path, fern):
     results = json.loads(metrics.read_text())["results"]
     assert math.isfinite(results["psnr"])
     # the reduced-resolution evaluation at scale 1 is ns-eval's evaluation (reference check)
-    from wcnerf.eval.scaled_eval import evaluate_scaled
+    from wcnerf.tools.scaled_eval import evaluate_scaled
 
     same = evaluate_scaled(configs[0], 1.0)
     assert same["views"] == 3 and same["evaluated_resolution_hw"] == same["full_resolution_hw"] == [94, 126]

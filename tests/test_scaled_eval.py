@@ -10,7 +10,7 @@ pytest.importorskip("nerfstudio")
 import torch  # noqa: E402
 from nerfstudio.cameras.cameras import Cameras  # noqa: E402
 
-from wcnerf.eval.scaled_eval import ScaledViews, main, rescale_view  # noqa: E402
+from wcnerf.tools.scaled_eval import ScaledViews, main, rescale_view  # noqa: E402
 
 
 def _view(h: int = 8, w: int = 12):

@@ -9,19 +9,22 @@ area-averaged to the rendered size, through nerfstudio's own
 The JSON says which scale and size were evaluated; PSNRs at different scales are not
 comparable with each other or with ``ns-eval``'s.
 
-    python -m wcnerf.eval.scaled_eval --load-config RUN/config.yml --image-scale 0.25 --output-path m.json
+    wcnerf-scaled-eval RUN --image-scale 0.25 --output-path m.json
+    wcnerf-scaled-eval --load-config RUN/config.yml --image-scale 0.25 --output-path m.json
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
-__all__ = ["rescale_view", "ScaledViews", "evaluate_scaled", "main"]
+from wcnerf.tools.runs import RunArgs, run_tool
+
+__all__ = ["rescale_view", "ScaledViews", "evaluate_scaled", "ScaledEval", "main"]
 
 
 def rescale_view(camera: Any, batch: Dict[str, Any], scale: float) -> Tuple[Any, Dict[str, Any]]:
@@ -95,19 +98,30 @@ def evaluate_scaled(config_path: Path, image_scale: float, output_path: Optional
     return result
 
 
+@dataclass
+class ScaledEval(RunArgs):
+    """Held-out metrics of a trained run with every held-out view rendered at a fraction of its
+    size (nerfstudio's own metrics; compare PSNRs only at the same scale)."""
+
+    image_scale: float = 0.25
+    """Resolution scale of every held-out view, in (0, 1]."""
+    output_path: Optional[Path] = None
+    """JSON to write (atomically)."""
+
+    def main(self) -> int:
+        config_path = self.config_path()
+        try:
+            result = evaluate_scaled(config_path, self.image_scale, self.output_path)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {config_path}: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2))
+        return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wcnerf.eval.scaled_eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--load-config", type=Path, required=True, help="the run's config.yml")
-    parser.add_argument("--image-scale", type=float, default=0.25, help="resolution scale of every held-out view")
-    parser.add_argument("--output-path", type=Path, default=None, help="JSON to write (atomically)")
-    ns = parser.parse_args(argv)
-    try:
-        result = evaluate_scaled(ns.load_config, ns.image_scale, ns.output_path)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"{ns.load_config}: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    """``wcnerf-scaled-eval``: parse the command line (``sys.argv`` unless ``argv``) and run."""
+    return run_tool(ScaledEval, argv)
 
 
 if __name__ == "__main__":

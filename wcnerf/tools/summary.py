@@ -1,15 +1,18 @@
-"""After training one run: its held-out metrics, a picture of one held-out view, and the
-commands a nerfstudio user runs next (evaluate, render the LLFF spiral, open the viewer, export).
+"""The summary of one finished run: its held-out metrics, a picture of one held-out view, the
+LLFF spiral camera path, and the commands a nerfstudio user runs next (evaluate, render the
+spiral, open the viewer, export)::
 
-Used by ``scripts/train_enerf.py`` (the README's main job ends with :func:`summarize_run`) and
-``scripts/llff_spiral.py`` (:func:`scene_of_run`). Everything goes through nerfstudio's own
+    wcnerf-summary outputs/fern/e-nerf-small/<timestamp>
+    wcnerf-summary --load-config outputs/fern/e-nerf-small/<timestamp>/config.yml --no-evaluate
+
+``scripts/train_enerf.py`` prints it after training. Everything goes through nerfstudio's own
 command lines, as a user would run them:
 
 * metrics: ``ns-eval --load-config <run>/config.yml`` over every held-out view (PSNR, SSIM,
   LPIPS when its weights are local), written to ``<run>/eval/metrics.json`` with the renders in
   ``<run>/eval/renders/``;
 * ``<run>/heldout_view.png``: ground truth, render and error map of the first held-out view
-  (from ns-eval's ``eval_img_0000.png``, :func:`wcnerf.eval.plots.compose_views`);
+  (:mod:`wcnerf.tools.heldout`);
 * ``<run>/camera_paths/spiral.json``: the LLFF spiral (:mod:`wcnerf.data.spiral`) for
   ``ns-render camera-path``.
 """
@@ -19,84 +22,29 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from wcnerf.tools.heldout import HELDOUT_PNG, heldout_panel, heldout_renders
+from wcnerf.tools.runs import RunArgs, evaluate_run, load_run_config, run_tool, scene_of_run
+
 __all__ = [
     "RunSummary",
-    "find_run_config",
-    "scene_of_run",
+    "Summary",
     "export_crop_box",
-    "evaluate_run",
-    "heldout_panel",
     "next_commands",
     "summarize_run",
     "format_summary",
+    "main",
 ]
 
-HELDOUT_PNG = "heldout_view.png"
 SPIRAL_JSON = Path("camera_paths") / "spiral.json"
 
 
 def _q(parts: Sequence[Any]) -> str:
     return " ".join(shlex.quote(str(p)) for p in parts)
-
-
-def find_run_config(output_dir: Path, method: str, timestamp: str, experiment: Optional[str] = None) -> Optional[Path]:
-    """``<output_dir>/<experiment>/<method>/<timestamp>/config.yml`` (any experiment name when
-    not given; the newest if several), or None."""
-    output_dir = Path(output_dir)
-    if experiment:
-        path = output_dir / experiment / method / timestamp / "config.yml"
-        return path if path.is_file() else None
-    found = sorted(output_dir.glob(f"*/{method}/{timestamp}/config.yml"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def load_run_config(config_path: Path):
-    """The run's TrainerConfig, read as nerfstudio's ``eval_setup`` reads it."""
-    import yaml
-
-    import wcnerf.plugin  # noqa: F401  (nerfstudio fixes; YAML imports the config's classes)
-
-    return yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
-
-
-def scene_of_run(config_path: Path):
-    """The LLFF scene a run was trained on, loaded with the run's own dataparser settings (as
-    ``ns-render`` / ``ns-eval`` load it); ``(LLFFScene, run folder)``. Raises ValueError when the
-    run did not use the llff dataparser, or when its ``dataparser_transforms.json`` does not
-    match the scene on disk (another scene, other settings)."""
-    import numpy as np
-
-    from wcnerf.data.llff import LLFFDataParserConfig
-
-    config_path = Path(config_path)
-    config = load_run_config(config_path)
-    datamanager = config.pipeline.datamanager
-    dp_config = datamanager.dataparser
-    if not isinstance(dp_config, LLFFDataParserConfig):
-        raise ValueError(
-            f"{config_path}: the run used the {type(dp_config).__name__} dataparser, not llff; "
-            "use ns-render spiral / interpolate for other scenes"
-        )
-    if getattr(datamanager, "data", None) is not None:  # --data sets the datamanager's, as in training
-        dp_config.data = Path(datamanager.data)
-    scene = dp_config.setup().load_scene()
-    run_dir = config_path.parent
-    saved = run_dir / "dataparser_transforms.json"
-    if saved.is_file():
-        d = json.loads(saved.read_text())
-        if not (np.allclose(np.asarray(d["transform"]), scene.transform, atol=1e-5)
-                and abs(float(d["scale"]) - scene.scale) <= 1e-5 * abs(scene.scale)):  # fmt: skip
-            raise ValueError(
-                f"{saved}: the run's dataparser transform differs from that of {scene.root} as loaded now; "
-                "is the scene on disk the one the run was trained on?"
-            )
-    return scene, run_dir
 
 
 def export_crop_box(scene, depth_margin: float = 1.1) -> Tuple[Tuple[float, ...], Tuple[float, ...], Tuple[float, ...]]:
@@ -118,38 +66,6 @@ def export_crop_box(scene, depth_margin: float = 1.1) -> Tuple[Tuple[float, ...]
     return r((lo + hi) / 2), (0.0, 0.0, 0.0), r(hi - lo)
 
 
-def evaluate_run(config_path: Path, eval_dir: Path, *, env: Optional[Dict[str, str]] = None,
-                 timeout: Optional[float] = None) -> Dict[str, Any]:  # fmt: skip
-    """``ns-eval`` (as a subprocess of this interpreter) over every held-out view; returns its
-    ``results`` dict. Output in ``eval_dir`` (metrics.json, renders/, ns_eval.log)."""
-    eval_dir = Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "nerfstudio.scripts.eval", "--load-config", str(config_path),
-           "--output-path", str(eval_dir / "metrics.json"), "--render-output-path", str(eval_dir / "renders")]  # fmt: skip
-    with open(eval_dir / "ns_eval.log", "w") as log:
-        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
-    if res.returncode != 0:
-        tail = (eval_dir / "ns_eval.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"ns-eval failed (exit code {res.returncode}); log: {eval_dir / 'ns_eval.log'}\n{tail}")
-    return json.loads((eval_dir / "metrics.json").read_text())["results"]
-
-
-def heldout_panel(render: Path, width: int, out_path: Path, label: str, caption: str = "") -> Optional[Path]:
-    """Ground truth | render | error map of one held-out view from ns-eval's combined image
-    ``[gt | ... | render]`` (images ``width`` pixels wide); None if it cannot be split."""
-    import imageio.v3 as iio
-    import numpy as np
-
-    from wcnerf.eval.ns_runner import split_eval_image
-    from wcnerf.eval.plots import compose_views
-
-    parts = split_eval_image(np.asarray(iio.imread(render)), int(width))
-    if parts is None:
-        return None
-    gt, pred = parts
-    return compose_views(gt, [(label, pred)], Path(out_path), caption=caption)
-
-
 def next_commands(config_path: Path, run_dir: Path, scene=None, *, method: str = "",
                   predict_normals: bool = False) -> List[Tuple[str, str]]:  # fmt: skip
     """``(what, command)`` of what to run next on a finished run."""
@@ -160,7 +76,7 @@ def next_commands(config_path: Path, run_dir: Path, scene=None, *, method: str =
     ]
     if scene is not None:
         spiral = run_dir / SPIRAL_JSON
-        cmds.append(("spiral video (path: python scripts/llff_spiral.py --load-config ...)",
+        cmds.append(("spiral video (path: wcnerf-spiral RUN)",
                      _q(["ns-render", "camera-path", "--load-config", cfg, "--camera-path-filename", spiral,
                          "--output-path", Path("renders") / name / "spiral.mp4"])))  # fmt: skip
     cmds.append(("open it in the viewer (http://127.0.0.1:7007)",
@@ -203,8 +119,9 @@ class RunSummary:
 
 def summarize_run(config_path: Path, *, evaluate: bool = True, env: Optional[Dict[str, str]] = None,
                   say: Callable[[str], None] = print) -> RunSummary:  # fmt: skip
-    """Evaluate a finished run (ns-eval), draw its first held-out view, write its spiral path,
-    and list the next commands; returns the :class:`RunSummary` (see :func:`format_summary`)."""
+    """Evaluate a finished run (ns-eval; without ``evaluate``, read the ``<run>/eval/`` an
+    earlier ns-eval left), draw its first held-out view, write its spiral path, and list the
+    next commands; returns the :class:`RunSummary` (see :func:`format_summary`)."""
     config_path = Path(config_path)
     run_dir = config_path.parent
     config = load_run_config(config_path)
@@ -221,6 +138,7 @@ def summarize_run(config_path: Path, *, evaluate: bool = True, env: Optional[Dic
 
         s.spiral = run_dir / SPIRAL_JSON
         write_json(s.spiral, spiral_camera_path(scene))
+    metrics_json = run_dir / "eval" / "metrics.json"
     if evaluate:
         say("[wcnerf] evaluating every held-out view with ns-eval (log: "
             f"{run_dir / 'eval' / 'ns_eval.log'}) ...")  # fmt: skip
@@ -228,17 +146,24 @@ def summarize_run(config_path: Path, *, evaluate: bool = True, env: Optional[Dic
             s.results = evaluate_run(config_path, run_dir / "eval", env=env)
         except Exception as exc:  # noqa: BLE001
             s.notes.append(f"evaluation failed: {exc}")
-        renders = sorted((run_dir / "eval" / "renders").glob("eval_img_*.png"))
-        s.num_heldout = len(renders)
-        if renders and scene is not None:
-            psnr = s.metric("psnr", "fine_psnr")
-            caption = f"{scene.root.name}, first held-out view"
-            try:
-                s.heldout_png = heldout_panel(renders[0], scene.width, run_dir / HELDOUT_PNG, method or "render", caption)
-            except Exception as exc:  # noqa: BLE001
-                s.notes.append(f"no held-out picture: {exc}")
-            if s.heldout_png is None and psnr is not None:
-                s.notes.append(f"could not split {renders[0]} into ground truth and render")
+    elif metrics_json.is_file():
+        try:
+            s.results = json.loads(metrics_json.read_text())["results"]
+        except (ValueError, KeyError, TypeError) as exc:
+            s.notes.append(f"unreadable {metrics_json}: {exc}")
+    else:
+        s.notes.append(f"not evaluated: no {metrics_json} (ns-eval writes it)")
+    renders = heldout_renders(run_dir)
+    s.num_heldout = len(renders)
+    if renders and scene is not None:
+        psnr = s.metric("psnr", "fine_psnr")
+        caption = f"{scene.root.name}, first held-out view"
+        try:
+            s.heldout_png = heldout_panel(renders[0], scene.width, run_dir / HELDOUT_PNG, method or "render", caption)
+        except Exception as exc:  # noqa: BLE001
+            s.notes.append(f"no held-out picture: {exc}")
+        if s.heldout_png is None and psnr is not None:
+            s.notes.append(f"could not split {renders[0]} into ground truth and render")
     model = config.pipeline.model
     s.commands = next_commands(config_path, run_dir, scene, method=method,
                                predict_normals=bool(getattr(model, "predict_normals", False)))  # fmt: skip
@@ -246,7 +171,7 @@ def summarize_run(config_path: Path, *, evaluate: bool = True, env: Optional[Dic
 
 
 def format_summary(s: RunSummary) -> str:
-    """The lines printed at the end of ``scripts/train_enerf.py``."""
+    """The lines printed by ``wcnerf-summary`` and at the end of ``scripts/train_enerf.py``."""
     lines = [f"[wcnerf] finished run: {s.run_dir}"]
     psnr, ssim, lpips = s.metric("psnr", "fine_psnr"), s.metric("ssim", "fine_ssim"), s.metric("lpips", "fine_lpips")
     if psnr is not None:
@@ -263,3 +188,25 @@ def format_summary(s: RunSummary) -> str:
     for what, cmd in s.commands:
         lines.append(f"  # {what}\n  {cmd}")
     return "\n".join(lines)
+
+
+@dataclass
+class Summary(RunArgs):
+    """Summarise a finished run: held-out metrics (ns-eval), ground truth | render | error map
+    of the first held-out view, the LLFF spiral camera path and the commands to run next."""
+
+    evaluate: bool = True
+    """Run ns-eval over every held-out view (--no-evaluate: report what <run>/eval/ holds)."""
+
+    def main(self) -> int:
+        print(format_summary(summarize_run(self.config_path(), evaluate=self.evaluate)), flush=True)
+        return 0
+
+
+def main(args: Optional[Sequence[str]] = None) -> int:
+    """``wcnerf-summary``: parse the command line (``sys.argv`` unless ``args``) and run."""
+    return run_tool(Summary, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
