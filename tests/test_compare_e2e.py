@@ -50,6 +50,9 @@ def test_tiny_real_sweep_and_resume(tmp_path, fern):
         assert m["extra"]["num_heldout_images"] == 3  # 20 images, every 8th held out: 0, 8, 16
         assert m["extra"]["num_evaluated_images"] == 2 and r["views_evaluated"] == "2"  # max_eval_views: 0 and 16
         assert json.loads((run / "status.json").read_text())["status"] == "done"
+        per_image = m["extra"]["per_image"]  # ns-eval's metrics of each evaluated view
+        assert [Path(v["image"]).stem for v in per_image] == ["image000", "image016"]
+        assert math.isclose(sum(v["psnr"] for v in per_image) / 2, m["psnr"], rel_tol=1e-6)
         curves = json.loads((run / "curves.json").read_text())
         assert curves["train"]["step"][-1] == 5 and curves["heldout"]["step"]
         assert (run / "heldout" / "gt_0000.png").is_file() and (run / "heldout" / "pred_0000.png").is_file()
@@ -57,6 +60,9 @@ def test_tiny_real_sweep_and_resume(tmp_path, fern):
     assert "| Method | Fern | Average |" in md and "Δ PSNR (E-NeRF − NeRF)" in md and "**" in md
     assert "mean over the evaluated held-out views (Fern 2 of 3, evenly spaced)" in md
     assert (d / "curves.png").stat().st_size > 1000
+    views = list(csv.DictReader(open(d / "results_per_image.csv")))
+    assert [(v["method"], v["image"]) for v in views] == [
+        ("nerf", "image000.png"), ("nerf", "image016.png"), ("e-nerf", "image000.png"), ("e-nerf", "image016.png")]
     import imageio.v3 as iio
 
     panel = iio.imread(d / "renders" / "fern.png")

@@ -25,6 +25,7 @@ TESTS = Path(__file__).resolve().parent
     ([sys.executable, str(REPO / "scripts" / "compare_llff.py"), "--protocol", "cpu"], str(REPO / "scripts" / "compare_llff.py")),
     ([sys.executable, "-m", "wcnerf.plugin.any_method_cli", "nerfacto"], "wcnerf.plugin.any_method_cli"),
     ([sys.executable, "-m", "nerfstudio.scripts.train", "nerf-small"], "nerfstudio.scripts.train"),
+    ([sys.executable, "-m", "wcnerf.eval.ns_eval", "--load-config", "c.yml"], "wcnerf.eval.ns_eval"),
     ([sys.executable, str(TESTS / "support" / "ns_server.py")], str(TESTS / "support" / "ns_server.py")),
     (["/usr/lib/ray/core/src/ray/raylet/raylet", "--node-ip-address=127.0.0.1"], "raylet"),
     ([sys.executable, "-c", "print(1)"], None),

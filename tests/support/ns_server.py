@@ -33,6 +33,7 @@ PRELOAD = (
     "nerfstudio.configs.method_configs",
     "nerfstudio.scripts.train",
     "nerfstudio.scripts.eval",
+    "wcnerf.eval.ns_eval",
     "nerfstudio.scripts.render",
     "nerfstudio.scripts.exporter",
     "wcnerf.plugin.any_method_cli",

@@ -17,7 +17,7 @@ IMPLY_E2E = ("browser", "packaging")
 
 GUARDED_PROGRAMS = re.compile(r"^(ns-(train|eval|render|export|viewer)|wcnerf-(train|compare|shape-fit)|raylet|gcs_server)$")
 GUARDED_SCRIPTS = re.compile(r"(^|/)(scripts/(train_enerf|compare_llff|shape_fit|llff_spiral)|support/ns_(cases|server))\.py$")
-GUARDED_MODULES = re.compile(r"^(wcnerf\.(eval\.cli|plugin\.any_method_cli|shape\.cli)|nerfstudio\.scripts\.\w+)$")
+GUARDED_MODULES = re.compile(r"^(wcnerf\.(eval\.cli|eval\.ns_eval|plugin\.any_method_cli|shape\.cli)|nerfstudio\.scripts\.\w+)$")
 
 
 def guarded_command(args) -> Optional[str]:

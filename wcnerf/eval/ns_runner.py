@@ -39,6 +39,7 @@ from wcnerf.atomic import write_json, write_text
 from wcnerf.eval.execution import Execution
 from wcnerf.eval.runs import CONFIG_FILE, CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
 from wcnerf.eval.image_metrics import psnr_from_mse
+from wcnerf.eval.ns_eval import per_image_path
 
 __all__ = [
     "NerfstudioRunner",
@@ -77,6 +78,16 @@ def _tail(path: Path, lines: int = 20, max_bytes: int = 64_000) -> str:
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # terminal escapes
     kept = [ln.rstrip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     return "\n".join(kept[-lines:])
+
+
+def read_json_list(path: Path) -> List[Dict[str, Any]]:
+    """A JSON list of mappings, or [] when absent or unreadable (per-image metrics are a
+    companion of the result, not the result)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return []
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
 
 
 def latest_checkpoint(ckpt_dir: Path, quarantine: Optional[Path] = None) -> Optional[Tuple[int, Path]]:
@@ -237,7 +248,7 @@ class NerfstudioRunner:
     def eval_command(self, spec: RunSpec, config: Path) -> List[str]:
         out = spec.run_dir / "eval"
         return [
-            self.python, "-m", "nerfstudio.scripts.eval",
+            self.python, "-m", "wcnerf.eval.ns_eval",  # nerfstudio's ns-eval, keeping per-image metrics
             "--load-config", str(config),
             "--output-path", str(out / "ns_eval.json"),
             "--render-output-path", str(out / "renders"),
@@ -395,6 +406,7 @@ class NerfstudioRunner:
                     return float(v)
             return None
 
+        per_image = read_json_list(per_image_path(eval_dir / "ns_eval.json"))
         psnr = metric("psnr", "fine_psnr")
         if psnr is None:
             raise RunFailed(f"ns-eval reported no PSNR (keys: {sorted(results)})")
@@ -418,6 +430,7 @@ class NerfstudioRunner:
             eval_seconds=eval_seconds,
             extra={
                 "ns_eval": results,
+                "per_image": per_image,
                 "num_evaluated_images": len(renders),
                 "num_heldout_images": spec.scene.views_held_out or len(renders),
                 "resumed_from": timing.get("resumed_from", []),

@@ -1,4 +1,5 @@
-"""The comparison's reports, rebuilt from the run folders: ``results.csv``, ``table.md``,
+"""The comparison's reports, rebuilt from the run folders: ``results.csv`` (and its companion
+``results_per_image.csv``, one row per evaluated view), ``table.md``,
 ``curves.png``, ``conditioning.png`` (the layer-wise kappa the runs logged,
 :mod:`wcnerf.eval.kappa`) and ``renders/`` in ``<output_root>/<protocol>/``; ``table.md``
 ends with the figures, linked relatively.
@@ -20,7 +21,8 @@ from wcnerf.atomic import write_text
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.runs import (CURVES_FILE, HELDOUT_DIR, METRICS_FILE, STATUS_FILE, RunSpec, config_iterations, read_json,
                               run_state)
-from wcnerf.eval.table import order_methods, order_scenes, scene_display, table_markdown, write_results_csv
+from wcnerf.eval.table import (order_methods, order_scenes, scene_display, table_markdown, write_per_image_csv,
+                               write_results_csv)
 
 __all__ = ["collect_records", "write_reports", "default_console", "figures_markdown"]
 
@@ -61,6 +63,7 @@ def _record(out_dir: Path, run_dir: Path, fallback: Optional[RunSpec] = None) ->
         extra = metrics.get("extra") or {}  # runs before max_eval_views evaluated all they held out
         rec["views_evaluated"] = extra.get("num_evaluated_images", extra.get("num_heldout_images"))
         rec["views_held_out"] = extra.get("num_heldout_images")
+        rec["per_image"] = extra.get("per_image") or []
         rec["status"] = "done"
         rec["error"] = ""
     else:
@@ -172,6 +175,7 @@ def write_reports(
     written: Dict[str, Optional[Path]] = {}
     notes: Dict[str, str] = {}
     written["results.csv"] = write_results_csv(records, out_dir / "results.csv")
+    written["results_per_image.csv"] = write_per_image_csv(records, out_dir / "results_per_image.csv")
     summary = protocol.summary() if protocol else ""
     if protocol and protocol.description:
         summary = f"{protocol.description}\n\n{summary}"

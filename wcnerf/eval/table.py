@@ -462,6 +462,25 @@ def write_results_csv(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return Path(path)
 
 
+PER_IMAGE_COLUMNS = ["protocol", "scene", "method", "seed", "image", "psnr", "ssim", "lpips", "run_dir"]
+
+
+def write_per_image_csv(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """``results_per_image.csv``, results.csv's companion: one row per evaluated held-out view
+    of every finished run (the record's ``per_image``: ns-eval's per-image metrics), so that an
+    outlier view can be found."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        for view in r.get("per_image") or ():
+            row = {**{k: r.get(k) for k in ("protocol", "scene", "method", "seed", "run_dir")}, **view}
+            row["image"] = Path(str(view.get("image") or "")).name
+            writer.writerow({k: _csv_value(row.get(k)) for k in PER_IMAGE_COLUMNS})
+    write_text(Path(path), buf.getvalue())
+    return Path(path)
+
+
 def read_results_csv(path: Path) -> List[Dict[str, Any]]:
     """The rows of a ``results.csv`` with numbers parsed (empty cells become ``None``)."""
     rows = []
