@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from wcnerf.eval.runs import MethodSpec, RunSpec, SceneSpec
-from wcnerf.eval.ns_runner import NerfstudioRunner, extract_curves, latest_checkpoint, read_scalars, split_eval_image
-from wcnerf.eval.plots import compose_views
+from wcnerf.eval.ns_runner import NerfstudioRunner, extract_curves, latest_checkpoint, read_scalars
+from wcnerf.report.panels import compose_views, split_eval_image
 from wcnerf.eval.protocols import load_protocol
 
 

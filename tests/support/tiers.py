@@ -15,9 +15,9 @@ import pytest
 IMPLY_E2E = ("browser", "packaging")
 """Markers that make a test ``e2e`` too."""
 
-GUARDED_PROGRAMS = re.compile(r"^(ns-(train|eval|render|export|viewer)|wcnerf-(train|compare|shape-fit)|raylet|gcs_server)$")
+GUARDED_PROGRAMS = re.compile(r"^(ns-(train|eval|render|export|viewer)|wcnerf-(train|compare|shape-fit|summary|spiral|heldout|scaled-eval)|raylet|gcs_server)$")
 GUARDED_SCRIPTS = re.compile(r"(^|/)(scripts/(train_enerf|compare_llff|shape_fit|llff_spiral)|support/ns_(cases|server))\.py$")
-GUARDED_MODULES = re.compile(r"^(wcnerf\.(eval\.cli|eval\.ns_eval|plugin\.any_method_cli|shape\.cli)|nerfstudio\.scripts\.\w+)$")
+GUARDED_MODULES = re.compile(r"^(wcnerf\.(eval\.cli|eval\.ns_eval|plugin\.any_method_cli|shape\.cli|tools\.(summary|spiral|heldout|scaled_eval|train_enerf))|nerfstudio\.scripts\.\w+)$")
 
 
 def guarded_command(args) -> Optional[str]:

@@ -38,8 +38,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from wcnerf.atomic import write_json, write_text
 from wcnerf.eval.execution import Execution
 from wcnerf.eval.runs import CONFIG_FILE, CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
-from wcnerf.eval.image_metrics import psnr_from_mse
 from wcnerf.eval.ns_eval import per_image_path
+from wcnerf.report.panels import psnr_from_mse, split_eval_image
 
 __all__ = [
     "NerfstudioRunner",
@@ -183,15 +183,6 @@ def extract_curves(scalars: Dict[str, List[Tuple[int, float]]]) -> Dict[str, Any
     times = [v for _, v in scalars.get(ITER_TIME_TAG, []) if math.isfinite(v) and v > 0]
     out["sec_per_iter"] = sum(times) / len(times) if times else None
     return out
-
-
-def split_eval_image(combined: Any, width: int) -> Optional[Tuple[Any, Any]]:
-    """nerfstudio's eval ``img`` is ground truth and renders side by side (vanilla NeRF:
-    ``[gt | coarse | fine]``). Returns ``(gt, last panel)`` or None if the width does not fit."""
-    w = combined.shape[1]
-    if width <= 0 or w % width or w // width < 2:
-        return None
-    return combined[:, :width], combined[:, w - width :]
 
 
 def _pdeathsig() -> None:  # pragma: no cover - runs in the child

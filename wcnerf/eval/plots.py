@@ -16,9 +16,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from wcnerf.atomic import atomic_path
-from wcnerf.eval.image_metrics import colorize, error_map, load_rgb, psnr
 from wcnerf.eval.table import method_display, order_methods, order_scenes, scene_display
-from wcnerf.report import BANDS, draw_band, ema
+from wcnerf.report import BANDS, compose_views, draw_band, ema, load_rgb
 
 _SOURCES = {
     "Eval Images Metrics Dict (all images)/psnr": "every held-out view",
@@ -118,73 +117,6 @@ def _finite(steps: Sequence[Any], values: Sequence[Any]) -> Tuple[np.ndarray, np
 def _seeds_text(seeds: Optional[set]) -> str:
     n = len(seeds or ())
     return f"{n} seed{'s' if n != 1 else ''}"
-
-
-def _text_strip(text: str, width: int, height: int = 22) -> np.ndarray:
-    """A white ``height x width x 3`` uint8 strip with centred text (matplotlib Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    dpi = 100
-    fig = Figure(figsize=(max(width, 1) / dpi, height / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
-    # about 0.85 * fontsize pixels per character at 100 dpi: shrink the font to fit the panel
-    fontsize = max(5.0, min(10.0, width / (0.85 * max(len(text), 1))))
-    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=fontsize)
-    canvas.draw()
-    arr = np.asarray(canvas.buffer_rgba())[..., :3]
-    strip = np.full((height, width, 3), 255, dtype=np.uint8)
-    h, w = min(height, arr.shape[0]), min(width, arr.shape[1])
-    strip[:h, :w] = arr[:h, :w]
-    return strip
-
-
-def compose_views(
-    gt: np.ndarray,
-    preds: Sequence[Tuple[str, np.ndarray]],
-    out_path: Path,
-    *,
-    caption: str = "",
-    gap: int = 4,
-) -> Path:
-    """Ground truth, each method's render, then each method's error map, side by side, with
-    a label above each panel; written as PNG with imageio. Returns the path."""
-    import imageio.v3 as iio
-
-    gt_f = load_rgb(gt) if isinstance(gt, (str, Path)) else np.asarray(gt)
-    from wcnerf.eval.image_metrics import to_float_rgb
-
-    gt_f = to_float_rgb(gt_f)
-    h, w = gt_f.shape[:2]
-    panels: List[Tuple[str, np.ndarray]] = [("ground truth", (gt_f * 255 + 0.5).astype(np.uint8))]
-    errs = []
-    for label, pred in preds:
-        p = to_float_rgb(pred)
-        if p.shape[:2] != (h, w):
-            raise ValueError(f"{label}: render is {p.shape[:2]}, ground truth is {(h, w)}")
-        errs.append((label, error_map(p, gt_f), psnr(p, gt_f)))
-        panels.append((f"{label} ({psnr(p, gt_f):.2f} dB)", (p * 255 + 0.5).astype(np.uint8)))
-    vmax = max([0.05] + [float(np.quantile(e, 0.99)) for _, e, _ in errs])
-    for label, err, _ in errs:
-        panels.append((f"|error| {label}", colorize(err, vmax)))
-    caption = (caption + "; " if caption else "") + f"error maps: mean |render − truth| over RGB, 0 (black) to {vmax:.2f} (yellow)"
-    label_h = 22
-    cols = []
-    for label, img in panels:
-        cols.append(np.concatenate([_text_strip(label, w, label_h), img], axis=0))
-    spacer = np.full((h + label_h, gap, 3), 255, dtype=np.uint8)
-    row = []
-    for i, c in enumerate(cols):
-        if i:
-            row.append(spacer)
-        row.append(c)
-    canvas = np.concatenate(row, axis=1)
-    if caption:
-        canvas = np.concatenate([_text_strip(caption, canvas.shape[1], 20), canvas], axis=0)
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        iio.imwrite(tmp, canvas)
-    return out_path
 
 
 def write_scene_renders(

@@ -32,8 +32,7 @@ def heldout_panel(render: Path, width: int, out_path: Path, label: str, caption:
     import imageio.v3 as iio
     import numpy as np
 
-    from wcnerf.eval.ns_runner import split_eval_image
-    from wcnerf.eval.plots import compose_views
+    from wcnerf.report.panels import compose_views, split_eval_image
 
     parts = split_eval_image(np.asarray(iio.imread(render)), int(width))
     if parts is None:
