@@ -32,19 +32,22 @@ Writes ``hessian_study.json`` (config, every run with its eigenvalues, the summa
     python scripts/hessian_study.py --conditioners none,equilibrate-out,weight-norm
 """
 
-from __future__ import annotations
-
-import argparse
+# No ``from __future__ import annotations``: HessianStudy's annotations stay types, which dataclasses
+# and tyro need when the file is loaded by path without a sys.modules entry (tests/test_hessian.py).
 import copy
+import dataclasses
 import json
 import math
 import re
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional, Sequence
 
 import torch
+import tyro
 from torch import nn
 
 from wcnerf.analysis.hessian import flat_parameters, gauss_newton, hessian_spectrum, loss_hessian
@@ -285,83 +288,98 @@ def plot(runs: list[dict], conds: list[str], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (0 .. n-1)")
-    ap.add_argument("--steps", type=int, default=500, help="full-batch Adam steps between the two Hessians")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=2, help="hidden layers")
-    ap.add_argument("--activation", choices=("relu", "tanh"), default="relu")
-    ap.add_argument("--pe", type=int, default=0, help="positional-encoding frequencies (0: raw coordinates)")
-    ap.add_argument("--grid", type=int, default=32, help="training points per side (n = grid^2)")
-    ap.add_argument("--conditioners", default=DEFAULT_CONDITIONERS, help="comma-separated registry names")
-    ap.add_argument("--no-gn", action="store_true", help="skip the Gauss-Newton matrices")
-    ap.add_argument("--out", type=Path, default=Path("outputs/hessian"))
-    args = ap.parse_args(argv)
+@dataclass
+class HessianStudy:
+    """The study's options (the JSON's ``config``)."""
 
-    conds = [c.strip() for c in args.conditioners.split(",") if c.strip()]
-    methods = {c: resolve(c) for c in conds}
-    x, y = star_occupancy(args.grid)
-    args.out.mkdir(parents=True, exist_ok=True)
-    t_all = time.time()
-    runs: list[dict] = []
-    notes: dict[str, list[str]] = {}
-    print(f"task: star occupancy, n = {x.shape[0]} points; MLP {2}->{'->'.join([str(args.width)] * args.hidden)}->1 "
-          f"{args.activation}, pe={args.pe}; {args.steps} Adam steps lr {args.lr}; seeds 0..{args.seeds - 1}; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
-    for seed in range(args.seeds):
-        torch.manual_seed(seed)
-        base = make_mlp(2, args.width, args.hidden, args.activation, args.pe)
-        for c in conds:
-            method, opts = methods[c]
-            model = copy.deepcopy(base)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                model = condition(model, method, **opts)
-            for w in caught:
-                msg = str(w.message)
-                if msg not in notes.setdefault(c, []):
-                    notes[c].append(msg)
-                    print(f"  note ({c}): {msg}", flush=True)
-            d = flat_parameters(model)[1].numel
-            t0 = time.time()
-            rec0 = measure(model, x, y, not args.no_gn)
-            t1 = time.time()
-            losses = train(model, x, y, args.steps, args.lr)
-            t2 = time.time()
-            rec1 = measure(model, x, y, not args.no_gn)
-            t3 = time.time()
-            for ph, rec in zip(PHASES, (rec0, rec1)):
-                runs.append({"seed": seed, "conditioner": c, "method": method, "options": opts, "phase": ph, "d": d, **rec})
-            h0, h1 = rec0["hessian"], rec1["hessian"]
-            print(f"[seed {seed}] {c:<17} d={d}  init: κ≠0 {h0['kappa_abs']:.2e} #neg {h0['n_negative']:.0f} "
-                  f"({t1 - t0:.1f}s) | train {args.steps} steps {t2 - t1:.1f}s, loss {rec0['loss']:.4f} -> {losses[-1]:.4f} | "
-                  f"trained: κ≠0 {h1['kappa_abs']:.2e} #neg {h1['n_negative']:.0f} ({t3 - t2:.1f}s)", flush=True)
+    seeds: int = 3
+    """Number of seeds (0 .. n-1)."""
+    steps: int = 500
+    """Full-batch Adam steps between the two Hessians."""
+    lr: float = 1e-3
+    width: int = 32
+    hidden: int = 2
+    """Hidden layers."""
+    activation: Literal["relu", "tanh"] = "relu"
+    pe: int = 0
+    """Positional-encoding frequencies (0: raw coordinates)."""
+    grid: int = 32
+    """Training points per side (n = grid^2)."""
+    conditioners: str = DEFAULT_CONDITIONERS
+    """Comma-separated registry names."""
+    no_gn: bool = False
+    """Skip the Gauss-Newton matrices."""
+    out: Path = Path("outputs/hessian")
 
-    table = tables(runs, conds, args.seeds)
-    print()
-    print(table)
-    elapsed = time.time() - t_all
-    print(f"\ntotal {elapsed:.0f}s", flush=True)
-    out_json = args.out / "hessian_study.json"
-    out_png = args.out / "hessian_spectra.png"
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    out_json.write_text(json.dumps({
-        "config": config,
-        "task": "occupancy of a 2D five-pointed star, r < 0.55 + 0.25 cos(5 angle), on a grid of [-1, 1]^2; "
-                "loss mean((f - y)^2) / 2; Hessian and Gauss-Newton J^T J / n w.r.t. the stored parameters, float64",
-        "tolerance": "eigenvalue zero iff |lambda| <= d * eps(float64) * max|lambda|",
-        "conditioners": {c: {"method": m, "options": o, "description": available()[m], "notes": notes.get(c, [])}
-                         for c, (m, o) in methods.items()},
-        "torch": torch.__version__,
-        "seconds": elapsed,
-        "table": table,
-        "runs": runs,
-    }, indent=1))
-    plot(runs, conds, out_png)
-    print(f"wrote {out_json} and {out_png}")
-    return 0
+    def main(self) -> int:
+        conds = [c.strip() for c in self.conditioners.split(",") if c.strip()]
+        methods = {c: resolve(c) for c in conds}
+        x, y = star_occupancy(self.grid)
+        self.out.mkdir(parents=True, exist_ok=True)
+        t_all = time.time()
+        runs: list[dict] = []
+        notes: dict[str, list[str]] = {}
+        print(f"task: star occupancy, n = {x.shape[0]} points; MLP {2}->{'->'.join([str(self.width)] * self.hidden)}->1 "
+              f"{self.activation}, pe={self.pe}; {self.steps} Adam steps lr {self.lr}; seeds 0..{self.seeds - 1}; "
+              f"torch threads {torch.get_num_threads()}", flush=True)
+        for seed in range(self.seeds):
+            torch.manual_seed(seed)
+            base = make_mlp(2, self.width, self.hidden, self.activation, self.pe)
+            for c in conds:
+                method, opts = methods[c]
+                model = copy.deepcopy(base)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    model = condition(model, method, **opts)
+                for w in caught:
+                    msg = str(w.message)
+                    if msg not in notes.setdefault(c, []):
+                        notes[c].append(msg)
+                        print(f"  note ({c}): {msg}", flush=True)
+                d = flat_parameters(model)[1].numel
+                t0 = time.time()
+                rec0 = measure(model, x, y, not self.no_gn)
+                t1 = time.time()
+                losses = train(model, x, y, self.steps, self.lr)
+                t2 = time.time()
+                rec1 = measure(model, x, y, not self.no_gn)
+                t3 = time.time()
+                for ph, rec in zip(PHASES, (rec0, rec1)):
+                    runs.append({"seed": seed, "conditioner": c, "method": method, "options": opts, "phase": ph, "d": d, **rec})
+                h0, h1 = rec0["hessian"], rec1["hessian"]
+                print(f"[seed {seed}] {c:<17} d={d}  init: κ≠0 {h0['kappa_abs']:.2e} #neg {h0['n_negative']:.0f} "
+                      f"({t1 - t0:.1f}s) | train {self.steps} steps {t2 - t1:.1f}s, loss {rec0['loss']:.4f} -> {losses[-1]:.4f} | "
+                      f"trained: κ≠0 {h1['kappa_abs']:.2e} #neg {h1['n_negative']:.0f} ({t3 - t2:.1f}s)", flush=True)
+
+        table = tables(runs, conds, self.seeds)
+        print()
+        print(table)
+        elapsed = time.time() - t_all
+        print(f"\ntotal {elapsed:.0f}s", flush=True)
+        out_json = self.out / "hessian_study.json"
+        out_png = self.out / "hessian_spectra.png"
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        out_json.write_text(json.dumps({
+            "config": config,
+            "task": "occupancy of a 2D five-pointed star, r < 0.55 + 0.25 cos(5 angle), on a grid of [-1, 1]^2; "
+                    "loss mean((f - y)^2) / 2; Hessian and Gauss-Newton J^T J / n w.r.t. the stored parameters, float64",
+            "tolerance": "eigenvalue zero iff |lambda| <= d * eps(float64) * max|lambda|",
+            "conditioners": {c: {"method": m, "options": o, "description": available()[m], "notes": notes.get(c, [])}
+                             for c, (m, o) in methods.items()},
+            "torch": torch.__version__,
+            "seconds": elapsed,
+            "table": table,
+            "runs": runs,
+        }, indent=1))
+        plot(runs, conds, out_png)
+        print(f"wrote {out_json} and {out_png}")
+        return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    study = tyro.cli(HessianStudy, args=argv, prog="scripts/hessian_study.py", description=__doc__.split("\n\n")[0],
+                     config=(tyro.conf.FlagCreatePairsOff,))
+    return study.main()
 
 
 if __name__ == "__main__":

@@ -15,17 +15,75 @@ nerfstudio's registry); its ``config.yml`` rebuilds the conditioned model.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Literal, Optional
 
-__all__ = ["build_config", "main"]
+import tyro
+from typing_extensions import Annotated
+
+__all__ = ["TrainAnyMethod", "build_config", "main"]
+
+
+def _conditioners():
+    """The registry's names as a Literal, built when parsing (conditioners registered after import included).
+    tyro shows such a field's default as a list, hence the hand-written help hint below."""
+    from wcnerf.conditioning import available
+
+    return Literal[tuple(available())]  # type: ignore[misc]
+
+
+@dataclass
+class TrainAnyMethod:
+    """Train any registered nerfstudio method with a weight conditioner from wcnerf's registry.
+    Arguments after -- are ns-train's (use '-- --help' for them)."""
+
+    method: tyro.conf.Positional[Annotated[Optional[str], tyro.conf.arg(
+        metavar="METHOD", help_behavior_hint="(required unless --list)")]] = None
+    """Any method ns-train knows (nerfstudio's, or another plugin's)."""
+    conditioning: Annotated[str, tyro.conf.arg(
+        constructor_factory=_conditioners, help_behavior_hint="(default: equilibrate)")] = "equilibrate"
+    """The conditioner (equilibrate = equilibrate-out)."""
+    scope: Literal["fields", "model"] = "fields"
+    """fields: every Linear/Conv2d inside the model's nerfstudio Fields (fields and proposal networks);
+    model: every Linear/Conv2d of the model (metrics excepted)."""
+    list_methods: Annotated[bool, tyro.conf.arg(name="list")] = False
+    """List the registered methods and exit."""
+
+    def main(self, ns_train_args: Optional[List[str]] = None) -> int:
+        """List, or train ``method`` with ``ns_train_args`` (the arguments after ``--``); exit code."""
+        if self.list_methods:
+            from nerfstudio.configs.method_configs import all_descriptions, all_methods
+
+            from nerfstudio.models.base_model import ModelConfig
+
+            for name in sorted(all_methods):
+                model = getattr(getattr(all_methods[name], "pipeline", None), "model", None)
+                kind = type(model).__name__ if isinstance(model, ModelConfig) else "not installed"
+                print(f"{name:28s} {kind:28s} {all_descriptions.get(name, '')}")
+            return 0
+        if not self.method:
+            print("wcnerf-train: error: a method is required (wcnerf-train --list shows them)", file=sys.stderr)
+            return 2
+        from wcnerf.plugin.any_method import NothingToCondition
+
+        try:
+            config = build_config(self.method, self.conditioning, self.scope, ns_train_args)
+        except ValueError as e:
+            print(f"wcnerf-train: {e}", file=sys.stderr)
+            return 2
+        from nerfstudio.scripts.train import main as ns_train_main
+
+        try:
+            ns_train_main(config)
+        except NothingToCondition as e:
+            print(f"wcnerf-train: {e}", file=sys.stderr)
+            return 2
+        return 0
 
 
 def build_config(method: str, conditioning: str = "equilibrate", scope: str = "fields", args: Optional[List[str]] = None):
     """The conditioned ``TrainerConfig`` of ``method`` with ``args`` (ns-train arguments) applied."""
-    import tyro
-
     from nerfstudio.configs.method_configs import all_methods
 
     from wcnerf.plugin.any_method import conditioned_trainer_config
@@ -43,52 +101,15 @@ def build_config(method: str, conditioning: str = "equilibrate", scope: str = "f
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``wcnerf-train``: the part of ``argv`` before ``--`` is ours, the rest ns-train's."""
     argv = list(sys.argv[1:] if argv is None else argv)
     rest: List[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1:]
-    from wcnerf.conditioning import available
-
-    parser = argparse.ArgumentParser(
-        prog="wcnerf-train",
-        description="Train any registered nerfstudio method with a weight conditioner from wcnerf's registry. "
-                    "Arguments after -- are ns-train's (use '-- --help' for them).")
-    parser.add_argument("method", nargs="?", help="any method ns-train knows (nerfstudio's, or another plugin's)")
-    parser.add_argument("--conditioning", default="equilibrate", choices=list(available()),
-                        help="the conditioner (default: equilibrate = equilibrate-out)")
-    parser.add_argument("--scope", default="fields", choices=["fields", "model"],
-                        help="fields: every Linear/Conv2d inside the model's nerfstudio Fields (fields and proposal "
-                             "networks); model: every Linear/Conv2d of the model (metrics excepted)")
-    parser.add_argument("--list", action="store_true", help="list the registered methods and exit")
-    ns = parser.parse_args(argv)
-    if ns.list:
-        from nerfstudio.configs.method_configs import all_descriptions, all_methods
-
-        from nerfstudio.models.base_model import ModelConfig
-
-        for name in sorted(all_methods):
-            model = getattr(getattr(all_methods[name], "pipeline", None), "model", None)
-            kind = type(model).__name__ if isinstance(model, ModelConfig) else "not installed"
-            print(f"{name:28s} {kind:28s} {all_descriptions.get(name, '')}")
-        return 0
-    if not ns.method:
-        parser.error("a method is required (wcnerf-train --list shows them)")
-    from wcnerf.plugin.any_method import NothingToCondition
-
-    try:
-        config = build_config(ns.method, ns.conditioning, ns.scope, rest)
-    except ValueError as e:
-        print(f"wcnerf-train: {e}", file=sys.stderr)
-        return 2
-    from nerfstudio.scripts.train import main as ns_train_main
-
-    try:
-        ns_train_main(config)
-    except NothingToCondition as e:
-        print(f"wcnerf-train: {e}", file=sys.stderr)
-        return 2
-    return 0
+    command = tyro.cli(TrainAnyMethod, args=argv, prog="wcnerf-train",
+                       config=(tyro.conf.FlagCreatePairsOff,))
+    return command.main(rest)
 
 
 if __name__ == "__main__":
