@@ -21,13 +21,15 @@ Modes, named by what they normalise in torch's ``(out, in)`` weight layout:
 
 Which orientation is the paper's. The paper (arXiv:2409.03424, its definition of weight
 conditioning) writes a layer's matrix ``W_k`` as ``(n_{k-1} x n_k)``, inputs by outputs, and
-makes ``E_k`` an ``n_{k-1} x n_{k-1}`` diagonal of ``1 / ||(W_k)_{i,:}||``: in its own notation
-each *input* unit's outgoing weights get unit norm, which is our ``in`` (registry name
-``equilibrate-in``). A PyTorch reading of "row equilibration" of ``nn.Linear.weight`` gives
-``out`` (``equilibrate-out``), which is weight normalization with the gain fixed at 1. The two
-are different methods; the paper's NeRF details are in a supplement we do not have, so which
-one its authors ran is unknown. The registry's ``equilibrate`` is an alias of the orientation
-chosen by measurement (``DEFAULT_MODE`` below); the study and its figures are in
+makes ``E_k`` an ``n_{k-1} x n_{k-1}`` diagonal of ``1 / ||(W_k)_{i,:}||``, its row
+equilibration: in its own notation each *input* unit's outgoing weights get unit norm, which is
+our ``in`` (registry name ``equilibrate-in``). The paper's *column* equilibration, which it
+lists among the equilibration variants its results cover, gives unit norm to the columns of its
+``W_k``, each *output* unit's incoming weights: our ``out`` (``equilibrate-out``), the rows of
+torch's ``(out, in)`` ``nn.Linear.weight``, which is weight normalization with the gain fixed at
+1. The two are different methods; the paper's NeRF details are in a supplement we do not have,
+so which one its authors ran for NeRF is unknown. The registry's ``equilibrate`` is an alias of
+the orientation chosen by measurement (``DEFAULT_MODE`` below); the study and its figures are in
 ``docs/results.md`` ("Which E is E-NeRF? The orientation study").
 
 Degenerate shapes. Normalising vectors of length 1 leaves only their sign: ``in`` on a layer

@@ -7,13 +7,18 @@ to the output balance over the batch ("equilibrium", zero batch mean of the pre-
 non-negative inputs), and a per-filter scale fixes the size of those contributions; a
 BatchNorm-style affine follows. BatchNorm's fast convergence without transforming the outputs.
 
-Provenance. The paper's full text and any reference code could not be retrieved while writing
-this (searches of the stored web pages, documentation and code found only the abstract); the
-formulas below are the project's specification (issue 11, part 5), stated to agree with the
-paper's method section (the shift, the two-pass scale, the single-pass approximation used in
-its experiments, the running estimates and the sign-balanced initialisation); we could not check
-them, or the paper's section numbers, against its text. Points where we had to choose are
-marked *choice*.
+Provenance. What is implemented is the project's specification (issue 11, part 5) of the
+method, which attributes each part to the paper's method section: the shift, the two-pass
+scale, the single-pass approximation used in its experiments, the running estimates and the
+sign-balanced initialisation. The formulas below are that specification, written out; they are
+not transcribed from numbered equations of the paper, and no section or equation number is
+cited because the paper's body was not read for this docstring (what was read is its abstract:
+the weights are transformed, from sums of the layer's input, so that the positive and negative
+weights' contributions to the output stay balanced). What the tests check is the formulas as
+stated here (``tests/test_conditioning_equinorm.py``: shift and scale against an explicit loop,
+zero batch mean of the output on non-negative inputs, single-pass equal to two-pass when the
+shift flips no sign, evaluation from the running estimates), not agreement with the paper.
+Points where we had to choose are marked *choice*.
 
 Notation, for one layer and one training batch. A ``nn.Conv2d`` weight ``w[d, c, j, k]``
 (output ``d``, input channel ``c``, kernel tap ``(j, k)``, ``K = k_h k_w`` taps); a

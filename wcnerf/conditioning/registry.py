@@ -52,11 +52,13 @@ _ENTRIES = [
                 "chosen by the orientation study (docs/results.md); accepts mode=out|in|both",
                 equilibrate.make_apply(None), degenerate=equilibrate.make_degenerate(None)),
     Conditioner("equilibrate-out", "per output: unit 2-norm rows of torch's (out, in) weight, each "
-                "neuron's incoming weights (the PyTorch reading of the paper's row equilibration; "
-                "weight norm with gain fixed at 1)", equilibrate.make_apply("out"),
+                "neuron's incoming weights (the paper's column equilibration in its (in x out) "
+                "notation, one of the variants its results cover; weight norm with gain fixed at 1)",
+                equilibrate.make_apply("out"),
                 degenerate=equilibrate.make_degenerate("out")),
     Conditioner("equilibrate-in", "per input: unit 2-norm columns of torch's weight, each input's "
-                "outgoing weights (the paper's E as its (in x out) notation reads, arXiv:2409.03424)",
+                "outgoing weights (the paper's E, its row equilibration, as its (in x out) notation "
+                "reads, arXiv:2409.03424)",
                 equilibrate.make_apply("in"), degenerate=equilibrate.make_degenerate("in")),
     Conditioner("equilibrate-both", "row-column equilibration: a few differentiable Ruiz "
                 "scalings, then unit rows", equilibrate.make_apply("both"),

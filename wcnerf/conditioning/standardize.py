@@ -4,25 +4,34 @@ Both work per output row of the ``(out, fan_in)`` matrix (Conv2d: per filter, ov
 ``in/groups*kh*kw``) and carry a learnable per-output gain ``g``, stored in the
 parametrization module (``parametrizations.weight.0.gain``).
 
-weight-standardization (Qiao et al., 2019)
+weight-standardization (Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and
+Weight Standardization", arXiv:1903.10520)
     ``W_hat[i] = g_i * (W[i] - mean(W[i])) / sqrt(var(W[i]) + eps)``; population variance
-    (``unbiased=False``), ``eps = 1e-8`` inside the square root. Qiao et al. have no gain
-    because a normalisation layer always follows; a neural-field MLP has none, and a plain
-    WS Linear with fan_in 256 has rows of norm sqrt(256) = 16 instead of about 1, which blows
+    (``unbiased=False``), ``eps = 1e-8`` inside the square root. Without ``g`` this is the
+    paper's definition as the Papers with Code method page "Weight Standardization" quotes it
+    (mean and ``1/I`` variance over the ``I = in * kh * kw`` weights of each output channel, no
+    affine transformation); the paper's own equation numbers are not cited. Qiao et al. have
+    no gain because a normalisation layer always follows; a neural-field MLP has none, and a
+    plain WS Linear with fan_in 256 has rows of norm sqrt(256) = 16 instead of about 1, which blows
     activations up with depth. So, as in Brock et al.'s scaled WS, a learnable gain is added,
     initialised to the original row's standard deviation: the initial effective weight is
     ``W - row mean``, i.e. the original layer's function scale (only the row means, usually
     near zero at initialisation, are lost).
 centered-weight-norm (Huang et al., "Centered weight normalization in accelerating training of
-deep neural networks", ICCV 2017: Sec. 3, "Centered Weight Normalization", the centred
-re-parameterization and its learnable scale; section number from memory, see below)
-    ``W_hat[i] = g_i * C[i] / ||C[i]||`` with ``C[i] = W[i] - mean(W[i])`` (the paper's
-    ``w = g (v - 1 1^T v / d) / ||v - 1 1^T v / d||``, ``d`` = fan-in); norms clamped below by
-    ``eps = 1e-12``. ``gain_init="one"`` (default): ``g = 1`` at conditioning time, as in the
-    paper, so every effective row starts with zero mean and unit 2-norm. (The paper's text was
-    not retrievable while writing this; the authors' code agrees: ``module/WeightNorm_Center.lua``
-    in github.com/huangleiBuaa/CenteredWN fills the learnable ``g`` with 1, its row-norm
-    initialisation commented out, and its ``Linear_Weight_CenteredBN_Row`` has no scale at all.)
+deep neural networks", ICCV 2017)
+    ``W_hat[i] = g_i * C[i] / ||C[i]||`` with ``C[i] = W[i] - mean(W[i])``, i.e.
+    ``w = g (v - 1 1^T v / d) / ||v - 1 1^T v / d||`` per neuron (``d`` = fan-in): the
+    re-parameterization the paper's abstract states (each neuron's input weight normalised to
+    zero mean and unit norm, then a learnable scalar that adjusts its norm); norms clamped
+    below by ``eps = 1e-12``. No section or equation number is cited: the paper's body was not
+    read for this docstring. ``gain_init="one"`` (default): ``g = 1`` at conditioning time, so
+    every effective row starts with zero mean and unit 2-norm. The authors' code
+    (github.com/huangleiBuaa/CenteredWN, read for this) differs between its modules:
+    ``module/WeightNorm_Center.lua`` fills ``g`` with 1 (learnable with ``flag_adjustScale``,
+    its row-norm initialisation commented out; the stored version does not centre); ``module/Linear_Weight_CenteredBN_Row.lua`` centres and
+    normalises each row with no scale at all; ``module_pytorch/CWN.py`` (``CWN_Conv2d``) adds
+    ``1e-5`` to the norm and multiplies by a per-output scale ``NScale = 1.414``, fixed unless
+    ``adjustScale=True``. ``g = 1`` follows the first.
     ``gain_init="row-norm"``: the project's earlier start, ``g`` = the original centred row
     norm (about 0.58 for torch's default Linear init), so the initial effective weight is
     ``W - row mean`` (the original layer's scale, row means dropped).
