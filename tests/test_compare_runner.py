@@ -65,6 +65,28 @@ def test_train_command(tmp_path):
     assert env(three, "eval")["OMP_NUM_THREADS"] == "1"
 
 
+def test_an_auto_device_is_settled_by_the_worker_that_trains_the_run(tmp_path, monkeypatch):
+    """On Ray or SLURM the driver cannot know the device of the machine a run lands on: the
+    config keeps `auto` and the worker writes its own device in before training."""
+    from wcnerf.eval.execution import Execution
+    from wcnerf.eval.ns_runner import settle_device
+    from wcnerf.eval.plan import write_configs
+
+    spec = _spec(tmp_path)
+    remote = Execution.decide(spec.protocol, "ray")
+    assert remote.device == "auto" and Execution.decide(spec.protocol, "local").device in ("cpu", "cuda")
+    write_configs([spec], remote.device)
+    config = spec.run_dir / "config.yml"
+    assert "device_type: auto" in config.read_text()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this worker sees no GPU
+    assert settle_device(config) == "cpu"
+    text = config.read_text()
+    assert "device_type: cpu" in text and "device_type: auto" not in text and "mixed_precision: true" not in text
+    assert settle_device(config) is None  # settled once
+    write_configs([spec], remote.device)  # planning again keeps the settled file
+    assert config.read_text() == text
+
+
 def test_local_threads_is_the_protocols_up_to_a_workers_share_of_the_cores():
     from wcnerf.eval.execution import local_threads
 

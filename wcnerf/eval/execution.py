@@ -39,12 +39,11 @@ def visible_gpus() -> List[str]:
 
 
 def resolve_device(device: str, executor: str = "local") -> str:
-    """``auto``: cuda when this machine sees a GPU, else cpu; on Ray or SLURM, cuda (those
-    engines exist to put runs on GPU nodes; a CPU cluster says ``device: cpu``)."""
-    if device != "auto":
+    """``auto``: cuda when this machine sees a GPU, else cpu. On Ray or SLURM the runs train
+    on other machines: ``auto`` stays, and the worker that trains a run decides there
+    (:func:`wcnerf.eval.ns_runner.settle_device`)."""
+    if device != "auto" or executor != "local":
         return device
-    if executor != "local":
-        return "cuda"
     return "cuda" if visible_gpus() else "cpu"
 
 
@@ -64,7 +63,8 @@ class Execution:
     """The execution policy of one sweep (see the module docstring)."""
 
     device: str = "cpu"
-    """cpu, cuda or mps: written into every run's config."""
+    """cpu, cuda or mps, written into every run's config; auto (Ray, SLURM): decided by the
+    worker that trains the run."""
     threads: Optional[int] = None
     """OMP/MKL threads of each worker process, and of ns-train / ns-eval where no stage value
     applies (None: torch's default)."""

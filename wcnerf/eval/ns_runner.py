@@ -211,6 +211,26 @@ def resume_config(config_file: Path, ckpt_dir: Path, out: Path) -> Path:
     return out
 
 
+_AUTO_DEVICE = re.compile(r"^(\s+device_type: )auto$", re.M)
+
+
+def settle_device(config_file: Path) -> Optional[str]:
+    """A config planned with device ``auto`` (on Ray or SLURM) gets the device of the machine
+    that trains it, written into the file before training (cuda when a GPU is visible, else
+    cpu without mixed precision); returns the device set, or None when it was set already."""
+    from wcnerf.eval.execution import resolve_device
+
+    text = Path(config_file).read_text(encoding="utf8")
+    if not _AUTO_DEVICE.search(text):
+        return None
+    device = resolve_device("auto")
+    text = _AUTO_DEVICE.sub(lambda m: m.group(1) + device, text)
+    if device != "cuda":
+        text = re.sub(r"^mixed_precision: true$", "mixed_precision: false", text, flags=re.M)
+    write_text(Path(config_file), text)
+    return device
+
+
 @dataclass
 class NerfstudioRunner:
     """Runs ``ns-train`` and ``ns-eval`` as subprocesses of ``python`` (the same interpreter)."""
@@ -338,6 +358,7 @@ class NerfstudioRunner:
             raise RunFailed(spec.scene.error or f"{spec.scene.label}: scene not found")
         if not (spec.run_dir / CONFIG_FILE).is_file():
             raise RunFailed(f"no {CONFIG_FILE} in {spec.run_dir}: the run was not planned (wcnerf.eval.plan.write_configs)")
+        settle_device(spec.run_dir / CONFIG_FILE)
         total = spec.iterations
         base = self.base_dir(spec)
         ckpt_dir = base / "nerfstudio_models"

@@ -275,8 +275,8 @@ def build_config(spec: RunSpec, device: str, allocator: Optional[bool] = None) -
     config.experiment_name = spec.scene.label
     config.timestamp = "run"
     config.machine.seed = int(spec.seed)
-    config.machine.device_type = device
-    if device != "cuda":
+    config.machine.device_type = device  # "auto": the worker that trains it decides (ns_runner.settle_device)
+    if device not in ("cuda", "auto"):
         config.mixed_precision = False
     config.vis = "tensorboard"
     config.logging.local_writer.max_log_size = 0  # every step line in train.log: the harness's progress
@@ -316,7 +316,7 @@ def write_configs(plan: Sequence[RunSpec], device: str, allocator: Optional[bool
             continue
         text = yaml.dump(build_config(spec, device, allocator))
         path = spec.run_dir / CONFIG_FILE
-        if path.is_file() and path.read_text(encoding="utf8") == text:
+        if path.is_file() and _as_planned(path.read_text(encoding="utf8"), text, device) == text:
             continue
         if path.is_file() and run_state(spec.run_dir) == "done":
             if console is not None:
@@ -325,6 +325,20 @@ def write_configs(plan: Sequence[RunSpec], device: str, allocator: Optional[bool
             continue
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(path, text)
+
+
+def _as_planned(existing: str, planned: str, device: str) -> str:
+    """``existing`` with what a worker settles on its own put back as planned: an ``auto``
+    device (and the mixed precision that goes with it) is decided where the run trains."""
+    import re
+
+    if device != "auto":
+        return existing
+    existing = re.sub(r"^(\s+device_type: )\w+$", r"\1auto", existing, flags=re.M)
+    planned_mp = re.search(r"^mixed_precision: \w+$", planned, flags=re.M)
+    if planned_mp:
+        existing = re.sub(r"^mixed_precision: \w+$", planned_mp.group(0), existing, flags=re.M)
+    return existing
 
 
 def config_changes(config: Any, base: Any = None, prefix: str = "") -> List[str]:
