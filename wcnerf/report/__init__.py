@@ -13,29 +13,9 @@ takes its numbers and formats from here, so that "±" means the same thing every
   (:func:`compose_views`, :func:`split_eval_image` of ns-eval's combined image, :func:`psnr`).
 """
 
-from .curves import BANDS, draw_band, ema, mean_band, plot_seed_curves
-from .panels import colorize, compose_views, error_map, load_rgb, psnr, psnr_from_mse, split_eval_image, to_float_rgb
-from .tables import STAT, Stats, best_keys, bold, format_cell, seed_stats, stat_sentence
+from . import curves, panels, tables
+from .curves import *  # noqa: F401,F403
+from .panels import *  # noqa: F401,F403
+from .tables import *  # noqa: F401,F403
 
-__all__ = [
-    "STAT",
-    "Stats",
-    "seed_stats",
-    "format_cell",
-    "bold",
-    "best_keys",
-    "stat_sentence",
-    "BANDS",
-    "ema",
-    "mean_band",
-    "draw_band",
-    "plot_seed_curves",
-    "to_float_rgb",
-    "load_rgb",
-    "psnr_from_mse",
-    "psnr",
-    "error_map",
-    "colorize",
-    "compose_views",
-    "split_eval_image",
-]
+__all__ = [*tables.__all__, *curves.__all__, *panels.__all__]
