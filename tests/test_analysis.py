@@ -20,6 +20,7 @@ from wcnerf.analysis import (
     nonzero_condition_number,
     unit_activity,
 )
+from wcnerf.analysis.layerwise import count_units, unit_on_rows
 from wcnerf.analysis.spectral import default_rel_tol, numerical_rank
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,6 +115,42 @@ def test_known_spectrum_gives_known_kappa_p():
     assert m["root/input/kappa_p100"] == pytest.approx(20.0, rel=1e-9)
     assert m["root/input/kappa_p90"] == pytest.approx(20.0 / 3.0, rel=1e-9)
     assert m["root/input/kappa_p50"] == pytest.approx(20.0 / 11.0, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "p, d, k",
+    [
+        (0.9, 7, 7),  # p d = 6.3: ceil 7 (floor and round give 6)
+        (0.5, 5, 3),  # 2.5: ceil 3 (floor 2; Python's round-half-even 2)
+        (0.5, 7, 4),  # 3.5
+        (0.1, 7, 1),  # 0.7: ceil 1 (floor 0, an index before the spectrum)
+        (0.9, 21, 19),  # 18.9, e.g. a 7 x 3 Kronecker (FIM) spectrum
+        (0.14, 50, 7),  # 0.14 * 50 = 7.000000000000001 in floating point: still 7, not 8
+        (0.28, 25, 7),  # likewise
+        (1.0, 7, 7),
+    ],
+)
+def test_rank_rule_rounds_fractional_p_d_up(p, d, k):
+    """kappa_p = lambda_1 / lambda_k with k = ceil(p d) (1-based), the rule wcnerf/analysis/
+    spectral.py states for Huang et al.'s kappa_p (the top fraction p of the spectrum, rounded
+    up to whole eigenvalues), with a 1e-9 tolerance so that a p d whole up to rounding is not
+    pushed up a rank. The spectrum 2^(d-1), ..., 2, 1 gives every k its own kappa, 2^(k-1)."""
+    ev = 2.0 ** torch.arange(d - 1, -1, -1, dtype=torch.float64)
+    assert generalized_condition_numbers(ev, (p,))[p] == pytest.approx(2.0 ** (k - 1), rel=1e-12)
+
+
+def test_fractional_rank_rule_through_the_analyzer():
+    """d = 7 input features with eigenvalues 64, 32, ..., 1: kappa_p90 = 64 / 1 (k = ceil(6.3)
+    = 7) and kappa_p50 = 64 / 8 (k = ceil(3.5) = 4)."""
+    gen = torch.Generator().manual_seed(4)
+    n, d = 2000, 7
+    lam = 2.0 ** torch.arange(d - 1, -1, -1, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    x = ((_whitened(n, d, gen) * lam.sqrt()) @ q.T).to(DEVICE)
+    layer = nn.Linear(d, 2, dtype=torch.float64).to(DEVICE)
+    m = analyze(layer, lambda: layer(x).pow(2).mean(), max_samples=None)
+    assert m["root/input/kappa_p90"] == pytest.approx(64.0, rel=1e-9)
+    assert m["root/input/kappa_p50"] == pytest.approx(8.0, rel=1e-9)
 
 
 def test_generalized_condition_numbers_rank_rule_and_singular():
@@ -413,6 +450,67 @@ def test_unit_activity_flat_regions():
     assert live.tolist() == [2] * 5
     _, live = unit_activity("softplus", h)  # sigmoid(h) < 0.01 iff h < -4.6
     assert live.tolist() == [2, 2, 2, 0, 2]
+
+
+def _relu_probe(kind: nn.Module = None) -> nn.Sequential:
+    """Linear(2, 5) + activation with hand-set units: 0 dead (h = -1), 1 full (h = +1), 2 h = x0,
+    3 h = -x0, 4 h = x1; then a linear head."""
+    model = nn.Sequential(nn.Linear(2, 5), kind if kind is not None else nn.ReLU(), nn.Linear(5, 1)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
+        model[0].bias.copy_(torch.tensor([-1.0, 1.0, 0.0, 0.0, 0.0]))
+    return model
+
+
+# x0 > 0 on every row of b1, of both signs in b2; x1 of both signs in both.
+_B1 = torch.tensor([[0.5, -1.0], [2.0, 1.0], [0.1, 0.3]], dtype=torch.float64)
+_B2 = torch.tensor([[-0.5, 1.0], [1.0, -2.0]], dtype=torch.float64)
+
+
+def test_full_units_beside_dead_ones_hand_built():
+    """On b1 alone units 0 and 3 are dead and 1 and 2 full; over b1 and b2 only unit 0 is dead
+    and only unit 1 full: a unit is dead / full only if so on every row of every batch."""
+    model = _relu_probe()
+    lc = analyze_layers(model, lambda: model(_B1).sum(), max_samples=None)["0"]
+    assert (lc.dead_units, lc.full_units, lc.saturated_units) == (2, 2, 2)  # ReLU: saturated = dead
+    assert analyze(model, lambda: model(_B1).sum())["0/full_units"] == 2.0
+    lc2 = analyze_layers(model, lambda: model(_B2).sum(), max_samples=None)["0"]
+    assert (lc2.dead_units, lc2.full_units) == (1, 1)
+    both = count_units(model, [_B1, _B2])
+    assert set(both) == {"0"}  # the head has no activation
+    u = both["0"]
+    assert (u.activation, u.units, u.rows, u.dead_units, u.full_units, u.saturated_units) == ("relu", 5, 5, 1, 1, 1)
+    assert u.metrics("cond/") == {"cond/0/dead_units": 1.0, "cond/0/saturated_units": 1.0, "cond/0/full_units": 1.0}
+    assert (count_units(model, [_B1])["0"].dead_units, count_units(model, [_B1])["0"].full_units) == (2, 2)
+    assert _hook_count(model) == 0
+    # The same accumulation with an attached analyzer over two forward passes (spectra included).
+    with LayerwiseAnalyzer(model, max_samples=None) as a:
+        model(_B1).sum().backward()
+        model(_B2).sum().backward()
+    lc12 = a.compute_layers()["0"]
+    assert (lc12.dead_units, lc12.full_units, lc12.n_rows) == (1, 1, 5)
+    # count_units with a custom forward (batches as dicts) and a functional activation.
+    f = lambda batch: model[2](torch.relu(model[0](batch["x"])))  # noqa: E731
+    got = count_units(model, [{"x": _B1}, {"x": _B2}], forward=f, activations={"0": "relu"})["0"]
+    assert (got.dead_units, got.full_units) == (1, 1)
+
+
+def test_full_units_only_for_relu_like_activations():
+    """Leaky ReLU: full = h > 0 on every row (its identity piece), dead needs h == 0; tanh and
+    sigmoid have no identity piece: no full_units."""
+    leaky = _relu_probe(nn.LeakyReLU(0.1))
+    u = count_units(leaky, [_B1, _B2])["0"]
+    assert (u.activation, u.full_units, u.dead_units) == ("leaky_relu", 1, 0)
+    for act, kind in ((nn.Tanh(), "tanh"), (nn.Sigmoid(), "sigmoid")):
+        model = _relu_probe(act)
+        u = count_units(model, [_B1, _B2])["0"]
+        assert u.activation == kind and u.full_units is None
+        m = analyze(model, lambda: model(_B1).sum())
+        assert "0/full_units" not in m and "0/dead_units" in m
+    h = torch.tensor([[1.0, -1.0, 0.0], [2.0, 3.0, 0.0]])
+    assert unit_on_rows("relu", h).tolist() == [2, 1, 0]  # h == 0 is not on the identity piece
+    assert unit_on_rows("leaky_relu", h).tolist() == [2, 1, 0]
+    assert unit_on_rows("softplus", h) is None
 
 
 def test_enerf_model_writes_kappa_nz_and_dead_units(monkeypatch, request):

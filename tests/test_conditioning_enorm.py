@@ -153,6 +153,62 @@ def test_energy_never_increases_and_cycles_converge(c):
         torch.testing.assert_close(B.weight.norm(dim=0), c * A.weight.norm(dim=1), rtol=1e-6, atol=0)
 
 
+def _hidden_norm_ratios(net):
+    """Per hidden unit: ||outgoing weights|| / ||incoming weights|| (a plain chain)."""
+    lin = [m for m in net if isinstance(m, nn.Linear)]
+    return [B.weight.norm(dim=0) / A.weight.norm(dim=1) for A, B in zip(lin, lin[1:])]
+
+
+@pytest.mark.parametrize("rule, per_level", [("reference", 1.3), ("depth-weighted", 1.3 ** -0.5)])
+def test_c_rules_fixed_point_and_energy(rule, per_level):
+    """reference: ||out|| = c ||in|| at balance (the authors' code); depth-weighted: the minimiser
+    of sum_L c^depth ||W_L||^2, so ||out|| = c^(-1/2) ||in||. Both descend their own energy."""
+    net = condition(chain(seed=5), "enorm", c=1.3, c_rule=rule)
+    enorm = attached(net)
+    assert enorm.r == pytest.approx(1.3 ** -2 if rule == "reference" else 1.3)
+    energies = [enorm.energy()]
+    for _ in range(300):
+        enorm.step()
+        energies.append(enorm.energy())
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(energies, energies[1:]))
+    assert enorm.imbalance() < 1e-9
+    for ratio in _hidden_norm_ratios(net):
+        torch.testing.assert_close(ratio, torch.full_like(ratio, per_level), rtol=1e-8, atol=0)
+
+
+def test_c_rules_are_one_family():
+    """reference with c equals depth-weighted with c^-2, update for update."""
+    a = condition(chain(seed=6), "enorm", c=1.25)
+    b = condition(chain(seed=6), "enorm", c=1.25 ** -2, c_rule="depth-weighted")
+    for _ in range(3):
+        attached(a).step(), attached(b).step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+
+
+def test_more_cycles_converge_further_toward_balance():
+    """cycles=k in one step = k one-cycle steps; each extra cycle lowers the imbalance
+    (max |log(r^(1/2) ||out|| / ||in||)|) and the energy; one cycle alone leaves work undone."""
+    nets = {k: condition(chain(seed=7), "enorm", cycles=k) for k in (1, 2, 4, 16)}
+    x = inputs()
+    y0 = nets[1](x).detach()
+    start = attached(nets[1]).imbalance()
+    imb, energy = {}, {}
+    for k, net in nets.items():
+        attached(net).step()
+        imb[k], energy[k] = attached(net).imbalance(), attached(net).energy()
+        assert (net(x) - y0).abs().max() < 1e-9
+    assert start > 1.0 and imb[1] > 0.05
+    assert start > imb[1] > imb[2] > imb[4] > imb[16]
+    assert energy[1] > energy[2] > energy[4] > energy[16]
+    assert imb[16] < 1e-3 * imb[1]
+    stepped = condition(chain(seed=7), "enorm")
+    for _ in range(4):
+        attached(stepped).step()
+    for p, q in zip(stepped.parameters(), nets[4].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+
+
 def test_include_restricts_inferred_pairs():
     net = condition(chain(), "enorm", include=["2", "4"])
     (pair,) = attached(net).groups
@@ -280,6 +336,11 @@ def test_errors_are_clear():
         ENorm([(a, b, [0, 1, 2, 3]), (nn.Linear(3, 4), b, [2, 3, 4, 5])])
     c, d = nn.Linear(4, 4), nn.Linear(8, 2)  # a -> c -> d and a -> d (skipping a level)
     skip_pairs = [(a, c), (c, d, range(4)), (a, d, range(4, 8))]
+    with pytest.raises(ValueError, match="c_rule"):
+        ENorm([(a, nn.Linear(4, 2))], c_rule="paper")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="cycles"):
+            ENorm([(a, nn.Linear(4, 2))], cycles=bad)
     ENorm(skip_pairs, c=1.0)  # fine when the objective is unweighted
     with pytest.raises(ValueError, match="one level"):
         ENorm(skip_pairs, c=0.5)

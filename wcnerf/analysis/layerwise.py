@@ -53,13 +53,25 @@ Definitions used here (all spectra in float64):
     the dying neurons); leaky ReLU ``h < 0`` only if its slope ``< saturation_tol``; tanh
     ``1 - tanh²(h) < tol`` (``|h| > 2.99`` at tol 0.01); sigmoid ``4 σ(h)(1 - σ(h)) < tol``
     (``|h| > 5.99``); softplus ``σ(β h) < tol``.
+  * ``full_units``: the dual of dead, for ReLU and leaky ReLU only: units whose pre-activation
+    is ``> 0`` for every row, i.e. that sit on the activation's identity piece on every sample
+    (always active): on the data such a unit is linear, so it and its consumer compose to a
+    linear map and it adds no nonlinearity. Tanh, sigmoid and softplus have no piece on which
+    a unit is exactly linear or exactly "on" (a unit pinned at one end is *saturated* instead),
+    so their layers get no ``full_units`` key.
+
+  Counts accumulate over every call captured while attached: run several batches through the
+  module (or use :func:`count_units`, forward only) and a unit is dead (full, saturated) only
+  if it is so on every row of every batch. That is how the dying-ReLU definition reads over a
+  training set; one batch can only over-count dead and full units.
 
   The activation is found automatically: an ``nn.ReLU`` / ``nn.LeakyReLU`` / ``nn.Tanh`` /
   ``nn.Sigmoid`` / ``nn.Softplus`` *module* inside the analyzed module whose input is the very
   tensor the layer returned (as in nerfstudio's ``MLP`` and field heads, or an
   ``nn.Sequential``). A functional activation (``torch.relu(h)``), or one applied after other
   operations, is not seen: pass ``activations={layer name: kind}`` for those. Layers with no
-  known activation (linear heads) get no ``dead_units`` / ``saturated_units`` keys.
+  known activation (linear heads) get no ``dead_units`` / ``saturated_units`` / ``full_units``
+  keys.
 - **weight**: singular values of ``W`` (``min(out, in)`` of them); ``kappa_w = σ_max / σ_min``.
   A layer whose effective weight is not ``layer.weight`` (e.g. ``wcnerf.conditioning``'s
   ``EquiNormLinear``, which computes it from the batch inside ``forward``) needs ``weight_fn``
@@ -79,18 +91,18 @@ module is itself a Linear) and an optional ``prefix``::
     {prefix}{L}/output_grad/lambda_max   {prefix}{L}/output_grad/kappa_p100 ...  .../output_grad/kappa_nz  .../rank
     {prefix}{L}/fim/lambda_max       {prefix}{L}/fim/kappa_p100     ...  .../fim/kappa_nz  .../fim/rank
     {prefix}{L}/sigma_max_grad_w     {prefix}{L}/domination
-    {prefix}{L}/dead_units           {prefix}{L}/saturated_units
+    {prefix}{L}/dead_units           {prefix}{L}/saturated_units    {prefix}{L}/full_units
 
 ``output_grad/*``, ``fim/*``, ``sigma_max_grad_w`` and ``domination`` are present only for
 layers that received a gradient in the capture; ``dead_units`` / ``saturated_units`` only for
-layers whose activation is known (see above).
+layers whose activation is known (see above), ``full_units`` only for ReLU / leaky ReLU ones.
 """
 
 from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,10 +129,13 @@ __all__ = [
     "LayerwiseAnalyzer",
     "LayerConditioning",
     "SpectrumStats",
+    "UnitCounts",
     "analyze",
     "analyze_layers",
+    "count_units",
     "linear_layers",
     "unit_activity",
+    "unit_on_rows",
 ]
 
 
@@ -147,6 +162,9 @@ def linear_layers(module: nn.Module, include: LayerFilter | None = None) -> dict
 # --------------------------------------------------------------------------- activations
 ACTIVATION_KINDS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "sigmoid", "softplus")
 """Activations whose dead / saturated units are counted (see the module docstring)."""
+
+FULL_KINDS: tuple[str, ...] = ("relu", "leaky_relu")
+"""Activations with an identity piece (``h > 0``), whose *full* units are counted."""
 
 DEFAULT_SATURATION_TOL = 1e-2
 
@@ -201,6 +219,14 @@ def unit_activity(
     else:
         raise ValueError(f"unknown activation kind {kind!r}; known: {ACTIVATION_KINDS}")
     return alive.sum(0, dtype=torch.int64), live_grad.sum(0, dtype=torch.int64)
+
+
+def unit_on_rows(kind: str, h: Tensor) -> Tensor | None:
+    """Per-unit count of rows with pre-activation ``h > 0`` (the identity piece) for the kinds in
+    :data:`FULL_KINDS`, else ``None``; a unit whose count equals the number of rows is *full*."""
+    if kind not in FULL_KINDS:
+        return None
+    return (h.detach() > 0).sum(0, dtype=torch.int64)
 
 
 def _f64(t: Tensor) -> Tensor:
@@ -262,6 +288,7 @@ class LayerConditioning:
     activation: str | None = None  # kind of the activation applied to the output, if known
     dead_units: int | None = None
     saturated_units: int | None = None
+    full_units: int | None = None  # ReLU / leaky ReLU only
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         base = f"{prefix}{self.name}"
@@ -283,6 +310,8 @@ class LayerConditioning:
             out[f"{base}/dead_units"] = float(self.dead_units)
         if self.saturated_units is not None:
             out[f"{base}/saturated_units"] = float(self.saturated_units)
+        if self.full_units is not None:
+            out[f"{base}/full_units"] = float(self.full_units)
         return out
 
 
@@ -303,6 +332,8 @@ class _Accumulator:
     act_kind: str | None = None
     act_alive: Tensor | None = None  # per unit: rows with a nonzero activation output
     act_live_grad: Tensor | None = None  # per unit: rows outside the activation's flat region
+    act_on: Tensor | None = None  # per unit: rows with h > 0 (ReLU-like kinds only)
+    act_rows: int = 0  # rows seen by the activity counts
 
     @staticmethod
     def _add(acc: Tensor | None, val: Tensor) -> Tensor:
@@ -321,7 +352,7 @@ class _Accumulator:
         self.g_rows += n_rows
         self.grad_w = self._add(self.grad_w, grad_w)
 
-    def add_activity(self, kind: str, alive: Tensor, live_grad: Tensor) -> None:
+    def add_activity(self, kind: str, alive: Tensor, live_grad: Tensor, on: Tensor | None, rows: int) -> None:
         if self.act_kind is not None and self.act_kind != kind:
             # Outputs of one layer fed to different activations: no single definition applies.
             self.act_kind = "mixed"
@@ -331,6 +362,17 @@ class _Accumulator:
         self.act_kind = kind
         self.act_alive = self._add(self.act_alive, alive)
         self.act_live_grad = self._add(self.act_live_grad, live_grad)
+        if on is not None:
+            self.act_on = self._add(self.act_on, on)
+        self.act_rows += rows
+
+    def unit_counts(self) -> tuple[int, int, int | None] | None:
+        """``(dead, saturated, full)`` over every row seen (``full`` None for smooth kinds)."""
+        if self.act_kind is None or self.act_kind == "mixed":
+            return None
+        assert self.act_alive is not None and self.act_live_grad is not None
+        full = None if self.act_on is None else int((self.act_on == self.act_rows).sum().item())
+        return int((self.act_alive == 0).sum().item()), int((self.act_live_grad == 0).sum().item()), full
 
 
 class LayerwiseAnalyzer:
@@ -410,6 +452,7 @@ class LayerwiseAnalyzer:
         self._outputs: dict[int, tuple[weakref.ref, _Accumulator]] = {}
         self._gen = torch.Generator(device="cpu")
         self._gen.manual_seed(seed)
+        self._units_only = False  # count_units: unit activity only, no spectra
 
     # ------------------------------------------------------------------ attach / detach
     @property
@@ -472,18 +515,20 @@ class LayerwiseAnalyzer:
             st = self._stats.setdefault(name, _Accumulator())
             with torch.no_grad():
                 x2 = x.detach().reshape(-1, x.shape[-1])
-                idx = self._sample_rows(x2.shape[0], x2.device)
-                xs = x2 if idx is None else x2.index_select(0, idx)
-                st.add_input(_f64(xs), x2.shape[0])
-                if st.weight is None:
+                idx = None if self._units_only else self._sample_rows(x2.shape[0], x2.device)
+                if not self._units_only:
+                    xs = x2 if idx is None else x2.index_select(0, idx)
+                    st.add_input(_f64(xs), x2.shape[0])
+                if st.weight is None and not self._units_only:
                     st.weight = _f64(self.weight_fn(layer).detach()).clone()
                 kind = self.activations.get(name)
                 if kind is None:  # automatic: an activation module fed with this very tensor
                     self._outputs[id(output)] = (weakref.ref(output), st)
                 elif kind != "none":
                     h2 = output.detach().reshape(-1, output.shape[-1])
-                    st.add_activity(kind, *unit_activity(kind, h2, saturation_tol=self.saturation_tol))
-            if output.requires_grad:
+                    st.add_activity(kind, *unit_activity(kind, h2, saturation_tol=self.saturation_tol),
+                                    unit_on_rows(kind, h2), h2.shape[0])
+            if output.requires_grad and not self._units_only:
                 output.register_hook(self._make_grad_hook(st, x2, idx))
             return None
 
@@ -501,7 +546,8 @@ class LayerwiseAnalyzer:
             st = entry[1]
             with torch.no_grad():
                 h2 = x.detach().reshape(-1, x.shape[-1])
-                st.add_activity(kind, *unit_activity(kind, h2, saturation_tol=self.saturation_tol, **params))
+                st.add_activity(kind, *unit_activity(kind, h2, saturation_tol=self.saturation_tol, **params),
+                                unit_on_rows(kind, h2), h2.shape[0])
             return None
 
         return hook
@@ -555,11 +601,10 @@ class LayerwiseAnalyzer:
             kappa_w=kappa_w,
             input=in_stats,
         )
-        if st.act_kind is not None and st.act_kind != "mixed":
-            assert st.act_alive is not None and st.act_live_grad is not None
+        counts = st.unit_counts()
+        if counts is not None:
             lc.activation = st.act_kind
-            lc.dead_units = int((st.act_alive == 0).sum().item())
-            lc.saturated_units = int((st.act_live_grad == 0).sum().item())
+            lc.dead_units, lc.saturated_units, lc.full_units = counts
         if st.g_count > 0:
             assert st.g_gram is not None and st.g_sum is not None and st.grad_w is not None
             scale = float(st.g_rows) ** 2 if self.loss_reduction == "mean" else 1.0
@@ -574,6 +619,59 @@ class LayerwiseAnalyzer:
             lc.sigma_max_grad_w = gw_max
             lc.domination = gw_max / s_max if s_max > 0 else math.inf
         return lc
+
+
+@dataclass
+class UnitCounts:
+    """Dead / saturated / full units of one layer over every row of every batch counted."""
+
+    name: str
+    activation: str
+    units: int
+    rows: int
+    dead_units: int
+    saturated_units: int
+    full_units: int | None  # ReLU / leaky ReLU only
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        base = f"{prefix}{self.name}"
+        out = {f"{base}/dead_units": float(self.dead_units), f"{base}/saturated_units": float(self.saturated_units)}
+        if self.full_units is not None:
+            out[f"{base}/full_units"] = float(self.full_units)
+        return out
+
+
+def count_units(
+    module: nn.Module,
+    batches: Iterable,
+    *,
+    forward: Callable | None = None,
+    include: LayerFilter | None = None,
+    activations: Mapping[str, str] | None = None,
+    saturation_tol: float = DEFAULT_SATURATION_TOL,
+) -> dict[str, UnitCounts]:
+    """Dead, saturated and full units counted over several batches (e.g. the training set).
+
+    Runs ``forward(batch)`` (default ``module(batch)``) under ``torch.no_grad()`` for every
+    batch, with hooks that record only the unit activity (no spectra, no gradient), and returns
+    the layers whose activation is known (definitions in the module docstring). A unit is dead
+    (full, saturated) only if it is so on every row of every batch.
+    """
+    analyzer = LayerwiseAnalyzer(module, include=include, activations=activations, saturation_tol=saturation_tol)
+    analyzer._units_only = True
+    run = forward if forward is not None else module
+    with torch.no_grad(), analyzer:
+        for batch in batches:
+            run(batch)
+    out: dict[str, UnitCounts] = {}
+    for name in [n for n in linear_layers(module, include) if n in analyzer._stats]:
+        st = analyzer._stats[name]
+        counts = st.unit_counts()
+        if counts is None:
+            continue
+        assert st.act_alive is not None and st.act_kind is not None
+        out[name] = UnitCounts(name, st.act_kind, int(st.act_alive.numel()), st.act_rows, *counts)
+    return out
 
 
 def analyze_layers(

@@ -2,13 +2,37 @@
 
 A hidden unit behind a positively homogeneous activation (ReLU, LeakyReLU, identity) can be
 scaled by ``d > 0`` on its incoming side and by ``1/d`` on its outgoing side without changing
-the network's function. After every optimizer step (``post_step``), ENorm runs one cycle of
-block-coordinate descent over these scalings, with the paper's closed form (p = 2):
+the network's function. After every optimizer step (``post_step``), ENorm runs ``cycles``
+cycles of block-coordinate descent over these scalings (default 1: one cycle after each SGD
+step, as the authors' code does), with the paper's closed-form coordinate update for p = 2
+(its ``r = 1``), weighted by ``r``:
 
-    d_i = sqrt( ||outgoing weights of unit i||_2 / (c * ||incoming weights of unit i||_2) )
+    d_i = (r * ||outgoing weights of unit i||_2^2 / ||incoming weights of unit i||_2^2) ** (1/4)
 
 then multiplies the producing layer's row ``i`` (and its bias ``i``) by ``d_i`` and divides the
-consuming columns by ``d_i``. Afterwards ``||outgoing|| = c * ||incoming||`` for that unit.
+consuming columns by ``d_i``. Each update is the exact minimiser, over ``d_i``, of
+
+    E = sum_L r^depth(L) ||W_L||_F^2        (``ENorm.energy()``; depth along the chain)
+
+so ``E`` never increases, and repeated cycles converge to the balanced network (the paper
+proves it for r = 1). At the fixed point ``||outgoing|| = r^(-1/2) ||incoming||`` for every unit.
+
+Asymmetry ``c`` (default 1.0, i.e. ``r = 1``, the paper's unweighted objective). ``c_rule`` picks
+how ``c`` sets ``r``; the two rules are one family (``reference`` c equals ``depth-weighted``
+c^-2) and differ in which way a given ``c > 1`` pushes the weights:
+
+* ``"reference"`` (default, the behaviour before this option): the authors' code
+  (facebookresearch/enorm, ``enorm/enorm.py``: ``balancer = (right / (left * c)) ** 0.5``),
+  ``d_i = sqrt(||out_i|| / (c ||in_i||))``, ``r = c^-2``: at balance ``||out|| = c ||in||``, so
+  with ``c > 1`` each layer ends ``c`` times heavier than the one before.
+* ``"depth-weighted"``: the penalty ``sum_L c^depth(L) ||W_L||^2`` that the authors' README states
+  ("c penalizes the layers exponentially according to their depth"), ``r = c``: at balance
+  ``||out|| = c^(-1/2) ||in||``, so with ``c > 1`` deeper layers end lighter.
+
+The paper's own asymmetric-scaling formula was not available to check when this was written;
+the two rules are measured against each other on a small fit in docs/conditioners.md
+(section "ENorm's depth factor c"). With ``c != 1`` every pair must respect a depth numbering
+(``depth(B) = depth(A) + 1``).
 
 Choices the paper or its reference implementation leave open, made here:
 
@@ -16,11 +40,8 @@ Choices the paper or its reference implementation leave open, made here:
   network is preserved exactly; the reference implementation leaves biases alone, which
   changes a biased network's output. Biases do not enter the norms (the objective is the
   weights' squared norm, i.e. the weight-decay penalty).
-* Asymmetry ``c`` (default 1.0) follows the reference implementation's formula above. Each
-  update is then the exact minimiser, over ``d``, of
-  ``E = sum_L c^(-2 depth(L)) ||W_L||_F^2`` (depth along the chain, ``depth(B) =
-  depth(A) + 1`` for every pair); ``E`` (``ENorm.energy()``) never increases. With
-  ``c != 1`` every pair must respect such a depth numbering.
+* Several cycles (``cycles > 1``) move further toward the balanced network within one step; the
+  authors' README reports one cycle per SGD step as working best, hence the default.
 * Several consumers: if unit ``i`` feeds several layers and all of them are given (one pair
   per consumer, same producer), its outgoing norm is taken over all consuming columns and all
   are divided by ``d_i``. A producer must be listed with *all* its consumers: ENorm cannot
@@ -62,6 +83,7 @@ recomputes. ``condition`` raises when a layer is parametrized or when no pair is
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -107,15 +129,28 @@ def _cols_index(cols, n_in: int, n_out: int, label: str):
     return idx
 
 
-class ENorm:
-    """One ENorm cycle per ``step()``; attached to a module by ``condition(m, "enorm")``."""
+C_RULES = ("reference", "depth-weighted")
+"""How ``c`` sets the per-level energy ratio ``r`` (module docstring): ``c^-2`` resp. ``c``."""
 
-    def __init__(self, pairs: Sequence[tuple], c: float = 1.0, names: dict | None = None):
+
+class ENorm:
+    """``cycles`` ENorm cycles per ``step()``; attached to a module by ``condition(m, "enorm")``."""
+
+    def __init__(self, pairs: Sequence[tuple], c: float = 1.0, names: dict | None = None, *,
+                 cycles: int = 1, c_rule: str = "reference"):
         if not pairs:
             raise ValueError("enorm: no layer pair to balance")
         if not c > 0:
             raise ValueError(f"enorm: c must be > 0, got {c}")
+        if c_rule not in C_RULES:
+            raise ValueError(f"enorm: c_rule must be one of {C_RULES}, got {c_rule!r}")
+        if isinstance(cycles, bool) or int(cycles) != cycles or cycles < 1:
+            raise ValueError(f"enorm: cycles must be an integer >= 1, got {cycles!r}")
         self.c = float(c)
+        self.c_rule = c_rule
+        self.cycles = int(cycles)
+        #: energy ratio between consecutive levels: E = sum_L r^depth(L) ||W_L||^2
+        self.r = self.c ** -2 if c_rule == "reference" else self.c
         names = names or {}
         label = lambda m: names.get(id(m), type(m).__name__)  # noqa: E731
         groups: dict[int, list] = {}
@@ -184,26 +219,50 @@ class ENorm:
 
     @torch.no_grad()
     def energy(self) -> float:
-        """``sum_L c^(-2 depth(L)) ||W_L||_F^2`` over the balanced layers (biases excluded)."""
-        return float(sum(self.c ** (-2 * self.depth[id(L)]) * L.weight.double().pow(2).sum()
+        """``sum_L r^depth(L) ||W_L||_F^2`` over the balanced layers (biases excluded)."""
+        return float(sum(self.r ** self.depth[id(L)] * L.weight.double().pow(2).sum()
                          for L in self.layers))
 
     @torch.no_grad()
+    def _norms(self, A, consumers):
+        """Incoming (row of ``A``) and outgoing (consuming columns) 2-norms of ``A``'s units."""
+        row = torch.linalg.vector_norm(A.weight, dim=1)
+        col_sq = torch.zeros_like(row)
+        for B, idx in consumers:
+            col_sq += B.weight[:, idx].pow(2).sum(0).to(row.dtype)
+        return row, col_sq.sqrt()
+
+    @torch.no_grad()
+    def imbalance(self) -> float:
+        """``max_i |log(r^(1/2) ||out_i|| / ||in_i||)|`` over live units: 0 exactly at the fixed
+        point, where no coordinate update moves (``d_i = 1`` for every unit)."""
+        worst = 0.0
+        for A, consumers in self.groups:
+            row, col = self._norms(A, consumers)
+            ok = (row > 0) & (col > 0)
+            if bool(ok.any()):
+                gap = (0.5 * math.log(self.r) + col[ok].double().log() - row[ok].double().log()).abs()
+                worst = max(worst, float(gap.max()))
+        return worst
+
+    @torch.no_grad()
     def step(self, optimizers=None) -> float:
-        """Run one cycle; rescale the optimizers' state. Returns ``max_i |d_i - 1|``."""
+        """Run ``self.cycles`` cycles; rescale the optimizers' state. Returns ``max_i |d_i - 1|``
+        over the last cycle (how far that cycle still moved)."""
         self.check()
         opts = _as_optimizer_list(optimizers)
+        for _ in range(self.cycles):
+            max_dev = self._cycle(opts)
+        return max_dev
+
+    def _cycle(self, opts: list) -> float:
         max_dev = 0.0
         for A, consumers in self.groups:
-            WA = A.weight
-            row = torch.linalg.vector_norm(WA, dim=1)
-            col_sq = torch.zeros_like(row)
-            for B, idx in consumers:
-                col_sq += B.weight[:, idx].pow(2).sum(0).to(row.dtype)
-            col = col_sq.sqrt()
+            row, col = self._norms(A, consumers)
             tiny = torch.finfo(row.dtype).tiny ** 0.5
             ok = (row > tiny) & (col > tiny)
-            d = torch.where(ok, (col / (self.c * row.clamp_min(tiny))).sqrt(), torch.ones_like(row))
+            # d^4 = r col^2 / row^2, written as r^(1/4) sqrt(col / row) (no squares: no overflow)
+            d = torch.where(ok, self.r ** 0.25 * (col / row.clamp_min(tiny)).sqrt(), torch.ones_like(row))
             max_dev = max(max_dev, float((d - 1).abs().max()) if d.numel() else 0.0)
             _scale(A.weight, d[:, None], opts)
             if A.bias is not None:
@@ -297,7 +356,7 @@ def infer_pairs(root: nn.Module, selected: set[int] | None = None) -> list[tuple
     return pairs
 
 
-def apply(root, targets, *, pairs=None, c: float = 1.0):
+def apply(root, targets, *, pairs=None, c: float = 1.0, cycles: int = 1, c_rule: str = "reference"):
     """Registry entry point: attach an ``ENorm`` to ``root`` (run by ``post_step``)."""
     names = {id(m): (n or "<root>") for n, m in root.named_modules()}
     if any(isinstance(p, ENorm) for p in root.__dict__.get("_wcnerf_post_step", ())):
@@ -316,6 +375,6 @@ def apply(root, targets, *, pairs=None, c: float = 1.0):
             pair = tuple(pair)
             resolved = [root.get_submodule(x) if isinstance(x, str) else x for x in pair[:2]]
             found.append(tuple(resolved) + pair[2:])
-    enorm = ENorm(found, c=c, names=names)
+    enorm = ENorm(found, c=c, names=names, cycles=cycles, c_rule=c_rule)
     root.__dict__.setdefault("_wcnerf_post_step", []).append(enorm)
     return root
