@@ -3,6 +3,9 @@
 
     python scripts/budget_study.py                    # run / resume everything, then report
     python scripts/budget_study.py --report-only      # rebuild the tables and figures
+    # the paper's scale, on GPUs (each run keeps its checkpoints for the curve):
+    python scripts/budget_study.py --protocol paper --budgets 25000 50000 100000 200000 \
+        --set save_only_latest_checkpoint=false --results outputs/budget-paper
 
 A recipe of the project's own commands, each resumable:
 
@@ -36,7 +39,6 @@ from wcnerf.report import format_cell, seed_stats, stat_sentence
 
 REPO = Path(__file__).resolve().parents[1]
 
-PROTOCOL = "budget"
 METHODS = ("nerf", "e-nerf")
 RECORD_COLUMNS = ["scene", "method", "seed", "budget", "psnr", "ssim", "views_evaluated", "status"]
 CURVE_COLUMNS = ["scene", "method", "seed", "budget", "step", "psnr", "ssim"]
@@ -48,6 +50,11 @@ class BudgetStudy:
 
     out: Path = Path("outputs/compare")
     """The harness's output root (one folder per budget)."""
+    protocol: str = "budget"
+    """The comparison protocol run at each budget (`budget`: the `cpu` protocol keeping every
+    100th checkpoint; `paper` on GPUs, with `--set save_only_latest_checkpoint=false`)."""
+    set: Tuple[str, ...] = ()
+    """KEY=VALUE overrides of every run's config, as `wcnerf-compare --set`."""
     results: Path = REPO / "docs/results/budget"
     """Where records.csv, curve.csv, tables.md and the figures go."""
     budgets: Tuple[int, ...] = (700, 1500, 3000, 6000)
@@ -64,7 +71,9 @@ class BudgetStudy:
     def folder(self, budget: int) -> Path:
         from wcnerf.eval.protocols import load_protocol
 
-        return self.out / load_protocol(PROTOCOL).with_budget(budget).name
+        from wcnerf.eval.cli import Selection, selected_protocol
+
+        return self.out / selected_protocol(load_protocol(self.protocol), Selection(set=self.set, max_num_iterations=budget)).name
 
     def run(self) -> int:
         from wcnerf.eval.cli import Compare, Engine, Selection
@@ -73,9 +82,9 @@ class BudgetStudy:
         for budget in sorted(self.budgets):
             print(f"=== budget {budget}: {self.folder(budget)}", flush=True)
             code = Compare(
-                protocol=PROTOCOL,
+                protocol=self.protocol,
                 select=Selection(scenes=self.scenes, methods=METHODS, seeds=self.seeds, max_num_iterations=budget,
-                                 data_root=self.data_root),
+                                 data_root=self.data_root, set=self.set),
                 engine=Engine(workers=self.workers),
                 output_root=self.out,
             ).main()
