@@ -9,7 +9,7 @@ import trimesh
 
 from wcnerf.shape.extract import evaluate_grid, marching_cubes, to_original
 from wcnerf.shape.mesh import Normalization
-from wcnerf.shape.metrics import iou, mesh_iou, surface_metrics
+from wcnerf.shape.metrics import floater_metrics, iou, mesh_iou, surface_metrics
 
 from support.helpers import SPHERE_RADIUS as R  # radius of the sphere fixture (conftest.py)
 
@@ -115,3 +115,59 @@ def test_empty_level_set_gives_empty_mesh():
     assert len(mesh.faces) == 0
     m = surface_metrics(mesh, trimesh.creation.icosphere(2), n_points=100)
     assert m["fscore"] == 0.0 and m["chamfer_l1"] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# floaters (issue 28, point 2): area and pieces outside the largest connected component
+
+
+def _box(extents, centre):
+    box = trimesh.creation.box(extents=extents)
+    box.apply_translation(centre)
+    return box
+
+
+def test_floaters_of_two_disjoint_boxes_are_the_smaller_box():
+    big, small = _box((1.0, 2.0, 3.0), (0, 0, 0)), _box((0.5, 0.5, 0.5), (5, 0, 0))
+    a_big, a_small = 2 * (1 * 2 + 2 * 3 + 1 * 3), 6 * 0.5**2  # 22 and 1.5, by hand
+    assert big.area == pytest.approx(a_big) and small.area == pytest.approx(a_small)
+    both = trimesh.util.concatenate([small, big])  # the small box first: "largest" is by area
+    m = floater_metrics(both)
+    assert m["floater_area"] == pytest.approx(a_small)
+    assert m["floater_area_fraction"] == pytest.approx(a_small / (a_big + a_small))
+    assert m["floater_components"] == 1
+    # three pieces: two floaters
+    three = trimesh.util.concatenate([both, _box((0.5, 0.5, 0.5), (-5, 0, 0))])
+    m = floater_metrics(three)
+    assert m["floater_area"] == pytest.approx(2 * a_small) and m["floater_components"] == 2
+    # the same partition as trimesh's split of the mesh into pieces
+    pieces = three.split(only_watertight=False)
+    assert len(pieces) - 1 == m["floater_components"]
+    assert m["floater_area"] == pytest.approx(sum(p.area for p in pieces) - max(p.area for p in pieces))
+
+
+def test_one_piece_has_no_floaters_even_as_an_unmerged_soup(sphere):
+    assert floater_metrics(sphere) == {"floater_area": 0.0, "floater_area_fraction": 0.0, "floater_components": 0}
+    # every triangle with its own vertices: connectivity comes from the geometry, not the indices
+    tri = sphere.vertices[sphere.faces].reshape(-1, 3)
+    soup = trimesh.Trimesh(vertices=tri, faces=np.arange(len(tri)).reshape(-1, 3), process=False)
+    assert floater_metrics(soup)["floater_components"] == 0
+
+
+def test_two_pieces_touching_at_one_vertex_are_one_piece():
+    """Marching cubes can pinch a surface to a single vertex: that is not a floater."""
+    a = trimesh.Trimesh(vertices=[[0, 0, 0], [1, 0, 0], [0, 1, 0]], faces=[[0, 1, 2]], process=False)
+    b = trimesh.Trimesh(vertices=[[0, 0, 0], [-1, 0, 0], [0, -1, 0]], faces=[[0, 1, 2]], process=False)
+    assert floater_metrics(trimesh.util.concatenate([a, b]))["floater_components"] == 0
+
+
+def test_floaters_of_an_empty_mesh_and_in_the_surface_metrics(sphere):
+    empty = trimesh.Trimesh(vertices=np.zeros((0, 3)), faces=np.zeros((0, 3), dtype=np.int64), process=False)
+    assert floater_metrics(empty) == {"floater_area": 0.0, "floater_area_fraction": None, "floater_components": 0}
+    assert surface_metrics(empty, sphere)["floater_components"] == 0
+    blob = sphere.copy()
+    blob.apply_scale(0.1)
+    blob.apply_translation([2 * R, 0, 0])
+    m = surface_metrics(trimesh.util.concatenate([sphere, blob]), sphere, n_points=5000)
+    assert m["floater_components"] == 1
+    assert m["floater_area_fraction"] == pytest.approx(0.01 / 1.01, rel=1e-6)  # area scales with 0.1^2

@@ -34,8 +34,8 @@ from .train import DEFAULT_MESH, CompareConfig, FitConfig, FitMonitor, _mesh_uni
 EARLY_FRACTION = 0.15
 CURVES_PNG = "comparison.png"
 BASELINE = "none"
-REPORTED = ("iou_early", "iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "seconds_per_step",
-            "cpu_seconds_per_step")
+REPORTED = ("iou_early", "iou_points", "iou_grid", "chamfer_l1", "normal_consistency", "fscore", "floater_area",
+            "floater_area_fraction", "floater_components", "seconds_per_step", "cpu_seconds_per_step")
 
 
 def _mean(vals):
@@ -122,7 +122,8 @@ def _fmt(v, spec):
 # column heading, metric key, decimals, higher is better: mean ± sample std over seeds, best in bold
 _STAT_COLUMNS = (("IoU (points)", "iou_points", 4, True), ("IoU (grid)", "iou_grid", 4, True),
                  ("Chamfer-L1", "chamfer_l1", 5, False), ("normal cons.", "normal_consistency", 4, True),
-                 ("F-score@1%", "fscore", 4, True))
+                 ("F-score@1%", "fscore", 4, True), ("floater area (frac.)", "floater_area_fraction", 4, False),
+                 ("floater pieces", "floater_components", 1, False))
 
 
 def _stats(entry: dict, key: str) -> Stats:
@@ -146,13 +147,15 @@ def to_markdown(summary: dict, name: str) -> str:
              f"Metrics are {stat_sentence(len(seeds))}, the best mean of each metric column in bold; final loss, s/step "
              "and CPU s/step are means over seeds. Chamfer-L1 is in the normalised [-1, 1]^3 frame.",
              "s/step is wall-clock (noisy on a shared machine); CPU s/step is the process's CPU time per "
-             "step (all threads), a steadier cost measure.", "",
+             "step (all threads), a steadier cost measure. Floaters (`wcnerf.shape.metrics.floater_metrics`): "
+             "the extracted mesh's area outside its largest connected piece, as a fraction of its area, and the "
+             "number of those other pieces.", "",
              f"IoU @{early:.0%}: the IoU curve (on {summary.get('curve_points', 'the curve')} points) at {early:.0%} of the "
              "steps; steps to target: the fraction of the steps after which the seed-averaged IoU curve first "
              f"reaches the plain field's final IoU (`{BASELINE}`'s own row shows the curve's noise).", "",
              f"| conditioner | lr | {columns[0][0]} | steps to target | "
              + " | ".join(c[0] for c in _STAT_COLUMNS) + " | final loss | s/step | CPU s/step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|" + "---|" * (len(_STAT_COLUMNS) + 3)]
     targets = summary.get("steps_to_target") or {}
 
     def cell(m, key, decimals):
