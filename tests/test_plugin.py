@@ -164,3 +164,47 @@ def test_ns_train_help_lists_the_conditioning_settings(method):
                  "--pipeline.model.conditioning-exclude", "--pipeline.model.analysis-every",
                  "--pipeline.model.lpips-weights"):
         assert flag in res.stdout, flag
+
+
+# ----------------------------------------------------------------------------- the paper protocol on a CPU
+def test_the_paper_protocol_on_a_cpu_starts_with_one_line_naming_the_cpu_sized_method():
+    """Issue 29, point 4: the notice itself (no training run)."""
+    import copy
+
+    from wcnerf.nerf.methods import PAPER_CPU_SECONDS_PER_STEP, cpu_protocol_notice, e_nerf, e_nerf_small, nerf
+    from wcnerf.plugin.trainer import START_NOTICES
+
+    cfg = copy.deepcopy(e_nerf.config)
+    cfg.machine.device_type = "cpu"
+    line = cpu_protocol_notice(cfg)
+    days = round(PAPER.max_num_iterations * PAPER_CPU_SECONDS_PER_STEP / 86400)
+    assert line == (f"e-nerf is the NeRF paper's GPU protocol (200,000 steps of 4096 rays, images at factor 4): on the "
+                    f"CPU here it would take about {days} days at the measured step cost of one thread "
+                    "(docs/results.md); e-nerf-small is the CPU-sized method. Training as asked.")
+    assert "\n" not in line
+    cfg.max_num_iterations, cfg.pipeline.datamanager.train_num_rays_per_batch = 100, 1024  # the run as asked
+    assert f"about {round(100 * PAPER_CPU_SECONDS_PER_STEP / 4 / 60)} minutes" in cpu_protocol_notice(cfg)
+    plain = copy.deepcopy(nerf.config)
+    plain.machine.device_type = "cpu"
+    assert "nerf is the NeRF paper's GPU protocol" in cpu_protocol_notice(plain) and "nerf-small is" in cpu_protocol_notice(plain)
+    cfg.machine.device_type = "cuda"
+    assert cpu_protocol_notice(cfg) is None
+    small = copy.deepcopy(e_nerf_small.config)
+    small.machine.device_type = "cpu"
+    assert cpu_protocol_notice(small) is None
+    assert START_NOTICES["e-nerf"] is START_NOTICES["nerf"] is cpu_protocol_notice
+
+
+def test_the_preflight_prints_the_notice_before_the_config(tmp_path, capsys):
+    import copy
+
+    from wcnerf.nerf.methods import e_nerf, e_nerf_small
+
+    for spec, expected in ((e_nerf, 1), (e_nerf_small, 0)):
+        cfg = copy.deepcopy(spec.config)
+        cfg.machine.device_type = "cpu"
+        cfg.output_dir = tmp_path / "outputs"
+        cfg.set_timestamp()
+        cfg.preflight()
+        out = capsys.readouterr().out
+        assert out.count("the NeRF paper's GPU protocol") == expected, out

@@ -1,5 +1,6 @@
-"""The test tiers: which markers imply ``e2e``, the order tests run in, and the guard that fails a
-test without the ``e2e`` marker that starts what only an ``e2e`` test may start. A pytest plugin:
+"""The test tiers: which markers imply ``e2e``, the ``cuda`` tier skipped (with its reason) where
+torch sees no CUDA GPU, the order tests run in, and the guard that fails a test without the
+``e2e`` marker that starts what only an ``e2e`` test may start. A pytest plugin:
 tests/conftest.py imports its hook and fixture; tests/test_support.py runs it on a test of its own."""
 
 from __future__ import annotations
@@ -34,13 +35,28 @@ def guarded_command(args) -> Optional[str]:
     return None
 
 
+def cuda_skip_reason() -> Optional[str]:
+    """Why the ``cuda`` tier cannot run here (torch sees no CUDA GPU), or None when it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (f"cuda tier: torch.cuda.is_available() is False (torch {torch.__version__}, {build}); "
+            "it runs on a machine with a CUDA GPU (docs/tests.md)")
+
+
 def pytest_collection_modifyitems(items):
-    """Mark what ``browser`` / ``packaging`` imply, and run the ``e2e`` tests first (a stable
-    order, the same in every xdist worker): the long tests start early and the short ones fill
-    the workers' tails."""
+    """Mark what ``browser`` / ``packaging`` imply, skip the ``cuda`` tier without a CUDA GPU,
+    and run the ``e2e`` tests first (a stable order, the same in every xdist worker): the long
+    tests start early and the short ones fill the workers' tails."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    reason = cuda_skip_reason() if cuda_items else None
     for item in items:
         if any(item.get_closest_marker(m) for m in IMPLY_E2E) and not item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.e2e)
+    for item in cuda_items if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 

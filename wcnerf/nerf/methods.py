@@ -10,17 +10,24 @@ Registered through ``[project.entry-points."nerfstudio.method_configs"]``, so af
 ``e-nerf`` and ``nerf`` (likewise the ``-small`` pair) differ only in
 ``pipeline.model.conditioning`` (``"equilibrate"`` vs ``"none"``).
 
+Trained on a CPU, ``e-nerf`` / ``nerf`` start with one line (:func:`cpu_protocol_notice`): the
+paper's GPU protocol, how long it would take here at the measured step cost, and the CPU-sized
+method; then they train as asked.
+
 Run-time defaults (device, mixed precision, viewer on 127.0.0.1, exit when training ends)
 are every wcnerf method's, see :mod:`wcnerf.plugin.presets`.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 from wcnerf.nerf.model import ENeRFModelConfig
 from wcnerf.plugin.presets import Preset, adam_decay, method_pair, trainer_config
-from wcnerf.plugin.trainer import WCTrainerConfig
+from wcnerf.plugin.trainer import START_NOTICES, WCTrainerConfig
 
-__all__ = ["PAPER", "SMALL", "e_nerf", "e_nerf_small", "make_config", "nerf", "nerf_small"]
+__all__ = ["PAPER", "PAPER_CPU_SECONDS_PER_STEP", "SMALL", "cpu_protocol_notice", "e_nerf", "e_nerf_small",
+           "make_config", "nerf", "nerf_small"]
 
 PAPER = Preset(
     max_num_iterations=200_000,
@@ -89,3 +96,39 @@ e_nerf_small, nerf_small = method_pair(
     ("e-nerf-small", "CPU-sized E-NeRF (fern at factor 8 on a CPU; run time: docs/results.md)."),
     ("nerf-small", "CPU-sized NeRF baseline, identical to e-nerf-small but unconditioned."),
 )
+
+
+# The paper network's training step on a CPU, in seconds, for the paper's batch of rays
+# (PAPER.rays), at one torch thread: PAPER.rays divided by the training rays per CPU-second
+# that docs/results.md measured for e-nerf (section "The lean evaluation path and CPU chunk
+# sizes", the e-nerf / nerf row of its table of the three pairs).
+PAPER_CPU_SECONDS_PER_STEP = 93.0
+
+CPU_SIZED = {"e-nerf": "e-nerf-small", "nerf": "nerf-small"}
+"""The CPU-sized method of each paper-protocol method."""
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.0f} {unit}"
+    return f"{seconds:,.0f} seconds"
+
+
+def cpu_protocol_notice(config: WCTrainerConfig) -> Optional[str]:
+    """The line ``ns-train e-nerf`` / ``nerf`` starts with when it trains on the CPU: the
+    paper's GPU protocol, its duration here (steps x rays at :data:`PAPER_CPU_SECONDS_PER_STEP`
+    per ``PAPER.rays`` rays), the CPU-sized method. None for any other method or device."""
+    small = CPU_SIZED.get(config.method_name)
+    if small is None or str(config.machine.device_type) != "cpu":
+        return None
+    steps = int(config.max_num_iterations)
+    rays = int(config.pipeline.datamanager.train_num_rays_per_batch)
+    factor = getattr(config.pipeline.datamanager.dataparser, "downscale_factor", None)
+    seconds = steps * PAPER_CPU_SECONDS_PER_STEP * rays / PAPER.rays
+    return (f"{config.method_name} is the NeRF paper's GPU protocol ({steps:,} steps of {rays} rays, images at "
+            f"factor {factor}): on the CPU here it would take about {_duration(seconds)} at the measured step cost "
+            f"of one thread (docs/results.md); {small} is the CPU-sized method. Training as asked.")
+
+
+START_NOTICES.update({name: cpu_protocol_notice for name in CPU_SIZED})

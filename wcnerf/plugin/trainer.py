@@ -22,6 +22,9 @@
   which :mod:`wcnerf.plugin.compat` prints as one line with exit code 2. Rerunning the resume
   command of a finished run says so and exits 0. After a resume the progress line counts
   toward the run's real total.
+* after the pre-flight check, a method family's one-line notice about the run, if it registered
+  one for the method in :data:`START_NOTICES` (the nerf family: ``e-nerf`` / ``nerf``, the
+  paper's GPU protocol, trained on a CPU).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Type
+from typing import Callable, Dict, List, Optional, Type
 
 import torch
 
@@ -49,9 +52,15 @@ from wcnerf.atomic import ensure_writable_dir
 from wcnerf.plugin.compat import RunInputError, atomic_torch_save, sanitize
 from wcnerf.plugin.cpu_allocator import steady_cpu_allocator
 
-__all__ = ["RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig", "checkpoints_in", "read_checkpoint"]
+__all__ = ["START_NOTICES", "RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig", "checkpoints_in",
+           "read_checkpoint"]
 
 _CKPT = re.compile(r"^step-(\d+)\.ckpt$")
+
+START_NOTICES: Dict[str, Callable[["WCTrainerConfig"], Optional[str]]] = {}
+"""Method name -> a function of the run's config that gives one line to print before the config
+dump (after the pre-flight check), or None. Filled by the method families (the plugin imports
+none of them)."""
 
 
 def checkpoints_in(load_dir: Path) -> List[Path]:
@@ -219,6 +228,10 @@ class WCTrainerConfig(TrainerConfig):
                 raise RunInputError(f"{self.load_checkpoint}: not a file; --load-checkpoint takes one step-*.ckpt file")
             read_checkpoint(self.load_checkpoint)
         ensure_writable_dir(self.get_base_dir(), "--output-dir", what="run folder")
+        notice = START_NOTICES.get(self.method_name)
+        line = notice(self) if notice else None
+        if line:
+            CONSOLE.print(line, soft_wrap=True, highlight=False)
 
 
 class WCTrainer(Trainer):
