@@ -27,6 +27,28 @@ def as_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight if weight.dim() == 2 else weight.flatten(1)
 
 
+def reduction_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a conditioner reduces in: float32 for a half-precision ``dtype`` (float16,
+    bfloat16, and any other float narrower than 32 bits), ``dtype`` itself otherwise.
+
+    Every norm, sum, mean and variance of a conditioner is taken in this dtype and its
+    result cast back to the weight's dtype once, at the end, as
+    ``torch.nn.utils.parametrizations.weight_norm`` accumulates its norm in float32: with half
+    parameters a row's sum of squares past 65504 would overflow float16, centring and
+    rescaling would round at every step. Under ``torch.autocast`` the parameters stay float32
+    (autocast casts a matmul's operands, not a parametrization's), so only a half-precision
+    *input* (EquiNorm's batch sums) reaches a conditioner there.
+    """
+    if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+        return torch.float32
+    return dtype
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in :func:`reduction_dtype` (``t`` itself unless it is half precision)."""
+    return t.to(reduction_dtype(t.dtype))
+
+
 def is_parametrized(module: nn.Module, name: str | None = None) -> bool:
     return parametrize.is_parametrized(module, name) if name else parametrize.is_parametrized(module)
 

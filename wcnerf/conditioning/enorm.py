@@ -50,6 +50,11 @@ Choices the paper or its reference implementation leave open, made here:
   is, and automatic inference never balances a layer against consumers outside its MLP.
 * One cycle = every producer once, from the input side to the output side (depth order).
 * Dead units (zero incoming or outgoing norm) keep ``d = 1``.
+* Half-precision weights (float16, bfloat16): the norms and ``d`` are computed in float32 and
+  each rescaled tensor (weight, bias, gradient, optimizer state) is multiplied in float32 and
+  rounded once (``_common.reduction_dtype``). In float16 a column of 1e4 weights has squares
+  past 65504 (an infinite ``d``), and the dead-unit threshold ``sqrt(finfo.tiny)`` would be
+  2^-7, taking small live units for dead.
 * Optimizer state is kept in gradient units. With ``W' = D W`` and the function unchanged,
   ``dL/dW' = D^{-1} dL/dW``; the moment buffers are linear (resp. quadratic) running sums
   of gradients, so they are multiplied by ``1/d`` (``momentum_buffer``, ``exp_avg``,
@@ -90,7 +95,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ._common import POSITIVELY_HOMOGENEOUS, is_parametrized, is_positively_homogeneous
+from ._common import POSITIVELY_HOMOGENEOUS, is_parametrized, is_positively_homogeneous, upcast
 
 #: exponent k such that a state tensor of a parameter scaled by d is multiplied by d**(-k)
 STATE_POWERS = {
@@ -226,10 +231,10 @@ class ENorm:
     @torch.no_grad()
     def _norms(self, A, consumers):
         """Incoming (row of ``A``) and outgoing (consuming columns) 2-norms of ``A``'s units."""
-        row = torch.linalg.vector_norm(A.weight, dim=1)
+        row = torch.linalg.vector_norm(upcast(A.weight), dim=1)  # float32 for half weights
         col_sq = torch.zeros_like(row)
         for B, idx in consumers:
-            col_sq += B.weight[:, idx].pow(2).sum(0).to(row.dtype)
+            col_sq += upcast(B.weight[:, idx]).pow(2).sum(0).to(row.dtype)
         return row, col_sq.sqrt()
 
     @torch.no_grad()
@@ -284,6 +289,12 @@ def _scale(p: torch.Tensor, factor: torch.Tensor, opts: Iterable, cols=None) -> 
     """Multiply ``p`` (or its columns ``cols``) by ``factor`` and fix the optimizer state."""
 
     def mul(t: torch.Tensor, f: torch.Tensor) -> None:
+        if upcast(t) is not t:  # half precision: multiply in float32, round once
+            if cols is None:
+                t.copy_(upcast(t) * f)
+            else:
+                t[:, cols] = (upcast(t[:, cols]) * f).to(t.dtype)
+            return
         f = f.to(t.dtype)
         if cols is None:
             t.mul_(f)

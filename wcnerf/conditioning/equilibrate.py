@@ -56,6 +56,10 @@ Choices the paper leaves open, made here:
 * Biases are not touched. Nothing is stored: ``E(W)`` is recomputed from the stored ``W`` at
   every forward, so the layer's function changes when it is conditioned (its rows get unit
   norm, whatever the initialisation gave them).
+* Half-precision weights (float16, bfloat16) are equilibrated in float32 and the result cast
+  back once (``_common.reduction_dtype``): ``E(W)`` is the float32 result rounded once. Under
+  ``torch.autocast`` the stored ``W`` is float32 and so is ``E(W)``; autocast casts it for
+  the matmul.
 * ``W`` is parametrized, not projected: the optimiser updates ``W`` and the gradient flows
   through ``E`` (unlike a post-step renormalisation of the stored weights).
 """
@@ -66,7 +70,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._common import as_matrix
+from ._common import as_matrix, upcast
 
 MODES = ("out", "in", "both")
 
@@ -86,7 +90,7 @@ def equilibrate(
     """Return the equilibrated matrix ``E(W)`` (any weight shape, see module docstring)."""
     if mode not in MODES:
         raise ValueError(f"equilibrate: mode must be one of {MODES}, got {mode!r}")
-    M = as_matrix(W)
+    M = upcast(as_matrix(W))  # float32 for half-precision weights
     if mode == "out":
         E = M / _norms(M, 1, eps, detach)
     elif mode == "in":
@@ -97,7 +101,7 @@ def equilibrate(
             E = E / _norms(E, 1, eps, detach).sqrt()
             E = E / _norms(E, 0, eps, detach).sqrt()
         E = E / _norms(E, 1, eps, detach)
-    return E.reshape(W.shape)
+    return E.to(W.dtype).reshape(W.shape)
 
 
 class Equilibrate(nn.Module):

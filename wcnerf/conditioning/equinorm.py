@@ -71,6 +71,13 @@ the layer is its plain weight: shift 0, scale 1). In eval the shift and scale co
 layer is a fixed affine map that ``to_plain()`` (``to_linear()`` / ``to_conv()``) folds into a
 plain ``nn.Linear`` / ``nn.Conv2d``.
 
+Precision (*choice*): the input sums ``v`` and every sum of the shift and the scale are taken
+in float32 when the input or the weight is half precision (``_common.reduction_dtype``), and
+the effective weight is cast back to the weight's dtype once. Under ``torch.autocast`` a
+layer behind another Linear receives a half-precision input; summed in float16, a feature
+over a batch of tens of thousands of rows passes 65504 and the shift becomes inf / NaN. With
+half-precision weights, the products ``v_c w[d, c]`` would overflow likewise.
+
 Sign-balanced initialisation (*choice* of the detail): a filter whose weights are all positive
 or all negative has no equilibrium (the shift maps it to ``w + b`` with a zero weighted sum and
 the single-pass scale's denominator vanishes). At conditioning time (``sign_balance=True``)
@@ -86,18 +93,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import is_parametrized, set_submodule
+from ._common import is_parametrized, reduction_dtype, set_submodule
 
 
 # --------------------------------------------------------------------------- the formulas
 
 
 def _rows(W: torch.Tensor, v: torch.Tensor, groups: int):
-    """``W`` as (out, in/groups, K) and ``v`` broadcast to each filter's input channels."""
+    """``W`` as (out, in/groups, K) and ``v`` broadcast to each filter's input channels, both
+    in float32 if either is half precision."""
     out, cin_g = W.shape[0], W.shape[1]
-    W3 = W.reshape(out, cin_g, -1)
-    V = v.reshape(groups, cin_g).repeat_interleave(out // groups, dim=0)
+    dtype = torch.promote_types(reduction_dtype(W.dtype), reduction_dtype(v.dtype))
+    W3 = W.reshape(out, cin_g, -1).to(dtype)
+    V = v.to(dtype).reshape(groups, cin_g).repeat_interleave(out // groups, dim=0)
     return W3, V
+
+
+def input_sums(x: torch.Tensor, dim) -> torch.Tensor:
+    """``x.sum(dim)``, accumulated and returned in float32 if ``x`` is half precision (an
+    input under autocast)."""
+    return x.sum(dim, dtype=reduction_dtype(x.dtype))
 
 
 def _safe_div(num: torch.Tensor, den: torch.Tensor, when_zero: float) -> torch.Tensor:
@@ -131,11 +146,13 @@ def equinorm_scale(W: torch.Tensor, v: torch.Tensor, b: torch.Tensor, r: float =
 def equinorm_weight(W: torch.Tensor, gain: torch.Tensor, v: torch.Tensor, r: float = 1.0,
                     groups: int = 1, single_pass: bool = True) -> torch.Tensor:
     """The effective weight ``gain_d * s_d * (w[d] + b_d)`` from the input sums ``v`` (``r``:
-    output positions x squared stride; with ``v`` already divided by ``r``, ``r = 1``)."""
+    output positions x squared stride; with ``v`` already divided by ``r``, ``r = 1``), in
+    ``W``'s dtype (computed in float32 if ``W`` or ``v`` is half precision)."""
     b = equinorm_shift(W, v, groups)
     s = equinorm_scale(W, v, b, r, groups, single_pass)
     shape = (-1,) + (1,) * (W.dim() - 1)
-    return (gain * s).reshape(shape) * (W + b.reshape(shape))
+    Wf = W.to(b.dtype)
+    return ((gain.to(b.dtype) * s).reshape(shape) * (Wf + b.reshape(shape))).to(W.dtype)
 
 
 @torch.no_grad()
@@ -218,7 +235,7 @@ class EquiNormLinear(_EquiNormMixin, nn.Linear):
         flat = x.reshape(-1, self.in_features)
         if self.training and flat.shape[0] > 0:
             r = flat.shape[0]
-            v = flat.sum(0)
+            v = input_sums(flat, 0)
             self._track(v, r)
             W = equinorm_weight(self.weight, self.gain, v, r, 1, self.single_pass)
         else:
@@ -276,15 +293,15 @@ class EquiNormConv2d(_EquiNormMixin, nn.Conv2d):
         if not (self.training and x.numel() > 0):
             return self._conv_forward(x, self.eval_weight(), self.bias)
         batched = x.dim() == 4
-        v = x.sum((0, 2, 3) if batched else (1, 2))
+        v = input_sums(x, (0, 2, 3) if batched else (1, 2))
         W, g = self.weight, self.groups
         b = equinorm_shift(W, v, g)
-        y = self._conv_forward(x, W + b.reshape(-1, 1, 1, 1), None)
+        y = self._conv_forward(x, (W.to(b.dtype) + b.reshape(-1, 1, 1, 1)).to(W.dtype), None)
         # r = output positions x squared stride, read off the output (any padding mode)
         r = (x.shape[0] if batched else 1) * y.shape[-2] * y.shape[-1] * self.stride[0] * self.stride[1]
         self._track(v, r)
         s = equinorm_scale(W, v, b, r, g, self.single_pass)
-        y = y * (self.gain * s).reshape(-1, 1, 1)
+        y = y * (self.gain.to(s.dtype) * s).to(W.dtype).reshape(-1, 1, 1)
         return y if self.bias is None else y + self.bias.reshape(-1, 1, 1)
 
     @torch.no_grad()

@@ -38,6 +38,11 @@ deep neural networks", ICCV 2017)
 
 The invariants (zero mean and unit std, resp. zero mean and unit norm) hold for the
 normalised weight *before* the gain: see ``standardize`` and ``center_normalize``.
+
+Half-precision weights (float16, bfloat16): the means, variances and norms, the centring, the
+scaling and the gain are computed in float32 and the effective weight cast back once
+(``_common.reduction_dtype``); in float16 a row's squares past 65504 would overflow and the
+centring of a large-mean row would lose its digits. The gains are kept in the weight's dtype.
 """
 
 from __future__ import annotations
@@ -46,26 +51,38 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._common import as_matrix
+from ._common import as_matrix, upcast
+
+
+def _standardized(W: torch.Tensor, eps: float) -> torch.Tensor:
+    """``standardize`` in float32 for half-precision ``W`` (the (out, fan_in) matrix, not cast back)."""
+    M = upcast(as_matrix(W))
+    C = M - M.mean(dim=1, keepdim=True)
+    var = C.pow(2).mean(dim=1, keepdim=True)
+    return C * torch.rsqrt(var + eps)
+
+
+def _centre_normalized(W: torch.Tensor, eps: float) -> torch.Tensor:
+    """``center_normalize`` in float32 for half-precision ``W`` (the matrix, not cast back)."""
+    M = upcast(as_matrix(W))
+    C = M - M.mean(dim=1, keepdim=True)
+    return C / torch.linalg.vector_norm(C, dim=1, keepdim=True).clamp_min(eps)
 
 
 def standardize(W: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Per-row zero mean, unit (population) std of the (out, fan_in) matrix view of W."""
-    M = as_matrix(W)
-    C = M - M.mean(dim=1, keepdim=True)
-    var = C.pow(2).mean(dim=1, keepdim=True)
-    return (C * torch.rsqrt(var + eps)).reshape(W.shape)
+    return _standardized(W, eps).to(W.dtype).reshape(W.shape)
 
 
 def center_normalize(W: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-row zero mean, unit 2-norm of the (out, fan_in) matrix view of W."""
-    M = as_matrix(W)
-    C = M - M.mean(dim=1, keepdim=True)
-    return (C / torch.linalg.vector_norm(C, dim=1, keepdim=True).clamp_min(eps)).reshape(W.shape)
+    return _centre_normalized(W, eps).to(W.dtype).reshape(W.shape)
 
 
-def _row_gain_shape(W: torch.Tensor) -> tuple[int, ...]:
-    return (W.shape[0],) + (1,) * (W.dim() - 1)
+def _with_gain(gain: torch.Tensor, N: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``gain_i * N[i]`` (``N``: the normalised matrix, float32 for half ``W``), cast to
+    ``W``'s dtype once, in ``W``'s shape."""
+    return (upcast(gain)[:, None] * N).to(W.dtype).reshape(W.shape)
 
 
 class WeightStandardization(nn.Module):
@@ -75,12 +92,12 @@ class WeightStandardization(nn.Module):
         super().__init__()
         self.eps = float(eps)
         with torch.no_grad():
-            M = as_matrix(weight)
+            M = upcast(as_matrix(weight))
             std = (M.var(dim=1, unbiased=False) + self.eps).sqrt()
-        self.gain = nn.Parameter(std.clone())
+        self.gain = nn.Parameter(std.to(weight.dtype))
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
-        return self.gain.reshape(_row_gain_shape(W)) * standardize(W, self.eps)
+        return _with_gain(self.gain, _standardized(W, self.eps), W)
 
 
 CWN_GAIN_INITS = ("one", "row-norm")
@@ -97,15 +114,15 @@ class CenteredWeightNorm(nn.Module):
                              f"got {gain_init!r}")
         self.eps, self.gain_init = float(eps), gain_init
         with torch.no_grad():
-            M = as_matrix(weight)
+            M = upcast(as_matrix(weight))
             if gain_init == "one":
                 g = torch.ones(M.shape[0], dtype=M.dtype, device=M.device)
             else:
                 g = torch.linalg.vector_norm(M - M.mean(dim=1, keepdim=True), dim=1)
-        self.gain = nn.Parameter(g.clone())
+        self.gain = nn.Parameter(g.to(weight.dtype))
 
     def forward(self, W: torch.Tensor) -> torch.Tensor:
-        return self.gain.reshape(_row_gain_shape(W)) * center_normalize(W, self.eps)
+        return _with_gain(self.gain, _centre_normalized(W, self.eps), W)
 
 
 def apply_ws(root, targets, *, eps: float = 1e-8):
