@@ -133,9 +133,8 @@ class BudgetStudy:
             _write_csv(self.results / "curve.csv", CURVE_COLUMNS, curve)
         records, curve = read_csv(self.results / "records.csv"), read_csv(self.results / "curve.csv")
         (self.results / "tables.md").write_text(tables_markdown(records, curve), encoding="utf8")
-        plot_gap(records, self.results / "gap_vs_budget.png")
-        plot_curve(curve, self.results / "heldout_curve.png")
-        print(f"report: {self.results}/tables.md, gap_vs_budget.png, heldout_curve.png", flush=True)
+        figures = [plot_gap(records, self.results / "gap_vs_budget.png"), plot_curve(curve, self.results / "heldout_curve.png")]
+        print(f"report: {self.results}/tables.md" + "".join(f", {f.name}" for f in figures if f), flush=True)
         return code
 
 
@@ -216,7 +215,7 @@ def tables_markdown(records: Sequence[Mapping[str, str]], curve: Sequence[Mappin
         "",
     ]
     for scene in _scenes(done):
-        lines += [f"## {scene}", "",
+        lines += [f"### {scene}", "",
                   "| iterations | seeds | NeRF PSNR | E-NeRF PSNR | Δ PSNR | NeRF SSIM | E-NeRF SSIM | Δ SSIM |",
                   "|---|---|---|---|---|---|---|---|"]
         for budget in budgets:
@@ -232,7 +231,7 @@ def tables_markdown(records: Sequence[Mapping[str, str]], curve: Sequence[Mappin
     if points:
         longest = max(int(r["budget"]) for r in points)
         steps = sorted({int(r["step"]) for r in points})
-        lines += [f"## Held-out curve of the {longest}-iteration runs", "",
+        lines += [f"### Held-out curve of the {longest}-iteration runs", "",
                   f"PSNR on every held-out view at their checkpoints (the learning rate still decaying over {longest}); "
                   f"{stat_sentence()}.", "",
                   "| scene | step | NeRF | E-NeRF | Δ |", "|---|---|---|---|---|"]

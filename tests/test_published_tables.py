@@ -56,3 +56,17 @@ def test_an_edited_figure_is_caught(monkeypatch, tmp_path):
     edited = [r.replace("18.55 ± 0.06", "18.65 ± 0.06") for r in published]
     assert edited != published and [r for r in edited if r.startswith("| equilibrate-out | **18.65")]
     assert not set(recomputed) >= set(r for r in edited if r.startswith("| equilibrate-out | **18.65"))
+
+
+def test_the_budget_tables_are_their_records(monkeypatch):
+    """docs/results/budget/ holds the budget study's records (one row per run) and curve points;
+    tables.md and the results page's section are what they give."""
+    study = _script("budget_study", monkeypatch)
+    folder = REPO / "docs" / "results" / "budget"
+    records, curve = study.read_csv(folder / "records.csv"), study.read_csv(folder / "curve.csv")
+    recomputed = study.tables_markdown(records, curve)
+    assert (folder / "tables.md").read_text(encoding="utf8") == recomputed
+    published = _table_rows(_section("## Does equilibration's gain last? The training-budget study"))
+    assert published and published == _table_rows(recomputed)
+    done = [r for r in records if r["status"] == "done"]
+    assert done and all(r["psnr"] for r in done)
