@@ -39,6 +39,7 @@ from wcnerf.atomic import write_json, write_text
 from wcnerf.eval.execution import Execution
 from wcnerf.eval.runs import CONFIG_FILE, CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
 from wcnerf.eval.ns_eval import per_image_path
+from wcnerf.process import stop_process
 from wcnerf.report.panels import psnr_from_mse, split_eval_image
 
 __all__ = [
@@ -305,7 +306,7 @@ class NerfstudioRunner:
                         pass
                     offset = self._follow(spec, log, offset, stage, total)
                     if timeout is not None and time.monotonic() - start > timeout:
-                        self._stop(proc)
+                        stop_process(proc)
                         raise RunFailed(
                             f"{stage}: timed out after {spec.protocol.timeout_minutes:g} min "
                             "(timeout_minutes of the protocol)",
@@ -313,24 +314,13 @@ class NerfstudioRunner:
                             err_log,
                         )
             except BaseException:
-                self._stop(proc)
+                stop_process(proc)
                 raise
         elapsed = time.monotonic() - start
         if rc != 0:
             what = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
             raise RunFailed(f"{stage} failed ({what}); stderr: {err_log}", _tail(err_log), err_log)
         return elapsed
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen) -> None:
-        if proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
     @staticmethod
     def _follow(spec: RunSpec, log: Path, offset: int, stage: str, total: Optional[int]) -> int:

@@ -27,7 +27,6 @@ names the scene folder. The tier needs the checkout's ``tests/`` (skipped, and s
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -39,7 +38,10 @@ import time
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
+
+from wcnerf.process import stop_process
 
 __all__ = ["JSON_KEYS", "RUN_KEYS", "PAIR", "TOY", "find_fern", "main", "summarise_iterations"]
 
@@ -272,12 +274,7 @@ def _run_logged(cmd: List[str], log: Path, env: Dict[str, str], timeout: float) 
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             fh.write(f"\n[gpu-check] stopped after {timeout:.0f} seconds\n")
             return None
 
@@ -384,7 +381,7 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a is not None and b else None
 
 
-def check(opts: argparse.Namespace) -> Dict[str, Any]:
+def check(opts: GpuCheck) -> Dict[str, Any]:
     started = time.time()
     out_dir = Path(opts.out_dir or Path("outputs") / "gpu_check" / datetime.now().strftime("%Y-%m-%d_%H%M%S"))
     out_dir = out_dir.resolve()
@@ -457,21 +454,28 @@ def check(opts: argparse.Namespace) -> Dict[str, Any]:
     return report
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wcnerf-gpu-check", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--dry-run", action="store_true", help="every step at toy size on the CPU (checks the check)")
-    p.add_argument("--out-dir", help="folder of the runs, logs and JSON (default outputs/gpu_check/<time>)")
-    p.add_argument("--json", help="the JSON file (default <out-dir>/gpu_check.json)")
-    p.add_argument("--data", help="the fern scene folder (default: $WCNERF_DATA, then the repo's data/llff/fern)")
-    p.add_argument("--iterations", type=int, help=f"iterations of each run (default {ITERATIONS}; dry run {TOY_ITERATIONS})")
-    p.add_argument("--threads", type=int, help="OMP/MKL threads of every child (default: torch's)")
-    p.add_argument("--skip-tier", action="store_true", help="leave out the cuda test tier")
-    p.add_argument("--tier-timeout", type=float, default=210.0, help="seconds (default 210)")
-    p.add_argument("--run-timeout", type=float, default=135.0,
-                   help="seconds of each run, training and ns-eval (default 135)")
-    p.add_argument("--train-child", help=argparse.SUPPRESS)
-    return p
+@dataclass
+class GpuCheck:
+    """The prepared device check (see the module docstring)."""
+
+    dry_run: bool = False
+    """Every step at toy size on the CPU (checks the check)."""
+    out_dir: Optional[Path] = None
+    """Folder of the runs, logs and JSON (default outputs/gpu_check/<time>)."""
+    json: Optional[Path] = None
+    """The JSON file (default <out-dir>/gpu_check.json)."""
+    data: Optional[Path] = None
+    """The fern scene folder (default: $WCNERF_DATA, then the repo's data/llff/fern)."""
+    iterations: Optional[int] = None
+    """Iterations of each run (default ITERATIONS; dry run TOY_ITERATIONS)."""
+    threads: Optional[int] = None
+    """OMP/MKL threads of every child (default: torch's)."""
+    skip_tier: bool = False
+    """Leave out the cuda test tier."""
+    tier_timeout: float = 210.0
+    """Seconds of the cuda tier."""
+    run_timeout: float = 135.0
+    """Seconds of each run, training and ns-eval."""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -479,7 +483,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["--train-child"]:
         record, config, metrics, rest = Path(argv[1]), Path(argv[2]), Path(argv[3]), argv[4:]
         return _train_child(record, config, metrics, rest[1:] if rest[:1] == ["--"] else rest)
-    report = check(parser().parse_args(argv))
+    import tyro
+
+    report = check(tyro.cli(GpuCheck, args=argv, prog="wcnerf-gpu-check", description=__doc__.split("\n\n")[0]))
     return 0 if report["ok"] else 1
 
 
