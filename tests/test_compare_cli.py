@@ -104,3 +104,17 @@ def test_orientation_study_nerf_command_parses(monkeypatch):
     assert cfg.select.scenes == ("fern",) and cfg.select.methods == tuple(study.conditioners)
     assert cfg.select.seeds == (0, 1, 2) and cfg.select.data_root == (REPO / "a", REPO / "b")
     assert cfg.output_root == study.out
+
+
+def test_a_missing_scene_or_a_negative_seed_is_refused_before_any_folder(tmp_path, capsys, monkeypatch):
+    """Issue 30, point 6: the harness refuses at planning, naming what is wrong; nothing is
+    written (a dry run still shows the plan with each scene's error)."""
+    monkeypatch.setenv("COLUMNS", "300")
+    out = tmp_path / "out"
+    assert main(["--protocol", "cpu", "--scenes", "nosuchscene", "--seeds", "0", "--output-root", str(out)]) == 2
+    text = capsys.readouterr().out
+    assert "refused" in text and "nosuchscene" in text and "nothing was run" in text
+    assert not out.exists()
+    assert main(["--protocol", "cpu", "--scenes", "fern", "--seeds", "-1", "--output-root", str(out)]) == 2
+    assert "--seeds -1: a seed is an integer from 0 to 4294967295" in capsys.readouterr().out
+    assert not out.exists()

@@ -141,6 +141,8 @@ class Engine:
 
 
 CPU_ITERATION_LIMIT = 20000
+SEED_LIMIT = 2**32
+"""Seeds are unsigned 32-bit integers (numpy's and torch's generators)."""
 
 
 def cpu_refusal(iterations: int, protocol_name: str, execution: Any, allow_cpu: bool) -> Optional[str]:
@@ -242,6 +244,10 @@ class Compare:
             console.print(f"[red]refused[/]: {escape(str(exc))}")
             return 2
         seeds = list(sel.seeds) or list(protocol.seeds)
+        bad_seeds = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+        if bad_seeds:  # numpy and torch seeds are unsigned 32-bit
+            console.print(f"[red]refused[/]: --seeds {' '.join(map(str, bad_seeds))}: a seed is an integer from 0 to {SEED_LIMIT - 1}")
+            return 2
         runner = NerfstudioRunner(execution=execution)
         console.print(f"[bold]{escape(protocol.summary())}[/]")
         for sc in scenes:
@@ -250,6 +256,11 @@ class Compare:
             console.print(f"  scene {escape(sc.label)}: {where}")
         out_dir = self.output_root / protocol.name
         plan = plan_runs(protocol, scenes, methods, seeds, out_dir)
+        missing = [sc for sc in scenes if sc.error]
+        if missing and not (self.dry_run or self.report_only):  # refused before any run folder is written
+            console.print(f"[red]refused[/]: {len(missing)} scene(s) cannot be used (above): "
+                          f"{', '.join(escape(sc.label) for sc in missing)}; nothing was run")
+            return 2
         if self.report_only:
             records = collect_records(out_dir, plan if sel.scenes else [])
             write_reports(out_dir, records, protocol, console=console)
