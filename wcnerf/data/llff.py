@@ -85,6 +85,10 @@ class LLFFDataParserConfig(DataParserConfig):
         """Refuse impossible options before any scene is read (the harness plans with it)."""
         if self.max_eval_views < 0:
             raise LLFFDataError(f"--max-eval-views {self.max_eval_views}: must be >= 0 (0: every held-out image)")
+        if self.downscale_factor < 1:
+            raise LLFFDataError(f"--downscale-factor {self.downscale_factor}: must be >= 1 (1: the full-size images/)")
+        if self.holdout_every < 0:
+            raise LLFFDataError(f"--holdout-every {self.holdout_every}: must be >= 0 (0: every image in both splits)")
 
 
 _WARNED: set = set()

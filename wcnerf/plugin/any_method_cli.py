@@ -100,6 +100,10 @@ def build_config(method: str, conditioning: str = "equilibrate", scope: str = "f
     )
 
 
+OWN_OPTIONS = ("--conditioning", "--scope", "--list", "--help", "-h")
+"""wcnerf-train's own options (before ``--``); any other option there is ns-train's."""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``wcnerf-train``: the part of ``argv`` before ``--`` is ours, the rest ns-train's."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -107,6 +111,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1:]
+    else:
+        theirs = [a for a in argv if a.startswith("-") and a.split("=")[0] not in OWN_OPTIONS]
+        if theirs:  # ns-train's options before a missing `--`
+            print(f"wcnerf-train: {' '.join(theirs)}: not an option of wcnerf-train; ns-train's arguments go after `--`:"
+                  f" wcnerf-train METHOD [--conditioning NAME] -- {' '.join(theirs)} ...", file=sys.stderr)
+            return 2
     command = tyro.cli(TrainAnyMethod, args=argv, prog="wcnerf-train",
                        config=(tyro.conf.FlagCreatePairsOff,))
     return command.main(rest)

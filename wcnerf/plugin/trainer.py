@@ -190,6 +190,8 @@ class WCTrainerConfig(TrainerConfig):
         from wcnerf.data.llff import LLFFDataParserConfig
         from wcnerf.plugin.conditioned import ConditionedModelConfig, check_conditioner
 
+        if self.max_num_iterations < 1:  # nerfstudio would save no checkpoint and end in KeyError: 'step'
+            raise RunInputError(f"--max-num-iterations {self.max_num_iterations}: must be >= 1")
         model = self.pipeline.model
         if isinstance(model, ConditionedModelConfig):
             try:
