@@ -223,6 +223,24 @@ WEIGHT_NORM_ZERO_ROW = ("torch's weight_norm computes g v / ||v|| with no epsilo
                         "in float32 as well (a float32 matter, not a mixed-precision one; see docs/conditioners.md)")
 
 
+def check_outputs(net, ref, seen, handles, y, rec, dtype, what, where=""):
+    """The checks both precision tests share: a finite half output, no half reduction, and each
+    layer's output within the rounding bound of its float32 twin on the same input (which
+    also gives an EquiNorm twin the same update of its running estimates)."""
+    for h in handles:
+        h.remove()
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert not rec.in_half(), f"{what}: reductions in half precision {where}: {rec.in_half()}".replace("  ", " ")
+    for i, (layer, layer32) in enumerate(zip(linears(net), linears(ref))):
+        x, out = seen[layer]
+        x32 = x.float()
+        with torch.no_grad():
+            E32 = batch_weight(layer32, x32)
+            y32 = layer32(x32)
+            assert torch.isfinite(y32).all() and float(y32.abs().max()) < torch.finfo(dtype).max / 4
+            assert_output_within(out, y32, E32, x32, layer32.bias, dtype, f"{what} layer {i} {dtype}")
+
+
 def skip_where_float32_is_nan(name: str, pattern: str) -> None:
     """The one case whose float32 reference is itself NaN: say so (and check it) instead."""
     if name == "weight-norm" and pattern == "zero-row":
@@ -243,19 +261,10 @@ def test_autocast_matches_float32(name, dtype, pattern, where):
     with torch.autocast("cpu", dtype=dtype), ReductionDtypes() as rec:
         y = net(inputs())
         weights = {layer: effective_weight(layer) for layer in linears(net)}
-    for h in handles:
-        h.remove()
-    assert y.dtype == dtype and torch.isfinite(y).all()
-    assert not rec.in_half(), f"{name}: reductions in half precision under autocast: {rec.in_half()}"
+    check_outputs(net, ref, seen, handles, y, rec, dtype, f"{name} {pattern}", "under autocast")
     for i, (layer, layer32) in enumerate(zip(linears(net), linears(ref))):
         what = f"{name} {pattern} layer {i} {dtype}"
-        x, out = seen[layer]
-        x32 = x.float()
         with torch.no_grad():
-            E32 = batch_weight(layer32, x32)
-            y32 = layer32(x32)  # EquiNorm: the same update of the running estimates
-            assert torch.isfinite(y32).all() and float(y32.abs().max()) < torch.finfo(dtype).max / 4
-            assert_output_within(out, y32, E32, x32, layer32.bias, dtype, what)
             E, Eref = weights[layer], effective_weight(layer32)
         assert E.dtype == torch.float32, f"{what}: conditioned weight computed in {E.dtype} under autocast"
         torch.testing.assert_close(E, Eref, rtol=2 ** -16, atol=0, msg=lambda m: f"{what}: {m}")
@@ -277,19 +286,10 @@ def test_half_parameters_match_float32_rounded_once(name, dtype, pattern, where)
     seen, handles = record_layers(net)
     with ReductionDtypes() as rec:
         y = net(inputs(dtype))
-    for h in handles:
-        h.remove()
-    assert y.dtype == dtype and torch.isfinite(y).all()
-    assert not rec.in_half(), f"{name}: reductions in half precision: {rec.in_half()}"
+    check_outputs(net, ref, seen, handles, y, rec, dtype, f"{name} {pattern}")
     for i, (layer, layer32) in enumerate(zip(linears(net), linears(ref))):
         what = f"{name} {pattern} layer {i} {dtype}"
-        x, out = seen[layer]
-        x32 = x.float()
         with torch.no_grad():
-            E32 = batch_weight(layer32, x32)
-            y32 = layer32(x32)
-            assert torch.isfinite(y32).all() and float(y32.abs().max()) < torch.finfo(dtype).max / 4
-            assert_output_within(out, y32, E32, x32, layer32.bias, dtype, what)
             if isinstance(layer, EquiNormLinear):  # the same running estimates: only the final cast differs
                 layer32.running_mean.copy_(layer.running_mean.float())
             with ReductionDtypes() as rec:
