@@ -293,7 +293,7 @@ class Compare:
         if refusal:
             console.print(f"[red]refused[/]: {escape(refusal)}")
             return 2
-        write_configs(plan, execution.device, execution.allocator, console=console)
+        write_configs(plan, execution.device, execution.allocator, console=console, built=configs)
 
         def _sigterm(signum, frame):  # `kill PID`: stop like Ctrl-C (status + reports written)
             raise KeyboardInterrupt

@@ -170,11 +170,12 @@ def _check_scene(raw: str, protocol: Protocol) -> SceneSpec:
 
 def _views(dp: Any) -> Dict[str, int]:
     """Views evaluated, views held out and the image width, from the dataparser's outputs."""
-    evaluated = dp.setup().get_dataparser_outputs("test")
+    parser = dp.setup()  # one parser: the llff one reads and checks the scene once for both splits
+    evaluated = parser.get_dataparser_outputs("test")
     held = evaluated
     if getattr(dp, "max_eval_views", 0):  # a subset of the held-out views is evaluated
         held = dataclasses.replace(dp, max_eval_views=0).setup().get_dataparser_outputs("test")
-    dp.setup().get_dataparser_outputs("train")  # a scene without training views fails here, not in a worker
+    parser.get_dataparser_outputs("train")  # a scene without training views fails here, not in a worker
     return {
         "views_evaluated": len(evaluated.image_filenames),
         "views_held_out": len(held.image_filenames),
@@ -301,11 +302,12 @@ def check_protocol(protocol: Protocol, methods: Sequence[str] = ()) -> None:
 
 
 def write_configs(plan: Sequence[RunSpec], device: str, allocator: Optional[bool] = None,
-                  console: Any = None) -> None:
+                  console: Any = None, built: Optional[Dict[Any, Any]] = None) -> None:
     """Build every run's config (refusing a bad override before any run starts) and write it
     to ``<run>/config.yml``. A finished run keeps the config it was trained with (with a note
     when the protocol now says otherwise; ``--redo`` trains it anew); an unfinished one takes
-    the protocol as it is now (a raised budget resumes it to the new total)."""
+    the protocol as it is now (a raised budget resumes it to the new total). ``built``: the
+    configs already built for the plan, by run key (the command line builds them to check)."""
     import yaml
 
     from wcnerf.atomic import write_text
@@ -314,7 +316,8 @@ def write_configs(plan: Sequence[RunSpec], device: str, allocator: Optional[bool
     for spec in plan:
         if spec.scene.path is None or spec.scene.error:
             continue
-        text = yaml.dump(build_config(spec, device, allocator))
+        config = (built or {}).get(spec.key) or build_config(spec, device, allocator)
+        text = yaml.dump(config)
         path = spec.run_dir / CONFIG_FILE
         if path.is_file() and _as_planned(path.read_text(encoding="utf8"), text, device) == text:
             continue
