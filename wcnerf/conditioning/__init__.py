@@ -17,11 +17,12 @@ from .cache import cached
 from .enorm import ENorm, infer_pairs
 from .equilibrate import Equilibrate, equilibrate
 from .equinorm import EquiNormConv2d, EquiNormLinear, equinorm_weight
+from .options import accepted_options, check_options
 from .registry import REGISTRY, Conditioner, register
 from .standardize import CenteredWeightNorm, WeightStandardization, center_normalize, standardize
 
 __all__ = [
-    "available", "bake", "cached", "condition", "left_plain", "post_step",
+    "available", "bake", "cached", "condition", "left_plain", "post_step", "accepted_options", "check_options",
     "ENorm", "infer_pairs", "Equilibrate", "equilibrate", "EquiNormConv2d", "EquiNormLinear", "equinorm_weight",
     "REGISTRY", "Conditioner", "register",
     "CenteredWeightNorm", "WeightStandardization", "center_normalize", "standardize",

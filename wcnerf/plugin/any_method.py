@@ -71,10 +71,13 @@ __all__ = [
     "AnyConditionedModelConfig",
     "ConditioningReport",
     "NothingToCondition",
+    "check_device",
     "conditioned_model_class",
     "conditioned_model_config",
     "conditioned_trainer_config",
     "plan",
+    "settle_cuda_default",
+    "wc_trainer_config",
 ]
 
 _CONFIG_PREFIX = "ConditionedConfig_"
@@ -325,6 +328,10 @@ class AnyConditionedModel(ConditionedModel):
         cfg = self.config
         from wcnerf.plugin.conditioned import parse_options
 
+        selected, report = plan(self, cfg.conditioning, cfg.conditioning_scope, tuple(cfg.conditioning_exclude))  # type: ignore[arg-type]
+        in_scope = set(selected) | set(report.excluded)
+        self.note_exclude_candidates([n for n, _ in self.named_modules() if n in in_scope])  # type: ignore[attr-defined]
+        self.check_exclude_patterns()  # a typo is named before "nothing to condition" is said
         self.conditioning_report = condition_model(
             self, cfg.conditioning, cfg.conditioning_scope, tuple(cfg.conditioning_exclude),
             **parse_options(cfg.conditioning_options))
@@ -446,5 +453,45 @@ def conditioned_trainer_config(config: Any, conditioning: str = "equilibrate", *
                          f"({type(config).__name__}; an external method that is not installed?)")
     out.pipeline.model = conditioned_model_config(model, conditioning, **settings)
     return out
+
+
+def wc_trainer_config(config: Any) -> Any:
+    """A nerfstudio ``TrainerConfig`` as wcnerf's :class:`~wcnerf.plugin.trainer.WCTrainerConfig`
+    (same field values), so the run gets the pre-flight of ``ns-train`` for wcnerf's methods
+    (scene, output folder, ``--load-dir``, conditioning options, device) and wcnerf's trainer
+    (atomic checkpoints, a mismatched ``--load-dir`` named); the harness builds its runs the
+    same way. A subclass from another plugin keeps its own trainer and is returned as it is."""
+    from nerfstudio.engine.trainer import TrainerConfig
+
+    from wcnerf.plugin.trainer import WCTrainerConfig
+
+    if type(config) is not TrainerConfig:
+        return config
+    return WCTrainerConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainerConfig)
+                              if f.init and f.name != "_target"})
+
+
+def settle_cuda_default(config: Any) -> bool:
+    """A config that asks for CUDA on a machine without it gets the CPU (and no mixed precision),
+    as wcnerf's own methods choose their device; True when changed."""
+    if str(config.machine.device_type) != "cuda" or torch.cuda.is_available():
+        return False
+    config.machine.device_type = "cpu"
+    config.mixed_precision = False
+    return True
+
+
+def check_device(config: Any) -> None:
+    """RunInputError when ``--machine.device-type`` names an accelerator this machine lacks
+    (nerfstudio would end in "Found no NVIDIA driver" after making the run folder)."""
+    from wcnerf.plugin.compat import RunInputError
+
+    device = str(config.machine.device_type)
+    mps = getattr(torch.backends, "mps", None)
+    missing = (device == "cuda" and not torch.cuda.is_available()) or (
+        device == "mps" and not (mps is not None and mps.is_available()))
+    if missing:
+        raise RunInputError(f"--machine.device-type {device}: this machine has no {device.upper()} device "
+                            "(torch sees none); train on the CPU with --machine.device-type cpu")
 
 

@@ -11,6 +11,12 @@ including ``--pipeline.model.conditioning-options``, ``--pipeline.model.analysis
 then nerfstudio's own ``ns-train`` main runs. The run folder is the method's
 (``outputs/<experiment>/<METHOD>/<timestamp>``: ``ns-eval`` looks the method name up in
 nerfstudio's registry); its ``config.yml`` rebuilds the conditioned model.
+
+The run goes through the same pre-flight as ``ns-train`` for wcnerf's own methods (its
+``TrainerConfig`` becomes a ``WCTrainerConfig``: the scene, the output folder, ``--load-dir``,
+the conditioning options and the device are checked before the run folder is made, and a
+refusal is one line with exit code 2). A method that asks for CUDA on a machine without it
+trains on the CPU, as wcnerf's own methods do, and says so in one line.
 """
 
 from __future__ import annotations
@@ -65,18 +71,25 @@ class TrainAnyMethod:
         if not self.method:
             print("wcnerf-train: error: a method is required (wcnerf-train --list shows them)", file=sys.stderr)
             return 2
-        from wcnerf.plugin.any_method import NothingToCondition
+        from wcnerf.plugin.any_method import NothingToCondition, check_device
+        from wcnerf.plugin.compat import remove_config_only_run_dirs
+        from wcnerf.plugin.conditioned import check_conditioning_options
+        from wcnerf.plugin.trainer import WCTrainerConfig
 
         try:
             config = build_config(self.method, self.conditioning, self.scope, ns_train_args)
         except ValueError as e:
             print(f"wcnerf-train: {e}", file=sys.stderr)
             return 2
+        if not isinstance(config, WCTrainerConfig):  # another plugin's trainer: the checks it can take
+            check_device(config)
+            check_conditioning_options(config.pipeline.model)
         from nerfstudio.scripts.train import main as ns_train_main
 
         try:
             ns_train_main(config)
         except NothingToCondition as e:
+            remove_config_only_run_dirs()  # found once the model is built, after the run folder was made
             print(f"wcnerf-train: {e}", file=sys.stderr)
             return 2
         return 0
@@ -86,18 +99,37 @@ def build_config(method: str, conditioning: str = "equilibrate", scope: str = "f
     """The conditioned ``TrainerConfig`` of ``method`` with ``args`` (ns-train arguments) applied."""
     from nerfstudio.configs.method_configs import all_methods
 
-    from wcnerf.plugin.any_method import conditioned_trainer_config
+    from wcnerf.plugin.any_method import conditioned_trainer_config, settle_cuda_default, wc_trainer_config
 
     if method not in all_methods:
         raise SystemExit(f"wcnerf-train: unknown method {method!r}; registered: {', '.join(sorted(all_methods))}")
-    default = conditioned_trainer_config(all_methods[method], conditioning, conditioning_scope=scope)
-    return tyro.cli(
+    default = wc_trainer_config(conditioned_trainer_config(all_methods[method], conditioning, conditioning_scope=scope))
+    on_cpu = settle_cuda_default(default)
+    config = tyro.cli(
         tyro.conf.SuppressFixed[tyro.conf.FlagConversionOff[type(default)]],  # type: ignore[index]
         default=default,
         args=list(args or []),
         prog=f"wcnerf-train {method} --conditioning {conditioning} --",
         description=f"ns-train {method}, every Linear/Conv2d of its fields conditioned with {conditioning!r}.",
     )
+    asked = any(a.split("=")[0] in ("--machine.device-type", "--machine.device_type") for a in args or [])
+    if on_cpu and not asked:
+        _say_cpu(config, method)
+    return config
+
+
+def _say_cpu(config, method: str) -> None:
+    """One line saying the run trains on the CPU: after the pre-flight (a run-start notice of
+    wcnerf's trainer), or now for a trainer without one."""
+    from wcnerf.plugin.trainer import START_NOTICES, WCTrainerConfig
+
+    line = (f"No CUDA device here: {method} trains on the CPU, as wcnerf's own methods do "
+            "(its config asks for --machine.device-type cuda).")
+    if not isinstance(config, WCTrainerConfig):
+        print(line)
+        return
+    before = START_NOTICES.get(config.method_name)
+    START_NOTICES[config.method_name] = lambda c: "\n".join(x for x in (before(c) if before else None, line) if x)
 
 
 OWN_OPTIONS = ("--conditioning", "--scope", "--list", "--help", "-h")

@@ -57,7 +57,7 @@ from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.utils import writer
 
 from wcnerf import conditioning as wc
-from wcnerf.plugin.compat import lpips_holder, say_once
+from wcnerf.plugin.compat import RunInputError, lpips_holder, say_once
 from wcnerf.plugin.viewer_panel import ConditioningPanel
 
 __all__ = [
@@ -68,7 +68,9 @@ __all__ = [
     "ConditioningAnalysis",
     "ConditioningCallback",
     "check_conditioner",
+    "check_conditioning_options",
     "parse_options",
+    "unmatched_patterns",
 ]
 
 _CONDITIONERS = ", ".join(wc.available())
@@ -97,6 +99,29 @@ def check_conditioner(name: str) -> None:
     """ValueError unless ``name`` is in the registry of :mod:`wcnerf.conditioning`."""
     if name not in wc.available():
         raise ValueError(f"unknown conditioning {name!r}; available: {_CONDITIONERS}")
+
+
+def check_conditioning_options(config: "ConditionedModelConfig") -> None:
+    """RunInputError naming a conditioning option the chosen conditioner does not take, or a
+    value it refuses (``wcnerf.conditioning.check_options``): called by the trainer's pre-flight,
+    before any run folder exists, instead of a traceback once the model is built."""
+    try:
+        wc.check_options(config.conditioning, parse_options(config.conditioning_options))
+    except ValueError as exc:
+        raise RunInputError(f"--pipeline.model.conditioning-options: {exc}") from None
+
+
+def unmatched_patterns(patterns: Any, names: List[str]) -> List[str]:
+    """The fnmatch patterns (``wcnerf.conditioning.condition``'s rule) that match none of ``names``."""
+    from wcnerf.conditioning.api import _matches
+
+    return [p for p in patterns if not any(_matches(n, None, [p]) for n in names)]
+
+
+def _exclude_error(config: "ConditionedModelConfig", missed: List[str], names: List[str]) -> RunInputError:
+    shown = ", ".join(names[:16]) + (f", ... ({len(names)} in all)" if len(names) > 16 else "")
+    return RunInputError(f"--pipeline.model.conditioning-exclude {' '.join(repr(p) for p in missed)}: matches no layer "
+                         f"{config.conditioning!r} could condition (a typo?); the layers it could match: {shown or 'none'}")
 
 
 @dataclass
@@ -227,9 +252,10 @@ class ConditionedModel:
     config: ConditionedModelConfig
 
     def check_conditioning(self) -> None:
-        """ValueError for an unknown conditioner name or a negative CPU chunk (call before
-        building anything)."""
+        """ValueError for an unknown conditioner name, an option it does not take or a negative
+        CPU chunk (call before building anything)."""
         check_conditioner(self.config.conditioning)
+        wc.check_options(self.config.conditioning, parse_options(self.config.conditioning_options))
         chunk = self.config.cpu_eval_num_rays_per_chunk
         if chunk < 0:
             raise ValueError(f"cpu_eval_num_rays_per_chunk must be >= 0 (0: eval_num_rays_per_chunk), got {chunk}")
@@ -239,9 +265,30 @@ class ConditionedModel:
         options and exclude patterns (relative to ``module``); returns the module to use."""
         cfg = self.config
         exclude = list(cfg.conditioning_exclude) or None
+        from wcnerf.conditioning.api import _matches
+
+        kinds = wc.REGISTRY[cfg.conditioning].layer_types
+        self.note_exclude_candidates([n for n, m in module.named_modules() if n and isinstance(m, kinds)
+                                      and (include is None or _matches(n, m, include))])
         return wc.condition(
             module, cfg.conditioning, include=include, exclude=exclude, **parse_options(cfg.conditioning_options)
         )
+
+    def note_exclude_candidates(self, names: List[str]) -> None:
+        """Record layer names an exclude pattern could match (over every ``condition`` call: a
+        pattern need only match in one of the conditioned modules)."""
+        seen = self.__dict__.setdefault("_exclude_candidates", [])
+        seen.extend(n for n in names if n not in seen)
+
+    def check_exclude_patterns(self) -> None:
+        """RunInputError for an exclude pattern that matched no layer the conditioner could take
+        (a typo would otherwise train the default model silently). Layer names exist only once
+        the model is built, after ``ns-train`` made the run folder: the input-error hook prints
+        one line and removes that folder."""
+        names = self.__dict__.get("_exclude_candidates", [])
+        missed = unmatched_patterns(self.config.conditioning_exclude, names)
+        if missed:
+            raise _exclude_error(self.config, missed, names)
 
     def analysis_parts(self) -> Dict[str, AnalysedPart]:
         """``{name: AnalysedPart}`` of the modules the layer-wise analysis looks at (the names
@@ -249,9 +296,11 @@ class ConditionedModel:
         raise NotImplementedError
 
     def setup_conditioning(self) -> None:
-        """End of ``populate_modules``: the LPIPS metric from local weights (or none, said once)
-        and the viewer panel, on when ``analysis_every > 0``."""
+        """End of ``populate_modules``: the exclude patterns checked against the layers seen,
+        the LPIPS metric from local weights (or none, said once) and the viewer panel, on when
+        ``analysis_every > 0``."""
         cfg = self.config
+        self.check_exclude_patterns()
         self._lpips_holder: List[Any] = lpips_holder(cfg.lpips_weights)  # see compat.lpips_holder
         # A nerfstudio ViewerElement, found by the viewer on the model, holding the analysis switch.
         titles = {name: part.title for name, part in self.analysis_parts().items()}
