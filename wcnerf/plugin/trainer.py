@@ -189,6 +189,8 @@ class WCTrainerConfig(TrainerConfig):
         exits 0 with a message when --load-dir holds a finished run."""
         from wcnerf.data.llff import LLFFDataParserConfig
         from wcnerf.plugin.conditioned import ConditionedModelConfig, check_conditioner
+        from wcnerf.plugin.any_method import check_device  # a CUDA run on a machine without it
+        from wcnerf.plugin.conditioned import check_conditioning_options  # options the conditioner takes
 
         if self.max_num_iterations < 1:  # nerfstudio would save no checkpoint and end in KeyError: 'step'
             raise RunInputError(f"--max-num-iterations {self.max_num_iterations}: must be >= 1")
@@ -198,9 +200,11 @@ class WCTrainerConfig(TrainerConfig):
                 check_conditioner(model.conditioning)
             except ValueError as exc:
                 raise RunInputError(f"--pipeline.model.conditioning: {exc}") from None
+            check_conditioning_options(model)
             if model.cpu_eval_num_rays_per_chunk < 0:
                 raise RunInputError(f"--pipeline.model.cpu-eval-num-rays-per-chunk {model.cpu_eval_num_rays_per_chunk}: "
                                     "must be >= 0 (0: --pipeline.model.eval-num-rays-per-chunk)")
+        check_device(self)
         dm = self.pipeline.datamanager
         parser_cfg = getattr(dm, "dataparser", None)
         if isinstance(parser_cfg, LLFFDataParserConfig):
