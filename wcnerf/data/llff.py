@@ -22,9 +22,10 @@ and sample ``t`` linearly in ``[0, 1]``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -39,12 +40,19 @@ from rich.markup import escape
 from wcnerf.data.llff_scene import (
     LLFFDataError,
     LLFFScene,
+    check_recorded_scene,
     load_llff_scene,
+    parse_fingerprint,
+    poses_digest,
     resolve_data_path,
+    scene_candidates,
+    scene_fingerprint,
+    scene_problem,
     split_indices,
 )
 
-__all__ = ["LLFFDataParserConfig", "LLFF", "LLFFDataError", "llff_dataparser", "NDC_NEAR"]
+__all__ = ["LLFFDataParserConfig", "LLFF", "LLFFDataError", "llff_dataparser", "NDC_NEAR", "locate_scene",
+           "record_scene"]
 
 NDC_NEAR = 1.0
 """World depth of the NDC near plane (reference: ``ndc_rays(H, W, focal, 1., ...)``)."""
@@ -80,6 +88,10 @@ class LLFFDataParserConfig(DataParserConfig):
     """Non-NDC mode: near = min scaled bound * near_factor (nerf-pytorch: 0.9)."""
     far_factor: float = 1.0
     """Non-NDC mode: far = max scaled bound * far_factor (nerf-pytorch: 1.0)."""
+    scene_fingerprint: str = ""
+    """What the scene a run trained on held (``poses <digest>, <N> images <digest>``), written
+    to config.yml by the trainer's pre-flight (:func:`record_scene`): ns-eval, ns-render and a
+    resume then refuse a scene that differs, naming both. Empty: nothing is checked."""
 
     def check_options(self) -> None:
         """Refuse impossible options before any scene is read (the harness plans with it)."""
@@ -89,6 +101,7 @@ class LLFFDataParserConfig(DataParserConfig):
             raise LLFFDataError(f"--downscale-factor {self.downscale_factor}: must be >= 1 (1: the full-size images/)")
         if self.holdout_every < 0:
             raise LLFFDataError(f"--holdout-every {self.holdout_every}: must be >= 0 (0: every image in both splits)")
+        parse_fingerprint(self.scene_fingerprint)
 
 
 _WARNED: set = set()
@@ -121,10 +134,17 @@ class LLFF(DataParser):
         """The whole scene (all images), resolved and checked once per parser."""
         cfg = self.config
         cfg.check_options()
-        root = resolve_data_path(cfg.data, cfg.downscale_factor)
+        root, gone = locate_scene(cfg)
         key = (str(root.resolve()), cfg.downscale_factor, cfg.bd_factor, cfg.holdout_every)
         if self._cache is None or self._cache[0] != key:
+            recorded = cfg.scene_fingerprint
+            gone_from = cfg.data if gone else None
+            check_recorded_scene(root, cfg.downscale_factor, recorded, gone_from, poses_only=True)  # no image read yet
             scene = load_llff_scene(root, cfg.downscale_factor, bd_factor=cfg.bd_factor, holdout_every=cfg.holdout_every)
+            check_recorded_scene(root, cfg.downscale_factor, recorded, gone_from)
+            if gone:
+                _say_once(f"{cfg.data}: not there any more; using {root}, the same scene (it matches the fingerprint "
+                          "in the run's config.yml)")
             for note in scene.warnings:
                 _warn_once(note)
             full_h, full_w, _ = scene.full_hwf
@@ -192,6 +212,66 @@ class LLFF(DataParser):
             dataparser_transform=torch.from_numpy(scene.transform).to(torch.float32),
             metadata={"llff": meta},
         )
+
+
+def locate_scene(cfg: LLFFDataParserConfig) -> Tuple[Path, bool]:
+    """The scene folder of ``cfg`` and whether the one recorded is gone: ``data`` through
+    :func:`wcnerf.data.llff_scene.resolve_data_path`; but when a run recorded its scene (an
+    absolute ``data`` and a ``scene_fingerprint``) and that folder is not there any more, a usable
+    folder of the same name where ``--data`` is looked up (the working folder, the repo's data,
+    ``$WCNERF_DATA``; one with the recorded poses first), which the caller then compares with the
+    fingerprint."""
+    data = Path(cfg.data)
+    recorded = parse_fingerprint(cfg.scene_fingerprint)
+    if recorded is None or not data.is_absolute() or data.exists():
+        return resolve_data_path(data, cfg.downscale_factor), False
+    usable, problems = [], []
+    for place in (p for p in scene_candidates(data.name) if p.is_dir()):
+        problem = scene_problem(place, cfg.downscale_factor)
+        if problem:
+            problems.append(problem)
+        else:
+            usable.append(Path(os.path.abspath(place)))
+    if not usable:
+        seen = f" ({problems[0]})" if problems else ""
+        raise LLFFDataError(
+            f"{data}: the scene this run trained on is not there any more (moved or deleted), and no scene named "
+            f"{data.name} is found where --data is looked up (the working folder, $WCNERF_DATA){seen}; put it back"
+        )
+    same = [p for p in usable if poses_digest(p) == recorded["poses"]]
+    return (same or usable)[0], True
+
+
+def record_scene(config: Any) -> None:
+    """Write into a run's config, before nerfstudio saves it as config.yml, its scene folder and
+    output folder as absolute paths, and for an llff scene its fingerprint
+    (:func:`wcnerf.data.llff_scene.scene_fingerprint`): ``ns-eval`` / ``ns-render`` / the harness,
+    from any working folder, then read the scene the run trained on (a relative ``--data fern``
+    would be looked up again from there) and the llff dataparser refuses another one. Called by
+    the trainer's pre-flight once the scene was checked; another dataparser's ``data`` that does
+    not exist is left as given (that dataparser reports it)."""
+    dm = config.pipeline.datamanager
+    parser = getattr(dm, "dataparser", None)
+    given = getattr(dm, "data", None) or getattr(parser, "data", None)
+    if given is not None:
+        if isinstance(parser, LLFFDataParserConfig):
+            import dataclasses
+
+            found: Optional[Path] = locate_scene(dataclasses.replace(parser, data=Path(given)))[0]
+        else:
+            found = Path(given).expanduser()
+            found = found if found.exists() else None
+        if found is not None:
+            path = Path(os.path.abspath(found))
+            for owner in (config, dm, parser):
+                if getattr(owner, "data", None) is not None:
+                    owner.data = path
+            if isinstance(parser, LLFFDataParserConfig):
+                parser.data = path
+                if not parser.scene_fingerprint.strip():
+                    parser.scene_fingerprint = scene_fingerprint(path, parser.downscale_factor)
+    if getattr(config, "output_dir", None) is not None:
+        config.output_dir = Path(os.path.abspath(Path(config.output_dir).expanduser()))
 
 
 llff_dataparser = DataParserSpecification(

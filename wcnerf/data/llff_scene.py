@@ -19,12 +19,15 @@ and yenchenlin/nerf-pytorch, itself derived from Fyusion/LLFF) step by step:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,7 +43,13 @@ __all__ = [
     "load_poses_bounds",
     "list_images",
     "downsample_images",
+    "DERIVED_RECORD",
+    "derived_state",
     "image_dir_for",
+    "scene_fingerprint",
+    "check_recorded_scene",
+    "parse_fingerprint",
+    "poses_digest",
     "llff_to_opengl",
     "poses_avg",
     "recenter_poses",
@@ -282,18 +291,114 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(img.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)  # floats in [0, 1]
 
 
-def downsample_images(src: PathLike, dst: PathLike, factor: int, *, show_progress: bool = True) -> List[Path]:
-    """Downsample every image of ``src`` by ``factor`` (area filter) into 8-bit PNGs in ``dst``.
+DERIVED_RECORD = ".wcnerf-source.json"
+"""The record :func:`downsample_images` writes in each ``images_<factor>/`` it derives from
+``images/``: per source image its name, size, modification time and sha256, and the file made
+from it (name, size). A folder with it is wcnerf's: made again when ``images/`` changes or a file
+of it is missing or changed (:func:`derived_state`). A folder without it is the user's (e.g. the
+``images_8/`` shipped with nerf_llff_data) and is never rewritten."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_RECORD_KEYS = {"source", "size", "mtime_ns", "sha256", "output", "output_size"}
+
+
+def _read_record(folder: Path) -> Optional[dict]:
+    """``folder``'s :data:`DERIVED_RECORD`: None when it has none, ``{}`` when it is unreadable."""
+    path = Path(folder) / DERIVED_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf8"))
+        if all(isinstance(e, dict) and _RECORD_KEYS <= set(e) for e in record["files"]):
+            return record
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {}
+
+
+def _origins(img_dir: Path) -> Dict[Path, Path]:
+    """Each file of a folder wcnerf derived -> the source image it was made from."""
+    record = _read_record(img_dir) or {}
+    src = img_dir.parent / str(record.get("source", "images"))
+    return {img_dir / e["output"]: src / e["source"] for e in record.get("files", [])}
+
+
+def _clear_debris(dst: Path) -> None:
+    """Remove what a killed :func:`downsample_images` left beside ``dst`` (``<name>.tmp-<pid>``,
+    ``.<name>.old-<pid>``) when its process is gone; another live process's is left alone."""
+    pattern = re.compile(rf"^(?:{re.escape(dst.name)}\.tmp|\.{re.escape(dst.name)}\.old)-(\d+)$")
+    try:
+        siblings = list(dst.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        m = pattern.match(p.name)
+        if not m or not p.is_dir():
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # alive: another process is building it
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _install(tmp: Path, dst: Path) -> None:
+    """Put the finished folder ``tmp`` in the place of ``dst``: a missing or empty ``dst`` is
+    replaced by one rename; one with :data:`DERIVED_RECORD` (ours) is moved aside first and
+    removed after. When another process put its own in place meanwhile, that one is kept."""
+    old: Optional[Path] = None
+    if (dst / DERIVED_RECORD).is_file():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        try:
+            os.rename(dst, old)
+        except FileNotFoundError:
+            old = None  # another process moved it aside first
+    try:
+        os.rename(tmp, dst)  # rename(2) replaces a missing or empty folder, never a full one
+    except OSError:
+        if not dst.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent run finished first
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def downsample_images(
+    src: PathLike, dst: PathLike, factor: int, *, show_progress: bool = True, reason: str = "missing"
+) -> List[Path]:
+    """Downsample every image of ``src`` by ``factor`` (area filter) into 8-bit PNGs in ``dst``,
+    with the :data:`DERIVED_RECORD` of what they were made from.
 
     The size is ``round(W / factor) x round(H / factor)`` (the reference runs ImageMagick's
-    ``mogrify -resize {100/factor}% -format png``). Files keep their stem. The images are
-    written to a temporary sibling folder that is renamed to ``dst`` at the end, so an
-    interrupted run leaves no half-filled cache. Returns the written files, sorted.
+    ``mogrify -resize {100/factor}% -format png``). Files keep their stem. All images must have
+    one size: the first that does not is named (not its downsampled copy). The images are written
+    to a temporary sibling folder that then takes the place of ``dst`` (a missing or empty one, or
+    one this function made; a full folder of the user's is never replaced), so an interrupted run
+    leaves the previous ``dst`` as it was. ``reason``: why ``dst`` is made, for the progress line.
+    Returns the written files, sorted.
     """
+    import errno
+
     import imageio.v3 as iio
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import track
+
+    from wcnerf.atomic import WriteError, write_error, write_json
 
     src, dst = Path(src), Path(dst)
     files = list_images(src)
@@ -303,36 +408,118 @@ def downsample_images(src: PathLike, dst: PathLike, factor: int, *, show_progres
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
         raise LLFFDataError(f"{src}: several images share a name stem ({', '.join(dup)}); cannot cache as PNG")
+    _clear_debris(dst)
     tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise WriteError(exc.errno or errno.EIO, f"{dst}: cannot write the images downsampled from {src} "
+                                                 f"({exc.strerror or exc}); make {dst.parent} writable, or make "
+                                                 f"{dst.name}/ yourself") from None
     try:
         iterable: Iterable[Path] = files
         if show_progress:
             console = Console()
             console.print(
-                f"[bold]LLFF:[/bold] {escape(str(dst))} missing: downsampling the {len(files)} images of"
+                f"[bold]LLFF:[/bold] {escape(str(dst))} {escape(reason)}: downsampling the {len(files)} images of"
                 f" {escape(str(src))} by {factor}"
                 " (once; cached there)"
             )
             iterable = track(files, description="Downsampling", console=console, transient=True)
+        entries = []
+        size0: Optional[Tuple[int, int]] = None
         for path in iterable:
+            st = path.stat()  # before reading: a change while it is read makes the record stale
             img = _read_image(path)
             h, w = img.shape[:2]
+            if size0 is None:
+                size0 = (w, h)
+            elif (w, h) != size0:
+                raise LLFFDataError(f"{path}: image is {w}x{h} but {files[0].name} is {size0[0]}x{size0[1]}"
+                                    " (all images of a scene must have the same size)")
             nh, nw = max(1, int(round(h / factor))), max(1, int(round(w / factor)))
             small = _to_uint8(_resize_area(img, nh, nw))
-            iio.imwrite(tmp / f"{path.stem}.png", small)
-        try:
-            os.rename(tmp, dst)
-        except OSError:
-            if not dst.is_dir():  # not a concurrent run that finished first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+            out = tmp / f"{path.stem}.png"
+            iio.imwrite(out, small)
+            entries.append({"source": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                            "sha256": _sha256(path), "output": out.name, "output_size": out.stat().st_size})
+        write_json(tmp / DERIVED_RECORD, {"made_by": "wcnerf.data.llff_scene.downsample_images", "source": src.name,
+                                          "factor": factor, "files": entries})
+        _install(tmp, dst)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise write_error(dst, exc) from exc
         raise
     return list_images(dst)
+
+
+def derived_state(img_dir: PathLike, factor: int) -> Tuple[str, str]:
+    """What the scene folder's ``images_<factor>/`` ``img_dir`` is, as ``(state, why)``:
+
+    * ``missing`` / ``empty``: to be made from ``images/`` (an empty folder, ours or not, holds
+      nothing to lose);
+    * ``stale``: made by :func:`downsample_images` from an ``images/`` that has changed since (an
+      image added, removed, or of another size; of another modification time and another
+      sha256), or a file of it is missing or changed: to be made again (``why`` says what changed);
+    * ``ours``: made by :func:`downsample_images` and up to date, or its ``images/`` is gone (it
+      is then used as it is);
+    * ``user``: not made by wcnerf (no :data:`DERIVED_RECORD`, not empty): used as it is, never rewritten.
+
+    A source whose time changed but whose content did not (a copy, ``touch``) keeps the folder;
+    its new time is written to the record so that it is not hashed again.
+    """
+    from wcnerf.atomic import write_json
+
+    img_dir = Path(img_dir)
+    originals = img_dir.parent / "images"
+    if not img_dir.exists():
+        return "missing", "missing"
+    if not img_dir.is_dir():
+        raise LLFFDataError(f"{img_dir}: is a file, not a folder of images; remove it (it is made from images/)"
+                            if originals.is_dir() else f"{img_dir}: is a file, not a folder of images")
+    record = _read_record(img_dir)
+    if record is None:
+        try:
+            empty = next(img_dir.iterdir(), None) is None
+        except OSError:
+            empty = False
+        return ("empty", "is empty") if empty else ("user", "")
+    if not originals.is_dir():
+        return "ours", ""
+    if not record:
+        return "stale", f"is out of date (its {DERIVED_RECORD} is unreadable)"
+    if record.get("factor") != factor:
+        return "stale", f"is out of date (made at factor {record.get('factor')})"
+    entries = record["files"]
+    current = list_images(originals)
+    names, recorded = [p.name for p in current], [e["source"] for e in entries]
+    if names != recorded:
+        added, removed = sorted(set(names) - set(recorded)), sorted(set(recorded) - set(names))
+        what = [f"{len(added)} added, e.g. {added[0]}" if added else "",
+                f"{len(removed)} removed, e.g. {removed[0]}" if removed else ""]
+        return "stale", f"is out of date (images in {originals}: {'; '.join(w for w in what if w)})"
+    touched = []
+    for path, entry in zip(current, entries):
+        st = path.stat()
+        if st.st_size != entry["size"] or (st.st_mtime_ns != entry["mtime_ns"] and _sha256(path) != entry["sha256"]):
+            return "stale", f"is out of date ({path} changed since it was made)"
+        if st.st_mtime_ns != entry["mtime_ns"]:
+            touched.append((entry, st.st_mtime_ns))
+    made = {p.name: p.stat().st_size for p in list_images(img_dir)}
+    wanted = {e["output"]: e["output_size"] for e in entries}
+    if made != wanted:
+        missing = sorted(set(wanted) - set(made))
+        what = f"{missing[0]} is missing" if missing else "a file of it was added or changed"
+        return "stale", f"is incomplete ({what})"
+    if touched:
+        for entry, mtime in touched:
+            entry["mtime_ns"] = mtime
+        try:
+            write_json(img_dir / DERIVED_RECORD, record)
+        except OSError:
+            pass  # a read-only scene: the hashes are compared again next time
+    return "ours", ""
 
 
 # --------------------------------------------------------------------------------------
@@ -522,10 +709,14 @@ _CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 """8-bit PIL modes nerfstudio reads correctly (it repeats a grey channel to RGB), by channel count."""
 
 
-def _check_images(paths: Sequence[Path]) -> Tuple[int, int]:
+def _check_images(paths: Sequence[Path], origin: Optional[Dict[Path, Path]] = None) -> Tuple[int, int]:
     """Decode every image fully; all must share one size and be 8-bit grey, RGB or RGBA, with
-    alpha in all or none. Returns ``(H, W)``."""
+    alpha in all or none. Returns ``(H, W)``. ``origin``: the source image of each file of a
+    folder wcnerf derived, named in the messages instead (the file to fix is the source)."""
     from PIL import Image
+
+    def named(p: Path) -> Path:
+        return (origin or {}).get(p, p)
 
     size0: Optional[Tuple[int, int]] = None
     mode0 = ""
@@ -536,22 +727,23 @@ def _check_images(paths: Sequence[Path]) -> Tuple[int, int]:
                 size = im.size  # (W, H)
                 mode = im.mode
         except Exception as exc:  # noqa: BLE001
-            raise LLFFDataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+            raise LLFFDataError(f"{named(path)}: cannot read image ({type(exc).__name__}: {exc})") from exc
         if mode not in _CHANNELS:
             raise LLFFDataError(
-                f"{path}: image mode {mode} is not 8-bit grey, RGB or RGBA (nerfstudio would misread it);"
+                f"{named(path)}: image mode {mode} is not 8-bit grey, RGB or RGBA (nerfstudio would misread it);"
                 " convert it to 8-bit RGB (e.g. PIL: Image.open(p).convert('RGB').save(p))"
             )
         if size0 is None:
             size0, mode0 = size, mode
         elif size != size0:
             raise LLFFDataError(
-                f"{path}: image is {size[0]}x{size[1]} but {paths[0].name} is {size0[0]}x{size0[1]}"
+                f"{named(path)}: image is {size[0]}x{size[1]} but {named(paths[0]).name} is {size0[0]}x{size0[1]}"
                 " (all images of a scene must have the same size)"
             )
         elif (mode == "RGBA") != (mode0 == "RGBA"):
             raise LLFFDataError(
-                f"{path}: image has {_CHANNELS[mode]} channels ({mode}) but {paths[0].name} has {_CHANNELS[mode0]}"
+                f"{named(path)}: image has {_CHANNELS[mode]} channels ({mode}) but {named(paths[0]).name} has"
+                f" {_CHANNELS[mode0]}"
                 f" ({mode0}); an alpha channel must be in all images of a scene or in none: convert it"
                 f" (e.g. PIL: Image.open(p).convert('{'RGB' if mode == 'RGBA' else 'RGBA'}').save(p))"
             )
@@ -569,7 +761,10 @@ def load_llff_scene(
 ) -> LLFFScene:
     """Load an LLFF scene folder, downsampling ``images/`` into ``images_<factor>/`` if needed.
 
-    The geometry is checked first (:func:`check_geometry`: impossible cameras or bounds are
+    An ``images_<factor>/`` that wcnerf made is made again when ``images/`` changed or it is
+    incomplete, an empty one is made, the user's own is used as it is (:func:`derived_state`);
+    problems in a derived image name its source, in the user's folder they say how to have it
+    made from ``images/``. The geometry is checked first (:func:`check_geometry`: impossible cameras or bounds are
     refused, unusual ones listed in ``LLFFScene.warnings``), and, when ``holdout_every`` is
     given, the train / held-out split (:func:`check_split`)."""
     root = Path(root)
@@ -585,28 +780,44 @@ def load_llff_scene(
         check_split(n, holdout_every, poses_file)
 
     img_dir = image_dir_for(root, downscale_factor)
-    if not img_dir.is_dir():
-        originals = root / "images"
-        if not originals.is_dir():
-            raise LLFFDataError(
-                f"{img_dir}: folder not found, and there is no {originals.name}/ folder with the"
-                f" full-resolution images to make it from (LLFF layout: {POSES_FILE}, images/,"
-                " images_<factor>/)"
-            )
-        n_orig = len(list_images(originals))
-        if n_orig != n:
-            raise LLFFDataError(
-                f"{originals}: {n_orig} images but {poses_file.name} has {n} poses; not downsampling"
-            )
-        downsample_images(originals, img_dir, downscale_factor, show_progress=show_progress)
+    originals = root / "images"
+    state = "user"  # factor 1: images/ itself
+    if downscale_factor != 1:
+        state, why = derived_state(img_dir, downscale_factor)
+        if state in ("missing", "empty", "stale"):
+            if not originals.is_dir():  # (a stale folder has its images/)
+                what = "folder not found" if state == "missing" else "is empty"
+                raise LLFFDataError(
+                    f"{img_dir}: {what}, and there is no {originals.name}/ folder with the"
+                    f" full-resolution images to make it from (LLFF layout: {POSES_FILE}, images/,"
+                    " images_<factor>/)"
+                )
+            n_orig = len(list_images(originals))
+            if n_orig != n:
+                raise LLFFDataError(
+                    f"{originals}: {n_orig} images but {poses_file.name} has {n} poses; not downsampling"
+                )
+            downsample_images(originals, img_dir, downscale_factor, show_progress=show_progress, reason=why)
+            state = "ours"
+    origin = _origins(img_dir) if state == "ours" and originals.is_dir() else {}
+    fix = ""
+    if state == "user" and downscale_factor != 1 and originals.is_dir():
+        fix = (f"; {img_dir.name}/ was not made by wcnerf (it has no {DERIVED_RECORD}): delete it to have it"
+               f" made again from {originals.name}/")
 
     image_paths = list_images(img_dir)
     if len(image_paths) != n:
+        counted = originals if origin and originals.is_dir() else img_dir  # ours mirrors images/
         raise LLFFDataError(
-            f"{img_dir}: {len(image_paths)} images but {poses_file} has {n} poses"
-            " (one image per row of poses_bounds.npy, matched in sorted name order)"
+            f"{counted}: {len(image_paths)} images but {poses_file} has {n} poses"
+            " (one image per row of poses_bounds.npy, matched in sorted name order)" + fix
         )
-    height, width = _check_images(image_paths)
+    try:
+        height, width = _check_images(image_paths, origin)
+    except LLFFDataError as exc:
+        if not fix:
+            raise
+        raise LLFFDataError(f"{exc}{fix}") from None
 
     full_h, full_w, full_f = (float(v) for v in raw_poses[0, :, 4])
     focal = full_f / downscale_factor
@@ -634,4 +845,91 @@ def load_llff_scene(
         transform=transform,
         full_hwf=(full_h, full_w, full_f),
         warnings=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Which scene a run trained on
+# --------------------------------------------------------------------------------------
+
+_FINGERPRINT = re.compile(r"^poses (?P<poses>[0-9a-f]{12}), (?P<n>\d+) images (?P<images>[0-9a-f]{12})$")
+
+
+def poses_digest(root: PathLike) -> str:
+    """12 hex digits of the sha256 of the scene folder's ``poses_bounds.npy`` (part of :func:`scene_fingerprint`)."""
+    return hashlib.sha256((Path(root) / POSES_FILE).read_bytes()).hexdigest()[:12]
+
+
+def scene_fingerprint(root: PathLike, downscale_factor: int) -> str:
+    """What a loaded scene holds, in one line a run's config.yml keeps:
+    ``poses <digest>, <N> images <digest>`` (12 hex digits of the sha256 of ``poses_bounds.npy``,
+    and of the images' names and sha256s). The images are those of ``images_<factor>/``; for a
+    folder wcnerf derived, the source images its record lists (so a folder made again from the
+    same ``images/`` keeps the fingerprint). Call it after :func:`load_llff_scene`, which brings
+    a derived folder up to date."""
+    root = Path(root)
+    img_dir = image_dir_for(root, downscale_factor)
+    record = _read_record(img_dir) if downscale_factor != 1 else None
+    if record:
+        items = [(str(e["source"]), str(e["sha256"])) for e in record["files"]]
+    else:
+        items = [(p.name, _sha256(p)) for p in list_images(img_dir)]
+    h = hashlib.sha256()
+    for name, digest in items:
+        h.update(f"{name}\0{digest}\n".encode())
+    return f"poses {poses_digest(root)}, {len(items)} images {h.hexdigest()[:12]}"
+
+
+def parse_fingerprint(text: str, option: str = "--scene-fingerprint") -> Optional[re.Match]:
+    """The parts of a :func:`scene_fingerprint` (None for an empty one: nothing recorded);
+    anything else is refused naming ``option``."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    m = _FINGERPRINT.match(text)
+    if m is None:
+        raise LLFFDataError(f"{option} {text!r}: not a scene fingerprint (the trainer records 'poses <12 hex digits>, "
+                            "<N> images <12 hex digits>' in config.yml); leave it empty to check nothing")
+    return m
+
+
+def check_recorded_scene(
+    root: PathLike, downscale_factor: int, recorded: str, gone_from: Optional[PathLike] = None, *,
+    poses_only: bool = False,
+) -> None:
+    """Refuse the scene folder ``root`` when it is not the scene a run trained on: ``recorded``
+    is the run's :func:`scene_fingerprint` (from its config.yml); ``gone_from``: the folder the
+    run trained on when that is not there any more and ``root`` was found by its name instead.
+    ``poses_only``: compare ``poses_bounds.npy`` only, before the images are read (and a derived
+    folder made). The one-line message names the folder(s), what differs and the way out."""
+    m = parse_fingerprint(recorded)
+    if m is None:
+        return
+    root = Path(os.path.abspath(root))
+    try:
+        poses = poses_digest(root)
+    except OSError:
+        return  # no poses_bounds.npy: load_llff_scene says so
+    differs = []
+    if poses != m["poses"]:
+        differs.append(f"its {POSES_FILE} differs (sha256 {poses}..., recorded {m['poses']}...)")
+    if not poses_only and not differs:
+        found = _FINGERPRINT.match(scene_fingerprint(root, downscale_factor))
+        assert found is not None
+        if found["n"] != m["n"]:
+            differs.append(f"it has {found['n']} images, the run's had {m['n']}")
+        elif found["images"] != m["images"]:
+            differs.append(f"its images differ (sha256 {found['images']}..., recorded {m['images']}...)")
+    if not differs:
+        return
+    if gone_from is None:
+        raise LLFFDataError(
+            f"{root}: is not the scene this run trained on there ({'; '.join(differs)}); the run's config.yml records "
+            f"'{recorded.strip()}': put that scene back at {root}, or train a new run on this one"
+        )
+    gone = Path(os.path.abspath(gone_from))
+    raise LLFFDataError(
+        f"{root}: is not the scene this run trained on, {gone}, which is not there any more "
+        f"({'; '.join(differs)}); put that scene back at {gone} (or where --data's lookup finds it by name), "
+        f"or train a new run on {root}"
     )
