@@ -211,6 +211,9 @@ class WCTrainerConfig(TrainerConfig):
             data = getattr(dm, "data", None) or parser_cfg.data
             parser_cfg = dataclasses.replace(parser_cfg, data=Path(data))
             parser_cfg.setup().load_scene()
+        from wcnerf.data.llff import record_scene  # config.yml: absolute scene and output paths, llff fingerprint
+
+        record_scene(self)
         if self.load_dir is not None:
             from wcnerf.atomic import remove_stale_temporaries
 
