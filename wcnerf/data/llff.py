@@ -139,7 +139,8 @@ class LLFF(DataParser):
         if self._cache is None or self._cache[0] != key:
             recorded = cfg.scene_fingerprint
             gone_from = cfg.data if gone else None
-            check_recorded_scene(root, cfg.downscale_factor, recorded, gone_from, poses_only=True)  # no image read yet
+            if gone:  # a folder found by name: first whether it is the scene at all, before its images are read
+                check_recorded_scene(root, cfg.downscale_factor, recorded, gone_from, poses_only=True)
             scene = load_llff_scene(root, cfg.downscale_factor, bd_factor=cfg.bd_factor, holdout_every=cfg.holdout_every)
             check_recorded_scene(root, cfg.downscale_factor, recorded, gone_from)
             if gone:
