@@ -60,6 +60,8 @@ BOOL = Option("True or False", lambda v: isinstance(v, bool))
 
 
 def _pairs_ok(value: Any) -> bool:
+    if value is None:
+        return True
     if isinstance(value, (str, bytes)) or not value:
         return False
     for pair in value:
@@ -70,7 +72,7 @@ def _pairs_ok(value: Any) -> bool:
     return True
 
 
-PAIRS = Option("a non-empty list of (producer, consumer[, columns]) layer-name tuples", _pairs_ok)
+PAIRS = Option("a non-empty list of (producer, consumer[, columns]) layer-name tuples, or None (inferred)", _pairs_ok)
 
 UNIVERSAL: Dict[str, Option] = {"force_degenerate": BOOL}
 """Options of ``condition`` itself, taken with every conditioner but ``none``."""
