@@ -493,5 +493,3 @@ def check_device(config: Any) -> None:
     if missing:
         raise RunInputError(f"--machine.device-type {device}: this machine has no {device.upper()} device "
                             "(torch sees none); train on the CPU with --machine.device-type cpu")
-
-
