@@ -422,8 +422,7 @@ def downsample_images(
             console = Console()
             console.print(
                 f"[bold]LLFF:[/bold] {escape(str(dst))} {escape(reason)}: downsampling the {len(files)} images of"
-                f" {escape(str(src))} by {factor}"
-                " (once; cached there)"
+                f" {escape(str(src))} by {factor}" + (" (once; cached there)" if reason == "missing" else "")
             )
             iterable = track(files, description="Downsampling", console=console, transient=True)
         entries = []
