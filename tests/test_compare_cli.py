@@ -16,7 +16,8 @@ from support.helpers import REPO, compare_dry_run
 def test_dry_run_keeps_states_and_whole_scene_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # nothing of this venv's on PATH
     stdout = compare_dry_run("--protocol", "cpu", "--scenes", "fern", "nosuchscene", "--methods", "nerf", "--seeds", "0",
-                      "--output-root", str(tmp_path))  # fmt: skip
+                      "--output-root", str(tmp_path), code=2)  # fmt: skip
+    assert "refused: 1 scene(s) cannot be used (above): nosuchscene" in stdout  # the plan shown, exit 2
     # rich must not eat "[pending]" as markup
     assert "[pending] fern nerf seed 0:" in stdout
     # every line of the lookup error, not only the first
@@ -62,7 +63,7 @@ def test_dry_run_in_process_prints_markup_literally(tmp_path, monkeypatch, capsy
     code = main(["--protocol", "cpu", "--scenes", "fern", "nosuchscene", "--methods", "nerf", "weight-norm",
                  "--seeds", "0", "1", "--output-root", str(out_root), "--dry-run"])
     text = capsys.readouterr().out
-    assert code == 0
+    assert code == 2  # a scene cannot be used: the plan is shown, and refused
     for seed in (0, 1):
         for method in ("nerf", "weight-norm"):
             assert f"[pending] fern {method} seed {seed}:" in text
@@ -116,5 +117,5 @@ def test_a_missing_scene_or_a_negative_seed_is_refused_before_any_folder(tmp_pat
     assert "refused" in text and "nosuchscene" in text and "nothing was run" in text
     assert not out.exists()
     assert main(["--protocol", "cpu", "--scenes", "fern", "--seeds", "-1", "--output-root", str(out)]) == 2
-    assert "--seeds -1: a seed is an integer from 0 to 4294967295" in capsys.readouterr().out
+    assert "--seeds -1: must be in [0, 4294967295]" in capsys.readouterr().out
     assert not out.exists()

@@ -117,7 +117,7 @@ def test_the_execution_sets_both_stages_unless_the_command_line_fixes_them(tmp_p
 @pytest.mark.parametrize(
     "change, message",
     [
-        (("train_threads: 2", "train_threads: 0"), r"bad\.yaml: train_threads must be >= 1"),
+        (("train_threads: 2", "train_threads: 0"), r"bad\.yaml: train_threads 0: must be >= 1"),
         (("max_eval_views: 5", "max_eval_views: -2"), r"bad\.yaml: .*max.eval.views -2: must be >= 0"),
         (("dataparser: llff", "dataparser: nerfstudio-data"),
          r"bad\.yaml: override 'pipeline\.datamanager\.dataparser\.holdout_every'.*NerfstudioDataParserConfig"),

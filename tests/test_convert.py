@@ -202,8 +202,8 @@ def test_refuses_an_image_count_mismatch(tiny, tmp_path):
 
 def test_refuses_a_missing_factor_and_bad_arguments(tiny, tmp_path):
     refused(tiny, tmp_path / "out", "images_4", "not found", downscale_factor=4)
-    refused(tiny, tmp_path / "out", "downscale_factor 0", downscale_factor=0)
-    refused(tiny, tmp_path / "out", "holdout_every -1", downscale_factor=TINY_FACTOR, holdout_every=-1)
+    refused(tiny, tmp_path / "out", "--downscale-factor 0: must be >= 1", downscale_factor=0)
+    refused(tiny, tmp_path / "out", "--holdout-every -1: must be >= 0", downscale_factor=TINY_FACTOR, holdout_every=-1)
 
 
 def test_refuses_to_overwrite_what_is_not_a_previous_conversion(tiny, tmp_path):

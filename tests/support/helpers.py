@@ -106,7 +106,7 @@ def differences(a: Any, b: Any, prefix: str = "") -> list:
 
 
 # ----------------------------------------------------------------------------- the harness
-def compare_dry_run(*args: str) -> str:
+def compare_dry_run(*args: str, code: int = 0) -> str:
     """What ``compare_llff.py ARGS --dry-run`` prints on a 400-column terminal, planned in this
     process (the plan is what is tested, not the interpreter's start)."""
     import io
@@ -117,5 +117,5 @@ def compare_dry_run(*args: str) -> str:
     from wcnerf.eval.cli import CompareLLFF
 
     buf = io.StringIO()
-    assert tyro.cli(CompareLLFF, args=[*args, "--dry-run"]).main(console=Console(file=buf, width=400)) == 0
+    assert tyro.cli(CompareLLFF, args=[*args, "--dry-run"]).main(console=Console(file=buf, width=400)) == code
     return buf.getvalue()

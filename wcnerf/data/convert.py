@@ -170,11 +170,15 @@ def llff_to_nerfstudio(
     :class:`LLFFDataError`, naming the file and the problem, before anything is written.
     Geometry, folders and split: the module docstring.
     """
+    from wcnerf.bounds import OptionError
+    from wcnerf.data.llff import LLFF_BOUNDS
+
     out = Path(out)
-    if downscale_factor is not None and downscale_factor < 1:
-        raise LLFFDataError(f"downscale_factor {downscale_factor}: must be >= 1 (1 means {scene}/images/)")
-    if holdout_every is not None and holdout_every < 0:
-        raise LLFFDataError(f"holdout_every {holdout_every}: must be >= 0 (0: every image in every split)")
+    try:
+        LLFF_BOUNDS.check_values({"downscale_factor": downscale_factor, "holdout_every": holdout_every,
+                                  "bd_factor": bd_factor})
+    except OptionError as exc:
+        raise LLFFDataError(str(exc)) from None
     root = resolve_data_path(scene, downscale_factor)
     if not (root / "poses_bounds.npy").is_file():
         raise LLFFDataError(f"{root / 'poses_bounds.npy'}: file not found (an LLFF scene needs poses_bounds.npy)")

@@ -37,6 +37,7 @@ from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 
+from wcnerf.bounds import BD_FACTOR, DOWNSCALE_FACTOR, Bounds, OptionError, at_least, positive
 from wcnerf.data.llff_scene import (
     LLFFDataError,
     LLFFScene,
@@ -95,13 +96,23 @@ class LLFFDataParserConfig(DataParserConfig):
 
     def check_options(self) -> None:
         """Refuse impossible options before any scene is read (the harness plans with it)."""
-        if self.max_eval_views < 0:
-            raise LLFFDataError(f"--max-eval-views {self.max_eval_views}: must be >= 0 (0: every held-out image)")
-        if self.downscale_factor < 1:
-            raise LLFFDataError(f"--downscale-factor {self.downscale_factor}: must be >= 1 (1: the full-size images/)")
-        if self.holdout_every < 0:
-            raise LLFFDataError(f"--holdout-every {self.holdout_every}: must be >= 0 (0: every image in both splits)")
+        try:
+            LLFF_BOUNDS.check(self)
+        except OptionError as exc:
+            raise LLFFDataError(str(exc)) from None
         parse_fingerprint(self.scene_fingerprint)
+
+
+LLFF_BOUNDS = Bounds((
+    ("downscale_factor", DOWNSCALE_FACTOR),
+    ("holdout_every", at_least(0, warn_above=1e6, note="0: every image in both splits")),
+    ("max_eval_views", at_least(0, warn_above=1e6, note="0: every held-out image")),
+    ("bd_factor", BD_FACTOR),
+    ("near_factor", positive(warn_above=1, note="near = the nearest scaled bound x near_factor")),
+    ("far_factor", positive(warn_above=100)),
+))
+"""The bounds of the llff dataparser's numbers (``ns-train ... llff --OPTION``; the scene checks
+that too few pixels are left after downscaling)."""
 
 
 _WARNED: set = set()

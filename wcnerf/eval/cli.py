@@ -30,6 +30,7 @@ from rich.markup import escape
 from tyro.constructors import PrimitiveConstructorSpec
 from typing_extensions import Annotated
 
+from wcnerf.bounds import COUNT, SEED, THREADS, Bounds, at_least, positive, tyro_flag
 from wcnerf.eval.plan import check_protocol, known_conditioners, parse_list
 from wcnerf.eval.runs import MethodSpec
 
@@ -141,8 +142,15 @@ class Engine:
 
 
 CPU_ITERATION_LIMIT = 20000
-SEED_LIMIT = 2**32
-"""Seeds are unsigned 32-bit integers (numpy's and torch's generators)."""
+
+COMPARE_BOUNDS = Bounds((
+    ("select.seeds", SEED), ("select.max_num_iterations", COUNT),
+    ("run.threads", THREADS), ("engine.workers", at_least(1, warn_above=4096)),
+    ("engine.lease_seconds", positive(warn_above=86400)), ("engine.progress_every", positive(warn_above=86400)),
+    ("engine.slurm_time_min", at_least(1, warn_above=30 * 24 * 60)), ("engine.slurm_gpus", at_least(0, warn_above=64)),
+    ("engine.slurm_cpus", at_least(1, warn_above=1024)), ("engine.slurm_mem_gb", positive(warn_above=16384)),
+), flag=lambda path: tyro_flag(path.rpartition(".")[2]))
+"""The bounds of every number wcnerf-compare takes (its groups' flags carry no prefix)."""
 
 
 def cpu_refusal(iterations: int, protocol_name: str, execution: Any, allow_cpu: bool) -> Optional[str]:
@@ -229,6 +237,7 @@ class Compare:
             os.environ["WCNERF_DATA"] = os.pathsep.join(x for x in (extra, os.environ.get("WCNERF_DATA", "")) if x)
         eng = self.engine
         try:
+            COMPARE_BOUNDS.check(self, warn=lambda line: console.print(f"[yellow]warning[/]: {escape(line)}"))
             protocol = selected_protocol(load_protocol(self.protocol), sel)
             check_protocol(protocol, [sel.method] if sel.method else [])
             if sel.method:
@@ -244,9 +253,10 @@ class Compare:
             console.print(f"[red]refused[/]: {escape(str(exc))}")
             return 2
         seeds = list(sel.seeds) or list(protocol.seeds)
-        bad_seeds = [s for s in seeds if not 0 <= s < SEED_LIMIT]
-        if bad_seeds:  # numpy and torch seeds are unsigned 32-bit
-            console.print(f"[red]refused[/]: --seeds {' '.join(map(str, bad_seeds))}: a seed is an integer from 0 to {SEED_LIMIT - 1}")
+        bad_seeds = [s for s in seeds if not SEED.allows(s)]
+        if bad_seeds:  # the protocol's seeds (the command line's were checked above)
+            console.print(f"[red]refused[/]: {escape(str(protocol.source or protocol.name))}: seeds {' '.join(map(str, bad_seeds))}: "
+                          f"must be {SEED.describe()}")
             return 2
         runner = NerfstudioRunner(execution=execution)
         console.print(f"[bold]{escape(protocol.summary())}[/]")
@@ -287,6 +297,10 @@ class Compare:
                         f"{spec.scene.views_evaluated} of {spec.scene.views_held_out} held-out views evaluated; "
                         f"its config is ns-train {spec.method.ns_method} {' '.join(config_changes(config))}"),
                         soft_wrap=True)
+            if missing:  # the plan is shown, but it cannot run as it stands
+                console.print(f"[red]refused[/]: {len(missing)} scene(s) cannot be used (above): "
+                              f"{', '.join(escape(sc.label) for sc in missing)}")
+                return 2
             return 0
         budget = max((int(c.max_num_iterations) for c in configs.values()), default=0)
         refusal = cpu_refusal(budget, protocol.name, execution, eng.allow_cpu)

@@ -21,7 +21,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
 
+from wcnerf.bounds import Bounds, OptionError
 from wcnerf.eval.protocols import ITERATIONS, Protocol, ProtocolError
+from wcnerf.plugin.option_bounds import NS_TRAIN_BOUNDS
 from wcnerf.eval.runs import CONFIG_FILE, MethodSpec, RunSpec, SceneSpec, run_dir_for
 
 __all__ = [
@@ -282,6 +284,10 @@ def build_config(spec: RunSpec, device: str, allocator: Optional[bool] = None) -
     config.vis = "tensorboard"
     config.logging.local_writer.max_log_size = 0  # every step line in train.log: the harness's progress
     config.steady_cpu_allocator = allocator
+    try:  # what --set and --max-num-iterations changed too, named by its path in the config
+        Bounds(NS_TRAIN_BOUNDS.rules, flag=lambda path: path).check(config)
+    except OptionError as exc:
+        raise ProtocolError(f"{_where(protocol)} (overrides, --set, --max-num-iterations): {exc}") from None
     return config
 
 

@@ -21,6 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from wcnerf.bounds import SEED, Bounds, OptionError, at_least
+from wcnerf.plugin.option_bounds import NS_TRAIN_BOUNDS
+
 __all__ = ["Protocol", "ProtocolError", "protocols_dir", "available_protocols", "load_protocol", "ITERATIONS"]
 
 ITERATIONS = "max_num_iterations"
@@ -107,6 +110,14 @@ def available_protocols() -> List[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+PROTOCOL_BOUNDS = Bounds((
+    ("seeds", SEED),
+    ("threads", at_least(1, warn_above=1024)), ("train_threads", at_least(1, warn_above=1024)),
+    ("eval_threads", at_least(1, warn_above=1024)),
+    ("timeout_minutes", at_least(0, warn_above=10 * 24 * 60, note="0: no limit")),
+), flag=lambda key: key) + NS_TRAIN_BOUNDS.prefixed("overrides.")
+"""The bounds of a protocol's numbers; its overrides are a run config's, bounded as ns-train's."""
+
 _FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _REQUIRED = [n for n, f in _FIELDS.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
 _OLD_KEYS = {"max_num_iterations", "downscale_factor", "holdout_every", "max_eval_views", "steps_per_log",
@@ -143,14 +154,16 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
     for key in ("threads", "train_threads", "eval_threads"):
         if values.get(key) is not None:
             values[key] = int(values[key])
-            if values[key] < 1:
-                raise ProtocolError(f"{source}: {key} must be >= 1 (or left out), not {values[key]}")
     if "timeout_minutes" in values:
         values["timeout_minutes"] = float(values["timeout_minutes"] or 0)
     values["description"] = str(values.get("description") or "").strip()
     values["dataparser"] = str(values.get("dataparser") or "llff")
     values["source"] = source
     proto = Protocol(**values)
+    try:
+        PROTOCOL_BOUNDS.check(proto)
+    except OptionError as exc:
+        raise ProtocolError(f"{source}: {exc}") from None
     if proto.device not in ("auto", "cuda", "cpu", "mps"):
         raise ProtocolError(f"{source}: device must be auto, cuda, cpu or mps, not {proto.device!r}")
     return proto

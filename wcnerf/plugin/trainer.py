@@ -49,7 +49,7 @@ from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from wcnerf.atomic import ensure_writable_dir
-from wcnerf.plugin.compat import RunInputError, atomic_torch_save, sanitize
+from wcnerf.plugin.compat import RunInputError, atomic_torch_save, first_missing, sanitize
 from wcnerf.plugin.cpu_allocator import steady_cpu_allocator
 
 __all__ = ["START_NOTICES", "RunExponentialDecaySchedulerConfig", "WCTrainer", "WCTrainerConfig", "checkpoints_in",
@@ -192,8 +192,14 @@ class WCTrainerConfig(TrainerConfig):
         from wcnerf.plugin.any_method import check_device  # a CUDA run on a machine without it
         from wcnerf.plugin.conditioned import check_conditioning_options  # options the conditioner takes
 
-        if self.max_num_iterations < 1:  # nerfstudio would save no checkpoint and end in KeyError: 'step'
-            raise RunInputError(f"--max-num-iterations {self.max_num_iterations}: must be >= 1")
+        from wcnerf.bounds import OptionError
+        from wcnerf.plugin.option_bounds import NS_TRAIN_BOUNDS
+
+        try:  # every number first (max_num_iterations 0 would save no checkpoint and end in KeyError: 'step')
+            NS_TRAIN_BOUNDS.check(self, warn=lambda line: CONSOLE.print(f"Warning: {line}", style="bold yellow",
+                                                                         soft_wrap=True, highlight=False, markup=False))
+        except OptionError as exc:
+            raise RunInputError(str(exc)) from None
         model = self.pipeline.model
         if isinstance(model, ConditionedModelConfig):
             try:
@@ -236,6 +242,7 @@ class WCTrainerConfig(TrainerConfig):
             if not Path(self.load_checkpoint).is_file():
                 raise RunInputError(f"{self.load_checkpoint}: not a file; --load-checkpoint takes one step-*.ckpt file")
             read_checkpoint(self.load_checkpoint)
+        first_missing(self.get_base_dir())  # a refusal after this removes every folder the run made
         ensure_writable_dir(self.get_base_dir(), "--output-dir", what="run folder")
         notice = START_NOTICES.get(self.method_name)
         line = notice(self) if notice else None

@@ -21,7 +21,7 @@ import tyro
 
 from ..atomic import WriteError
 from .mesh import MeshLoadError
-from .train import FitConfig, FitResult, RunError, fit
+from .train import FIT_BOUNDS, FitConfig, FitResult, RunError, fit
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:
@@ -32,6 +32,11 @@ def main(args: Optional[Sequence[str]] = None) -> int:
 def run(cfg: FitConfig) -> int:
     """One fit, or a comparison (``--compare``), optionally watched in the viewer; or, with
     ``--view RUN_DIR``, a finished run shown in the viewer. Returns the exit code."""
+    try:
+        FIT_BOUNDS.check(cfg)
+    except ValueError as exc:  # before any file is read or folder made
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if cfg.viewer.view is not None:
         from .view import view
 

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 import tyro
 
 from ..atomic import atomic_path, ensure_writable_dir, remove_stale_temporaries, write_text
+from ..bounds import (COUNT, EVERY, EVERY_OR_OFF, LEARNING_RATE, PORT, SEED, THREADS, WEIGHT, Bounds, at_least, between,
+                      positive)
 from .extract import evaluate_grid, evaluate_points, marching_cubes, to_original, write_mesh
 from ..conditioning import available, post_step
 from .field import FieldConfig, build_field
@@ -208,6 +210,29 @@ class FitConfig:
     def from_json(cls, data: dict) -> "FitConfig":
         """The inverse of :meth:`to_json` (a run folder's config.json, a checkpoint's config)."""
         return _from_json(cls, data)
+
+
+FIT_BOUNDS = Bounds((
+    ("margin", between(0, 1, strict_high=True)),
+    ("seed", SEED), ("sampling.seed", SEED), ("compare.seeds", SEED),
+    ("threads", THREADS),
+    ("ckpt_every", EVERY), ("stop_after", COUNT),
+    ("field.width", at_least(1, warn_above=8192)), ("field.depth", at_least(1, warn_above=64)),
+    ("field.n_freqs", at_least(1, warn_above=24)), ("field.fourier_scale", positive(warn_above=1e3)),
+    ("sampling.n_near", COUNT), ("sampling.n_uniform", COUNT), ("sampling.n_eval", COUNT),
+    ("sampling.sigma_near", positive(warn_above=1, note="offsets in the unit box")),
+    ("sampling.eval_padding", at_least(0, warn_above=1, note="a fraction of the mesh's extent")),
+    ("optim.lr", LEARNING_RATE), ("compare.lrs", LEARNING_RATE),
+    ("optim.momentum", between(0, 1, strict_high=True)),
+    ("optim.final_lr_fraction", between(0, 1)),
+    ("optim.warmup_steps", EVERY_OR_OFF), ("optim.steps", COUNT), ("optim.batch_size", COUNT),
+    ("sdf.clamp", positive(warn_above=4, note="distances in the unit box")), ("sdf.eikonal_weight", WEIGHT),
+    ("evaluation.every", EVERY), ("evaluation.curve_points", COUNT),
+    ("evaluation.resolution", at_least(8, warn_above=1024)), ("evaluation.surface_points", COUNT),
+    ("evaluation.chunk", COUNT),
+    ("viewer.port", PORT), ("viewer.every", EVERY), ("viewer.resolution", at_least(8, warn_above=512)),
+))
+"""The bounds of every number the shape trainer takes (checked by wcnerf.shape.cli.run before anything is read)."""
 
 
 OLDER_LAYOUT = "was written by an older shape trainer (flat settings)"

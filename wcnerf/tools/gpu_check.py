@@ -39,8 +39,9 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
+from wcnerf.bounds import COUNT, Bounds, OptionError, at_least, positive
 from wcnerf.process import stop_process
 
 __all__ = ["JSON_KEYS", "RUN_KEYS", "PAIR", "TOY", "find_fern", "main", "summarise_iterations"]
@@ -477,6 +478,11 @@ class GpuCheck:
     run_timeout: float = 135.0
     """Seconds of each run, training and ns-eval."""
 
+    BOUNDS: ClassVar[Bounds] = Bounds((
+        ("iterations", COUNT), ("threads", at_least(1, warn_above=1024)),
+        ("tier_timeout", positive(warn_above=86400)), ("run_timeout", positive(warn_above=86400)),
+    ))
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -485,7 +491,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _train_child(record, config, metrics, rest[1:] if rest[:1] == ["--"] else rest)
     import tyro
 
-    report = check(tyro.cli(GpuCheck, args=argv, prog="wcnerf-gpu-check", description=__doc__.split("\n\n")[0]))
+    opts = tyro.cli(GpuCheck, args=argv, prog="wcnerf-gpu-check", description=__doc__.split("\n\n")[0])
+    try:
+        GpuCheck.BOUNDS.check(opts)
+    except OptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = check(opts)
     return 0 if report["ok"] else 1
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import ClassVar, List, Optional, Sequence
 
+from wcnerf.bounds import Bounds, at_least
 from wcnerf.tools.runs import RunArgs, evaluate_run, load_run_config, run_tool, scene_of_run
 
 __all__ = ["HELDOUT_PNG", "Heldout", "heldout_renders", "heldout_panel", "main"]
@@ -53,6 +54,8 @@ class Heldout(RunArgs):
     """Run ns-eval (every held-out view) when <run>/eval/renders/ lacks the view."""
     image_width: Optional[int] = None
     """Width of one image in ns-eval's [ground truth | render] picture. Default: the LLFF scene's."""
+
+    BOUNDS: ClassVar[Bounds] = Bounds((("view", at_least(0, warn_above=1e6)), ("image_width", at_least(1, warn_above=1e5))))
 
     def main(self) -> int:
         config_path = self.config_path()

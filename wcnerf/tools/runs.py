@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional, Sequence, Type, TypeVar
 import tyro
 from typing_extensions import Annotated
 
+from wcnerf.bounds import Bounds, OptionError
+
 __all__ = [
     "RunPathError",
     "RunArgs",
@@ -152,12 +154,21 @@ def evaluate_run(config_path: Path, eval_dir: Path, *, env: Optional[Dict[str, s
 T = TypeVar("T")
 
 
+NO_BOUNDS = Bounds(())
+"""A tool without numeric options."""
+
+
 def run_tool(cls: Type[T], args: Optional[Sequence[str]] = None) -> int:
     """Parse the command line (``sys.argv`` unless ``args``) into ``cls`` and run its ``main()``;
     a bad ``RUN`` ends with one line on stderr and exit code 2 (no traceback)."""
-    tool = tyro.cli(cls, args=args)
+    return run_parsed(tyro.cli(cls, args=args))
+
+
+def run_parsed(tool: Any) -> int:
+    """:func:`run_tool` after parsing: the tool's numbers checked against its ``BOUNDS``, then its ``main()``."""
     try:
+        getattr(tool, "BOUNDS", NO_BOUNDS).check(tool)
         return int(tool.main() or 0)  # type: ignore[attr-defined]
-    except RunPathError as e:
+    except (RunPathError, OptionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

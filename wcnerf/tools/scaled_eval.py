@@ -20,8 +20,9 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Iterator, Optional, Sequence, Tuple
 
+from wcnerf.bounds import Bounds, between
 from wcnerf.tools.runs import RunArgs, run_tool
 
 __all__ = ["rescale_view", "ScaledViews", "evaluate_scaled", "ScaledEval", "main"]
@@ -63,12 +64,15 @@ class ScaledViews:
             yield rescale_view(camera, batch, self.scale)
 
 
+IMAGE_SCALE = between(0, 1, strict_low=True)
+
+
 def evaluate_scaled(config_path: Path, image_scale: float, output_path: Optional[Path] = None) -> Dict[str, Any]:
     """Mean (and std) of nerfstudio's image metrics over every held-out view at ``image_scale``."""
     from nerfstudio.utils.eval_utils import eval_setup
 
-    if not 0.0 < image_scale <= 1.0:
-        raise ValueError(f"--image-scale must be in (0, 1], got {image_scale}")
+    if not IMAGE_SCALE.allows(image_scale):
+        raise ValueError(f"--image-scale {image_scale}: must be {IMAGE_SCALE.describe()}")
     import yaml
 
     try:
@@ -107,6 +111,8 @@ class ScaledEval(RunArgs):
     """Resolution scale of every held-out view, in (0, 1]."""
     output_path: Optional[Path] = None
     """JSON to write (atomically)."""
+
+    BOUNDS: ClassVar[Bounds] = Bounds((("image_scale", IMAGE_SCALE),))
 
     def main(self) -> int:
         config_path = self.config_path()

@@ -23,8 +23,9 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import ClassVar, Optional, Sequence, Tuple
 
+from wcnerf.bounds import BD_FACTOR, DOWNSCALE_FACTOR, Bounds, at_least, positive
 from wcnerf.tools.runs import RunArgs, run_tool, scene_of_run
 
 __all__ = ["Spiral", "write_spiral", "main"]
@@ -51,6 +52,12 @@ class Spiral(RunArgs):
     """Turns of the spiral."""
     zrate: float = 0.5
     """Turns of the in-out (z) motion per turn."""
+
+    BOUNDS: ClassVar[Bounds] = Bounds((
+        ("downscale_factor", DOWNSCALE_FACTOR), ("bd_factor", BD_FACTOR), ("frames", at_least(1, warn_above=1e5)),
+        ("seconds", positive(warn_above=86400)), ("rots", at_least(0, warn_above=1e3)),
+        ("zrate", at_least(0, warn_above=1e3)),
+    ))
 
     def main(self) -> int:
         from wcnerf.data.llff_scene import LLFFDataError
