@@ -65,3 +65,17 @@ def test_a_genuine_bug_keeps_its_traceback(hook):
     exc = KeyError("step")
     compat._input_error_hook(KeyError, exc, None)
     assert hook == [(KeyError, exc, None)]
+
+
+def test_the_folders_made_above_a_refused_run_go_too(hook, tmp_path, capsys):
+    """nerfstudio makes <output-dir>/<experiment>/<method>/<timestamp>/: a refusal after it leaves none of
+    the folders this run made, and keeps the ones that were there before."""
+    before = tmp_path / "outputs"
+    (before / "other").mkdir(parents=True)
+    run = before / "fern" / "e-nerf-small" / "t0"
+    run.mkdir(parents=True)
+    (run / "config.yml").write_text("x")
+    compat.note_run_dir(run, before / "fern")
+    with pytest.raises(SystemExit):
+        compat._input_error_hook(compat.RunInputError, compat.RunInputError("/x: bad"), None)
+    assert not (before / "fern").exists() and (before / "other").is_dir()

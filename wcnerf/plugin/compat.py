@@ -235,10 +235,23 @@ class RunInputError(RuntimeError):
 _CREATED_RUN_DIRS: list = []
 
 
-def note_run_dir(path: Path) -> None:
-    """Record a run folder this process created (nerfstudio's ``save_config``); an input error
-    removes it again if it holds nothing but ``config.yml``."""
-    _CREATED_RUN_DIRS.append(Path(path))
+_FIRST_MADE: dict = {}
+
+
+def first_missing(path: Path) -> Path:
+    """The outermost folder of ``path`` (absolute) that does not exist yet; ``path`` when it exists.
+    Call it before making the run folder, so a refusal can remove every folder the run made."""
+    path = Path(path).absolute()
+    top = next((p for p in reversed((path, *path.parents)) if not p.exists()), path)
+    _FIRST_MADE.setdefault(path, top)
+    return _FIRST_MADE[path]
+
+
+def note_run_dir(path: Path, top: Optional[Path] = None) -> None:
+    """Record a run folder this process created (nerfstudio's ``save_config``) and ``top``, the
+    outermost folder above it that did not exist before; an input error removes the run folder
+    again if it holds nothing but ``config.yml``, and then the folders up to ``top`` left empty."""
+    _CREATED_RUN_DIRS.append((Path(path), Path(top) if top is not None else Path(path)))
 
 
 def _input_errors() -> tuple:
@@ -264,11 +277,15 @@ def remove_config_only_run_dirs() -> list:
     import shutil
 
     removed = []
-    for run in _CREATED_RUN_DIRS:
+    for run, top in _CREATED_RUN_DIRS:
         try:
             if run.is_dir() and {p.name for p in run.iterdir()} <= {"config.yml"}:
                 shutil.rmtree(run)
                 removed.append(run)
+                parent = run.parent
+                while parent != top.parent and top in (parent, *parent.parents) and not any(parent.iterdir()):
+                    parent.rmdir()
+                    parent = parent.parent
         except OSError:
             pass
     return removed
@@ -304,8 +321,10 @@ def install_input_error_hook() -> None:
         return
 
     def save_config(self) -> None:
+        base = Path(self.get_base_dir()).absolute()
+        top = first_missing(base)  # remembered by the pre-flight check, which makes the folder first
         save(self)
-        note_run_dir(self.get_base_dir())
+        note_run_dir(base, top)
 
     save_config._wcnerf_noted = True  # type: ignore[attr-defined]
     ExperimentConfig.save_config = save_config  # type: ignore[method-assign]
