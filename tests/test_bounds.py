@@ -43,3 +43,16 @@ def test_wcnerf_train_explains_a_missing_double_dash(capsys):
     assert main(["nerfacto", "--data", "x"]) == 2
     err = capsys.readouterr().err
     assert "--data: not an option of wcnerf-train; ns-train's arguments go after `--`" in err
+
+
+def test_a_downscale_factor_that_leaves_too_few_pixels_is_refused_naming_the_largest_that_works(tmp_path):
+    """fern at factor 1000 would be 4 x 3 pixels: refused before any image is made, with the largest factor."""
+    import numpy as np
+
+    from wcnerf.data.llff_scene import MIN_IMAGE_SIDE, LLFFDataError, check_image_size
+
+    raw = np.zeros((3, 3, 5))
+    raw[:, :, 4] = [3024.0, 4032.0, 3000.0]  # H, W, focal
+    with pytest.raises(LLFFDataError, match=r"--downscale-factor 1000: leaves 4x3-pixel images .* a factor of at most 756"):
+        check_image_size(raw, 1000, tmp_path / "poses_bounds.npy")
+    check_image_size(raw, 3024 // MIN_IMAGE_SIDE, tmp_path / "poses_bounds.npy")  # exactly MIN_IMAGE_SIDE rows: fine

@@ -84,6 +84,10 @@ BASELINE_FRACTION = 1e-4
 be at least this fraction of the median near bound (fern: 0.29, flower: 0.26). Below it every
 view sees the scene from one point and depth is not observable."""
 
+MIN_IMAGE_SIDE = 4
+"""Fewest pixels on an image's shorter side after downscaling: below it a view holds no scene
+(fern at factor 1000 would be 4 x 3 pixels, trained on without a word)."""
+
 BOUNDS_RATIO_WARN = 1e3
 """``max(far) / min(near)`` above this draws a warning (fern: 4.7, flower: 9.9)."""
 
@@ -750,6 +754,19 @@ def _check_images(paths: Sequence[Path], origin: Optional[Dict[Path, Path]] = No
     return size0[1], size0[0]
 
 
+def check_image_size(raw_poses: np.ndarray, downscale_factor: int, poses_file: Path) -> None:
+    """Refuse a ``--downscale-factor`` that leaves fewer than :data:`MIN_IMAGE_SIDE` pixels on the
+    shorter side (the full size is the [H, W, focal] column of ``poses_bounds.npy``)."""
+    full_h, full_w = float(raw_poses[0, 0, 4]), float(raw_poses[0, 1, 4])
+    h, w = max(1, int(round(full_h / downscale_factor))), max(1, int(round(full_w / downscale_factor)))
+    if min(h, w) < MIN_IMAGE_SIDE:
+        largest = max(1, int(min(full_h, full_w) // MIN_IMAGE_SIDE))
+        raise LLFFDataError(
+            f"--downscale-factor {downscale_factor}: leaves {w}x{h}-pixel images of a {full_w:g}x{full_h:g} scene "
+            f"({poses_file}); it must leave at least {MIN_IMAGE_SIDE} pixels a side: a factor of at most {largest}"
+        )
+
+
 def load_llff_scene(
     root: PathLike,
     downscale_factor: int = 8,
@@ -777,6 +794,7 @@ def load_llff_scene(
     notes = check_geometry(raw_poses, bounds, poses_file)
     if holdout_every is not None:
         check_split(n, holdout_every, poses_file)
+    check_image_size(raw_poses, downscale_factor, poses_file)
 
     img_dir = image_dir_for(root, downscale_factor)
     originals = root / "images"
