@@ -193,6 +193,95 @@ def probe_ns(fern: Path, work: Path):
     return rows
 
 
+OUT = object()
+"""Stands for a mistake case's own output folder in its argv."""
+
+
+def probe_mistakes(fern: Path, work: Path):
+    """Issue 30's classes of mistakes, each run as the user would type it (through
+    tests/support/ns_cases.py). Each case says what it must end in: ``refused`` (exit 2, one line
+    naming the option or file, no folder left) or ``accepted``. A case that should be refused but
+    exits 0 is counted as silent nonsense."""
+    from support.tiny import NERFACTO, TINY_FACTOR, tiny_env, tiny_fern
+
+    root = work / "mistakes"
+    good = tiny_fern(root / "good", fern)
+    out = root / "outputs"
+    mesh = root / "cube.obj"
+    root.mkdir(parents=True, exist_ok=True)
+    _box().export(mesh)
+    bad_protocol = root / "misspelt.yaml"
+    bad_protocol.write_text("methods: {nerf: nerf-small}\nbase_method: nerf-small\nseedz: [0]\n")
+    cases, expect = [], {}
+
+    def case(label, entry, argv, expected="refused", **extra):
+        """``OUT`` in ``argv`` is this case's own output folder (it must not exist after a refusal)."""
+        name = f"m{len(cases):02d}"
+        cases.append({"name": name, "entry": entry, "argv": [str(out / name if a is OUT else a) for a in argv], **extra})
+        expect[name] = (label, expected)
+
+    def train(label, *extra, method="e-nerf-small", scene=good, factor=TINY_FACTOR, expected="refused", **kw):
+        case(label, "train", [method, "--output-dir", OUT, "--max-num-iterations", 3, *NERF.args(), *extra,
+                              "llff", "--data", scene, "--downscale-factor", factor], expected, **kw)
+
+    # numbers without bounds
+    for flag, value in [("--optim.lr", 0), ("--optim.steps", 0), ("--optim.batch-size", 0), ("--field.width", 0),
+                        ("--ckpt-every", 0)]:
+        case(f"shape fit {flag} {value}", "shape", [mesh, "--output-dir", OUT, flag, value])
+    case("shape fit --task sdf --sdf.eikonal-weight -1", "shape",
+         [mesh, "--output-dir", OUT, "--task", "sdf", "--sdf.eikonal-weight", -1])
+    for extra in (["--max-num-iterations", 0], ["--max-num-iterations", -5], ["--pipeline.model.num-coarse-samples", 0],
+                  ["--logging.steps-per-log", 0]):
+        train(f"ns-train {' '.join(map(str, extra))}", *extra)
+    for factor in (0, -2, 1000):
+        train(f"ns-train llff --downscale-factor {factor}", factor=factor)
+    # conditioner options and exclude patterns
+    for opts in (["detatch", "True"], ["mode", "rows"], ["dim", "0"]):
+        train(f"ns-train --pipeline.model.conditioning-options {' '.join(opts)}",
+              "--pipeline.model.conditioning-options", *opts)
+    train("ns-train --pipeline.model.conditioning-exclude 'field_head.*' (a typo)",
+          "--pipeline.model.conditioning-exclude", "field_head.*")
+    # wcnerf-train, as careful as ns-train
+    case("wcnerf-train nerfacto --data x (no --)", "any", ["nerfacto", "--data", good])
+    case("wcnerf-train nerfacto -- --load-dir (missing)", "any",
+         ["nerfacto", "--", "--output-dir", OUT, "--load-dir", root / "nope", "--data", good])
+    case("wcnerf-train nerfacto -- --machine.device-type cuda (no CUDA here)", "any",
+         ["nerfacto", "--", "--output-dir", OUT, "--machine.device-type", "cuda", "--data", good])
+    case("wcnerf-train nerfacto (3 steps) on a machine without CUDA", "any",
+         ["nerfacto", "--", "--output-dir", root / "any-ok", "--max-num-iterations", 3, *NERFACTO.args(),
+          "--pipeline.model.analysis-every", 0, "nerfstudio-data", "--data", root / "ns-data"], "accepted",
+         before=(f"import subprocess, sys; subprocess.run([sys.executable, '-m', 'wcnerf.data.convert', "
+                 f"{str(good)!r}, {str(root / 'ns-data')!r}, '--downscale-factor', '{TINY_FACTOR}'], check=True)"))
+    # the harness
+    compare = ["--output-root", OUT, "--data-root", good.parent]
+    for label, argv in [("--seeds -1", ["--scenes", "fern", "--seeds", -1]), ("--workers 0", ["--workers", 0]),
+                        ("--scenes nosuchscene", ["--scenes", "nosuchscene"]), ("--methods nerff", ["--methods", "nerff"]),
+                        ("--protocol with a misspelt key", ["--protocol", bad_protocol]),
+                        ("--set max_num_iterations=0", ["--scenes", "fern", "--set", "max_num_iterations=0"])]:
+        case(f"wcnerf-compare {label}", "compare", [*argv, *compare])
+    (root / "cases.json").write_text(json.dumps(cases))
+    subprocess.run([sys.executable, str(Path(__file__).parent / "support" / "ns_cases.py"), str(root / "cases.json")],
+                   env=tiny_env(root), check=True, capture_output=True, cwd=root)
+    codes = json.loads((root / "results.json").read_text())
+    rows = []
+    for name, (label, expected) in expect.items():
+        text = (root / f"{name}.out").read_text() + (root / f"{name}.err").read_text()
+        lines = [ln.strip() for ln in text.splitlines()
+                 if ln.strip().startswith(("error: ", "refused: ", "wcnerf-train: "))]
+        if "Traceback" in text:
+            outcome, detail = "TRACEBACK", text.strip().splitlines()[-1]
+        elif codes[name] == 2 and lines:
+            outcome, detail = "refused", lines[0].split(": ", 1)[1]
+            if (out / name).exists():
+                outcome, detail = "refused, FOLDER LEFT", str(out / name)
+        elif codes[name] == 0:
+            outcome, detail = ("accepted", "") if expected == "accepted" else ("SILENT NONSENSE", "exit 0, should be refused")
+        else:
+            outcome, detail = f"exit {codes[name]}", text.strip().splitlines()[-1] if text.strip() else ""
+        rows.append(("mistake", label, outcome, detail.replace(str(work), "…")))
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fern", type=Path, default=None)
@@ -206,7 +295,7 @@ def main() -> int:
         work = Path(tmp)
         rows = probe_llff(fern, work) + probe_meshes(work)
         if args.ns:
-            rows += probe_ns(fern, work)
+            rows += probe_ns(fern, work) + probe_mistakes(fern, work)
     print("| reader | input | outcome | message (first line) |")
     print("|---|---|---|---|")
     for reader, name, outcome, detail in rows:
@@ -218,6 +307,7 @@ def main() -> int:
     for row in rows:
         counts[row[2]] = counts.get(row[2], 0) + 1
     print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    print(f"tracebacks: {counts.get('TRACEBACK', 0)}, silent nonsense: {counts.get('SILENT NONSENSE', 0)}")
     return 0
 
 

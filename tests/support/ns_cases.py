@@ -6,12 +6,14 @@ console-script entry point with that case's argv, exactly as the ``ns-train`` sc
 a real run). The child is :mod:`support.ns_server`'s. Cases run in order, so a later case may
 use an earlier one's run folder.
 
-    python tests/support/ns_cases.py cases.json      # [{"name", "entry": "train"|"eval"|"shape", "argv": [...],
+    python tests/support/ns_cases.py cases.json      # [{"name", "entry": "train"|"eval"|"shape"|"any"|"compare",
+                                             #   "argv": [...], "cwd": optional working folder,
                                              #   "before": optional code run first in the driver,
                                              #   "child": optional code run in the child (patches,
                                              #   e.g. a SIGKILL at a chosen point)}, ...]
 
-``shape`` is ``shape_fit.py`` (:func:`wcnerf.shape.cli.main`). A child killed by a signal has
+``shape`` is ``shape_fit.py`` (:func:`wcnerf.shape.cli.main`), ``any`` is ``wcnerf-train``, ``compare``
+is ``wcnerf-compare``. A child killed by a signal has
 the negative signal number as its code (-9 for SIGKILL).
 
 Writes ``<name>.out``, ``<name>.err`` and ``results.json`` (``{name: exit code}``) beside
@@ -26,7 +28,8 @@ import sys
 from pathlib import Path
 
 
-ENTRIES = {"train": "ns-train", "eval": "ns-eval", "shape": "wcnerf-shape-fit"}
+ENTRIES = {"train": "ns-train", "eval": "ns-eval", "shape": "wcnerf-shape-fit", "any": "wcnerf-train",
+           "compare": "wcnerf-compare"}
 """A case's ``entry`` -> the console script it runs."""
 
 
@@ -45,7 +48,7 @@ def main(cases_file: str) -> int:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # child: the command with this case's argv, output files and child code
-            os._exit(_child({"argv": [ENTRIES[case["entry"]], *case["argv"]], "cwd": os.getcwd(),
+            os._exit(_child({"argv": [ENTRIES[case["entry"]], *case["argv"]], "cwd": case.get("cwd", os.getcwd()),
                              "env": dict(os.environ), "out": str(folder / f"{name}.out"),
                              "err": str(folder / f"{name}.err"), "child": case.get("child")}))  # fmt: skip
         _, status = os.waitpid(pid, 0)
