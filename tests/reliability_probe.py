@@ -193,6 +193,41 @@ def probe_ns(fern: Path, work: Path):
     return rows
 
 
+def probe_derived(fern: Path, work: Path):
+    """Issue 30, point 3: ``images_<factor>/`` derived from ``images/`` (a copy of fern's images_8
+    standing for the full-size images), through the pure reader, one step after another."""
+    import shutil
+
+    from PIL import Image
+
+    scene = work / "derived" / "fern"
+    (scene / "images").parent.mkdir(parents=True)
+    shutil.copy(fern / "poses_bounds.npy", scene / "poses_bounds.npy")
+    shutil.copytree(fern / "images_8", scene / "images")
+    odd = sorted((scene / "images").iterdir())[4]
+    kept = odd.read_bytes()
+    rows = []
+
+    def step(label, change=lambda: None):
+        change()
+        outcome, detail = classify(lambda: load_llff_scene(scene, 2, show_progress=False, holdout_every=8))
+        rows.append(("LLFF reader", label, outcome, detail.replace(str(work), "…")))
+
+    step("images/ only: images_2/ derived")
+    step("a source image in images/ resized", lambda: Image.open(odd).resize((100, 80)).save(odd))
+    step("the same, after the source is fixed", lambda: odd.write_bytes(kept))
+    step("an empty images_2/ beside images/", lambda: (shutil.rmtree(scene / "images_2"), (scene / "images_2").mkdir()))
+    step("a file deleted from the derived images_2/", lambda: sorted((scene / "images_2").glob("*.png"))[1].unlink())
+
+    def users_folder():
+        shutil.rmtree(scene / "images_2")
+        shutil.copytree(scene / "images", scene / "images_2")  # no record: the user's own folder
+        sorted((scene / "images_2").glob("*.png"))[-1].unlink()
+
+    step("the user's own images_2/ (no record), one image short, beside images/", users_folder)
+    return rows
+
+
 OUT = object()
 """Stands for a mistake case's own output folder in its argv."""
 
@@ -259,6 +294,22 @@ def probe_mistakes(fern: Path, work: Path):
                         ("--protocol with a misspelt key", ["--protocol", bad_protocol]),
                         ("--set max_num_iterations=0", ["--scenes", "fern", "--set", "max_num_iterations=0"])]:
         case(f"wcnerf-compare {label}", "compare", [*argv, *compare])
+    # a run that knows its own scene: trained with --data fern in a/, evaluated from b/ with another fern
+    a, b = root / "a", root / "b"
+    case("ns-train --data fern (relative, in a/), 3 steps", "train",
+         ["e-nerf-small", "--output-dir", "outputs", "--experiment-name", "fern", "--timestamp", "t",
+          "--max-num-iterations", 3, *NERF.args(),
+          "llff", "--data", "fern", "--downscale-factor", TINY_FACTOR], "accepted", cwd=str(a),
+         before=(f"import shutil; shutil.copytree({str(good)!r}, {str(a / 'fern')!r}); "
+                 f"shutil.copytree({str(good)!r}, {str(b / 'fern')!r}); "
+                 f"p = sorted(Path({str(b / 'fern')!r}).glob('images_*/*.png'))[0]; "
+                 "from PIL import Image; Image.open(p).rotate(90).save(p)"))
+    run_config = a / "outputs" / "fern" / "e-nerf-small" / "t" / "config.yml"
+    case("ns-eval of it from b/, which holds another fern", "eval",
+         ["--load-config", run_config, "--output-path", root / "eval-b.json"], "accepted", cwd=str(b))
+    case("the same, after a/fern is moved away", "eval",
+         ["--load-config", run_config, "--output-path", OUT], cwd=str(b),
+         before=f"import shutil; shutil.move({str(a / 'fern')!r}, {str(root / 'moved-fern')!r})")
     (root / "cases.json").write_text(json.dumps(cases))
     subprocess.run([sys.executable, str(Path(__file__).parent / "support" / "ns_cases.py"), str(root / "cases.json")],
                    env=tiny_env(root), check=True, capture_output=True, cwd=root)
@@ -296,6 +347,7 @@ def main() -> int:
         rows = probe_llff(fern, work) + probe_meshes(work)
         if args.ns:
             rows += probe_ns(fern, work) + probe_mistakes(fern, work)
+        rows[len(BROKEN):len(BROKEN)] = probe_derived(fern, work)
     print("| reader | input | outcome | message (first line) |")
     print("|---|---|---|---|")
     for reader, name, outcome, detail in rows:

@@ -119,3 +119,21 @@ def test_a_missing_scene_or_a_negative_seed_is_refused_before_any_folder(tmp_pat
     assert main(["--protocol", "cpu", "--scenes", "fern", "--seeds", "-1", "--output-root", str(out)]) == 2
     assert "--seeds -1: must be in [0, 4294967295]" in capsys.readouterr().out
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--methods", "nerff"], "refused: unknown method 'nerff'"),
+    (["--method", "nerfactoo"], "nerfactoo"),
+    (["--conditioners", "equilibrat", "--method", "vanilla-nerf"], "--conditioners: unknown ['equilibrat']"),
+    (["--protocol", "{misspelt}"], "unknown keys ['seedz']"),
+])  # fmt: skip
+def test_a_misspelt_method_or_protocol_key_is_refused_in_one_message_before_any_folder(argv, says, tmp_path, capsys):
+    """Issue 30, point 6: refused while planning, exit 2, no traceback and no folder."""
+    misspelt = tmp_path / "misspelt.yaml"
+    misspelt.write_text("methods: {nerf: nerf-small}\nbase_method: nerf-small\nseedz: [0]\n")
+    out = tmp_path / "out"
+    argv = [a.format(misspelt=misspelt) for a in argv]
+    assert main([*argv, "--scenes", "fern", "--output-root", str(out)]) == 2
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert says in text and "Traceback" not in text
+    assert not out.exists()
