@@ -138,8 +138,8 @@ class CompareConfig:
     """Conditioners to fit and compare, e.g. none equilibrate weight-norm."""
     lrs: Annotated[Tuple[float, ...], tyro.conf.arg(help_behavior_hint="(default: --optim.lr)")] = ()
     """Learning rates; each conditioner uses its best (lowest final training loss)."""
-    seeds: Annotated[Tuple[int, ...], tyro.conf.arg(help_behavior_hint="(default: --seed)")] = ()
-    """Seeds; every conditioner and learning rate is fitted with each."""
+    seeds: Annotated[Tuple[int, ...], tyro.conf.arg(aliases=("--seeds",), help_behavior_hint="(default: --seed)")] = ()
+    """Seeds; every conditioner and learning rate is fitted with each (--seeds, as in wcnerf-compare)."""
 
 
 @dataclass
@@ -147,8 +147,9 @@ class FitConfig:
     """Fit an occupancy or signed-distance field to a triangle mesh."""
 
     mesh: Annotated[Optional[Path], tyro.conf.Positional,
-                    tyro.conf.arg(metavar="[MESH]", help_behavior_hint="(default: data/meshes/spot.obj)")] = None
-    """Mesh file (obj, ply, stl, off, glb, ...); default: the mesh the repo carries."""
+                    tyro.conf.arg(metavar="[MESH]",
+                                  help_behavior_hint="(default: spot, the example mesh shipped with wcnerf)")] = None
+    """Mesh file (obj, ply, stl, off, glb, ...)."""
     margin: float = 0.05
     """The mesh is normalised into [-1+margin, 1-margin]^3."""
     task: Literal["occupancy", "sdf"] = "occupancy"
@@ -157,6 +158,7 @@ class FitConfig:
     """Seed of the initial weights and of the batch order (the points have --sampling.seed)."""
 
     output_dir: Path = Path("outputs/shape")
+    """Runs go to <output-dir>/<mesh name>/<run name>/."""
     run_name: Optional[str] = None
     """Default: derived from the settings, so the same command resumes the same run."""
     cache_dir: Optional[Path] = None
@@ -166,7 +168,7 @@ class FitConfig:
     overwrite: bool = False
     """Start from scratch even if the run folder has a checkpoint."""
     wait: bool = False
-    """When another shape_fit.py is writing the same run folder: wait for it to finish, then
+    """When another wcnerf-shape-fit is writing the same run folder: wait for it to finish, then
     continue (or reuse) its run; without it this one refuses, naming the holder."""
     progress: bool = True
     """Show a progress bar."""
