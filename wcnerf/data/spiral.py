@@ -25,6 +25,15 @@ trained with, i.e. *after* the dataparser's transform and scale: ``ns-render`` b
 is only used to go back to the input's frame (``ns-export --save-world-frame``). The scene's
 poses are already in that frame, so the path's poses go into the JSON unchanged.
 
+Every run trained on the ``llff`` dataparser with wcnerf's trainer (``ns-train e-nerf*`` /
+``e-nerfacto*`` / ``nerf*`` / ``nerfacto-plain*``, ``wcnerf-train``) writes its spiral to
+``<run>/camera_paths/spiral.json`` when training starts (:func:`write_run_spiral`), so
+``ns-render camera-path`` can render it at any time. nerfstudio's own ``ns-render spiral`` does
+not suit these scenes: it circles the first held-out camera (not the average pose) with a
+fixed radius of 0.1 and takes that camera's z axis (its backward direction) as the up vector
+of a z-up scene, so on LLFF every frame is rolled (about 64 degrees on fern) and the path is
+off the scene's axis (docs/after-training.md).
+
 NDC (``e-nerf``, ``nerf``): camera poses stay in world coordinates; the model maps each world
 ray to NDC with the *training* intrinsics (``metadata["llff"]``), as the reference renders its
 spiral (``ndc_rays(H, W, focal, 1., ...)`` with the training H, W, focal). The JSON's field of
@@ -51,6 +60,8 @@ __all__ = [
     "vertical_fov_degrees",
     "camera_path_dict",
     "spiral_camera_path",
+    "RUN_SPIRAL",
+    "write_run_spiral",
 ]
 
 SPIRAL_FRAMES = 120
@@ -194,3 +205,33 @@ def spiral_camera_path(
     (``ns-render --downscale-factor`` renders it smaller)."""
     c2ws = llff_spiral(scene.poses, scene.bounds, n_frames, rots=rots, zrate=zrate, dt=dt)
     return camera_path_dict(c2ws, width=scene.width, height=scene.height, focal=scene.focal, seconds=seconds)
+
+
+RUN_SPIRAL = "camera_paths/spiral.json"
+"""Where a run's spiral goes, relative to its run folder."""
+
+
+def write_run_spiral(trainer: Any) -> Optional[Any]:
+    """``<run>/camera_paths/spiral.json`` of a run on the ``llff`` dataparser (written atomically,
+    from the scene the dataparser already loaded: no image is read again); the path written, or
+    None for another dataparser. Called by wcnerf's trainer once it is set up, so every LLFF run
+    has its spiral, not only those that ran ``wcnerf-summary`` (a failure to write it is said and
+    training goes on: the path is a convenience)."""
+    from pathlib import Path
+
+    from wcnerf.data.llff import LLFF
+
+    parser = getattr(getattr(getattr(trainer, "pipeline", None), "datamanager", None), "dataparser", None)
+    if not isinstance(parser, LLFF) or getattr(trainer, "local_rank", 0) != 0:
+        return None
+    out = Path(trainer.base_dir) / RUN_SPIRAL
+    try:
+        from wcnerf.atomic import write_json
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, spiral_camera_path(parser.load_scene()))
+    except (OSError, ValueError) as exc:
+        print(f"Warning: the LLFF spiral camera path was not written ({out}: {exc}); wcnerf-spiral RUN writes it",
+              flush=True)
+        return None
+    return out
