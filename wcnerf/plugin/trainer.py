@@ -22,6 +22,8 @@
   which :mod:`wcnerf.plugin.compat` prints as one line with exit code 2. Rerunning the resume
   command of a finished run says so and exits 0. After a resume the progress line counts
   toward the run's real total.
+* once set up, a run on the ``llff`` dataparser writes its spiral camera path to
+  ``<run>/camera_paths/spiral.json`` (:func:`wcnerf.data.spiral.write_run_spiral`);
 * after the pre-flight check, a method family's one-line notice about the run, if it registered
   one for the method in :data:`START_NOTICES` (the nerf family: ``e-nerf`` / ``nerf``, the
   paper's GPU protocol, trained on a CPU).
@@ -275,6 +277,9 @@ class WCTrainer(Trainer):
 
     def setup(self, test_mode="val") -> None:
         super().setup(test_mode=test_mode)
+        from wcnerf.data.spiral import write_run_spiral
+
+        write_run_spiral(self)  # an llff run's <run>/camera_paths/spiral.json, for ns-render camera-path
         if self._start_step > 0 and getattr(self.config, "resume_to_max_iterations", True):
             # The progress line and its ETA count toward the run's real total, not the remainder.
             from nerfstudio.utils import writer
