@@ -17,12 +17,15 @@ nerfstudio's entry-point discovery does it before any command touches a checkpoi
   ``nvcc`` exists, which takes minutes and then fails without a GPU. Our CPU path never calls
   those ops; :func:`guard_nerfacc_cuda_jit` makes any accidental call fail at once with a
   clear message (only when CUDA is unavailable; ``WCNERF_ALLOW_NERFACC_JIT=1`` disables it).
-* **LPIPS offline.** torchmetrics' LPIPS ships its linear layers (``lpips_models/alex.pth``)
-  but downloads torchvision's AlexNet ImageNet weights (``alexnet-owt-7be5be79.pth``) into
-  the torch hub cache on construction; offline, stock models fail to build.
-  :func:`build_lpips` builds it only from weights already present (hub cache, a path given
-  in the model config, or ``$WCNERF_LPIPS_WEIGHTS``) and otherwise returns ``None`` with the
-  reason; LPIPS is then omitted, never computed from random weights.
+* **LPIPS, as nerfstudio users get it.** torchmetrics' LPIPS ships its linear layers
+  (``lpips_models/alex.pth``) but reads torchvision's AlexNet ImageNet weights
+  (``alexnet-owt-7be5be79.pth``) from the torch hub cache, downloading them with no timeout.
+  :func:`build_lpips` uses a local copy (a path given in the model config, ``$WCNERF_LPIPS_WEIGHTS``
+  or the hub cache), else fetches the file once into the hub cache (:mod:`wcnerf.lpips_weights`:
+  a timeout, atomic, hash-checked; never with ``$WCNERF_NO_DOWNLOAD``), else returns ``None``
+  with the reason; LPIPS is then omitted, never computed from random weights.
+  :func:`lpips_holder` does all this only when a metric is first computed, so commands that
+  compute none (``ns-render``, ``ns-export``, ``ns-viewer``) neither fetch nor warn.
 * **Input errors without a traceback.** :func:`install_input_error_hook` (applied by
   :func:`install`) turns our input-error types (an unusable LLFF scene,
   a run that cannot start as asked, e.g. a wrong ``--load-dir``, an output that cannot be
@@ -49,12 +52,14 @@ from wcnerf.atomic import atomic_path
 __all__ = [
     "ALEXNET_WEIGHTS_FILE",
     "LPIPS_ENV",
+    "LazyLPIPS",
     "atomic_torch_save",
     "build_lpips",
     "find_alexnet_weights",
     "guard_nerfacc_cuda_jit",
     "install",
     "install_input_error_hook",
+    "lpips_holder",
     "INPUT_ERROR_EXIT",
     "RunInputError",
     "register_safe_globals",
@@ -62,7 +67,8 @@ __all__ = [
 ]
 
 ALEXNET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
-"""torchvision's AlexNet ImageNet weights, the only file torchmetrics' LPIPS (alex) downloads."""
+"""torchvision's AlexNet ImageNet weights, the only file torchmetrics' LPIPS (alex) downloads
+(:data:`wcnerf.lpips_weights.ALEXNET_URL`)."""
 
 LPIPS_ENV = "WCNERF_LPIPS_WEIGHTS"
 """Environment variable naming a local copy of :data:`ALEXNET_WEIGHTS_FILE`."""
@@ -164,9 +170,11 @@ def guard_nerfacc_cuda_jit(force: bool = False) -> bool:
 def find_alexnet_weights(explicit: Optional[Path] = None) -> Tuple[Optional[Path], str]:
     """Locate AlexNet ImageNet weights for LPIPS without downloading.
 
-    Order: ``explicit``, ``$WCNERF_LPIPS_WEIGHTS``, the torch hub cache. Returns
-    ``(path or None, where/why)``.
+    Order: ``explicit``, ``$WCNERF_LPIPS_WEIGHTS``, the torch hub cache (torchvision's file, or
+    the file of ``$WCNERF_LPIPS_URL``). Returns ``(path or None, where/why)``.
     """
+    from wcnerf.lpips_weights import cache_path
+
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_FILE
     for label, cand in (("given path", explicit), (f"${LPIPS_ENV}", os.environ.get(LPIPS_ENV) or None)):
         if cand:
@@ -174,21 +182,30 @@ def find_alexnet_weights(explicit: Optional[Path] = None) -> Tuple[Optional[Path
             if p.is_file():
                 return p, label
             return None, f"{label} {p} is not a file"
-    if hub_file.is_file():
-        return hub_file, "torch hub cache"
+    for cached in (hub_file, cache_path()):
+        if cached.is_file():
+            return cached, "torch hub cache"
     return None, (
         f"AlexNet ImageNet weights ({ALEXNET_WEIGHTS_FILE}) are not in the torch hub cache ({hub_file.parent}) "
-        f"and no --pipeline.model.lpips-weights or ${LPIPS_ENV} was given; they are not downloaded"
+        f"and no --pipeline.model.lpips-weights or ${LPIPS_ENV} was given"
     )
 
 
 def build_lpips(explicit: Optional[Path] = None):
-    """torchmetrics' LPIPS (AlexNet, inputs in [0, 1]) from local weights only.
+    """torchmetrics' LPIPS (AlexNet, inputs in [0, 1]) from local weights; when none is given
+    or cached, they are fetched once into the torch hub cache (:mod:`wcnerf.lpips_weights`).
 
-    Returns ``(metric, "")`` or ``(None, reason)``. Never downloads, never falls back to
-    random weights.
+    Returns ``(metric, "")`` or ``(None, reason)``; never falls back to random weights.
     """
     path, why = find_alexnet_weights(explicit)
+    if path is None and not explicit and not os.environ.get(LPIPS_ENV):  # a copy named but missing: no fetch
+        from wcnerf.lpips_weights import NO_DOWNLOAD_ENV, downloads_allowed, fetch_alexnet_weights
+
+        path, fetched = fetch_alexnet_weights()
+        if path is None:
+            hub = Path(torch.hub.get_dir()) / "checkpoints"
+            why = (f"{fetched}; place {ALEXNET_WEIGHTS_FILE} in {hub} or name a copy with ${LPIPS_ENV}"
+                   + (f" (${NO_DOWNLOAD_ENV}=1: never download)" if downloads_allowed() else ""))
     if path is None:
         return None, why
     try:
@@ -354,13 +371,45 @@ def say_once(message: str, style: str = "bold yellow") -> None:
         CONSOLE.print(f"[{style}]{message}", soft_wrap=True, highlight=False)
 
 
-def lpips_holder(explicit: Optional[Path] = None) -> list:
-    """``[metric]`` from :func:`build_lpips`, or ``[]`` after warning once why LPIPS is omitted.
+class LazyLPIPS:
+    """``[metric]`` or ``[]`` (truth, ``len``, ``[0]``) built by :func:`build_lpips` when first
+    looked at, i.e. when a metric is first computed: building a model (``ns-render``,
+    ``ns-export``, ``ns-viewer``) then neither downloads nor warns. Not a module: not in
+    checkpoints, not moved by ``.to()``; copying it does not build it."""
 
-    A list, so a model can keep the metric out of its module tree (not in checkpoints, not
-    moved by ``.to()``) by storing the list rather than the module."""
-    lpips, why = build_lpips(explicit)
-    if lpips is None:
-        say_once(f"WARNING: LPIPS omitted from the metrics: {why}.")
-        return []
-    return [lpips]
+    def __init__(self, explicit: Optional[Path] = None) -> None:
+        self.explicit = explicit
+        self.built = False
+        self._items: list = []
+
+    def _build(self) -> list:
+        if not self.built:
+            self.built = True
+            lpips, why = build_lpips(self.explicit)
+            if lpips is None:
+                say_once(f"WARNING: LPIPS omitted from the metrics: {why}.")
+            else:
+                self._items.append(lpips)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __bool__(self) -> bool:
+        return bool(self._build())
+
+    def __getitem__(self, index: int) -> Any:
+        return self._build()[index]
+
+    def __iter__(self):
+        return iter(self._build())
+
+    def __repr__(self) -> str:
+        return f"LazyLPIPS({'built: ' + repr(self._items) if self.built else 'not built'})"
+
+
+def lpips_holder(explicit: Optional[Path] = None) -> LazyLPIPS:
+    """The LPIPS metric as ``[metric]`` or ``[]`` (said once why), decided when first used
+    (:class:`LazyLPIPS`). A list-like rather than the module, so a model keeps the metric out of
+    its module tree (not in checkpoints, not moved by ``.to()``)."""
+    return LazyLPIPS(explicit)
