@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set-up for a fresh machine: creates .venv in the repo root and installs wcnerf with
-# everything it needs (torch, nerfstudio 1.1.5, trimesh, libigl, test extras), plus the
-# Debian packages some nerfstudio commands need. Safe to run again: it skips what is there.
+# everything it needs (torch, nerfstudio 1.1.5, trimesh, libigl, the test extra, and the
+# cluster extra: Ray and submitit, which a pip user needs only for `wcnerf-compare --executor
+# ray|slurm`, but the executor tests run here), plus the Debian packages some nerfstudio
+# commands need. Safe to run again: it skips what is there.
 #
 # torch: PyPI's default Linux x86_64 wheel is a CUDA build that also runs on the CPU, so the
 # same pin serves CUDA machines and CPU-only ones. torch 2.13.0's CPU-only wheel cannot import
@@ -32,8 +34,9 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     "${PIP[@]}" install -q "${TORCH_SPEC[@]}"
 fi
 
-echo "[setup] installing wcnerf (editable) with nerfstudio and test extras"
-"${PIP[@]}" install -q -e ".[test]"
+# nerfstudio: pyproject accepts >=1.1.5,<1.2; here the version everything was tested with.
+echo "[setup] installing wcnerf (editable) with nerfstudio 1.1.5 and the test and cluster extras"
+"${PIP[@]}" install -q -e ".[test,cluster]" "nerfstudio==1.1.5"
 
 # System packages: open3d (ns-export) needs libusb-1.0-0, ns-render's camera paths need
 # ffmpeg, the viewer tests need chromium. Installed when we are root with apt, else listed.

@@ -13,7 +13,8 @@
 The plan, the run state and the reports stay the harness's: every engine only starts workers,
 the workers claim runs by their leases, and the driver (:func:`run_with_executor`) watches the
 run folders for progress and writes the reports at the end. ``ray`` and ``submitit`` are
-imported only when their executor is used.
+imported only when their executor is used; they come with ``pip install 'wcnerf[cluster]'``, and
+without them that executor stops with one line saying so (:func:`cluster_module`).
 """
 
 from __future__ import annotations
@@ -142,6 +143,25 @@ def _worker_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+CLUSTER_EXTRA = "pip install 'wcnerf[cluster]'"
+"""How to get the ``ray`` / ``slurm`` executors' packages (not required by wcnerf itself)."""
+
+
+def cluster_module(name: str, executor: str) -> Any:
+    """``import name`` for ``--executor executor``; when it is not installed, an input error
+    (one line and exit 2 through :func:`wcnerf.plugin.compat.install_input_error_hook`) naming
+    the option, the package and :data:`CLUSTER_EXTRA`, instead of an ImportError's traceback."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        from wcnerf.plugin.compat import RunInputError  # importing wcnerf.plugin installs the hook
+
+        raise RunInputError(
+            f"--executor {executor}: needs the {name} package, which is not installed: {CLUSTER_EXTRA}") from None
+
+
 # --------------------------------------------------------------------------------------
 # ray: tasks on a Ray cluster
 # --------------------------------------------------------------------------------------
@@ -179,7 +199,7 @@ def _start_local_ray(ray: Any, kwargs: Dict[str, Any], attempts: int = 4) -> Non
 
 class _RayEngine:
     def __init__(self, job: SweepJob, n: int, opts: RayOptions):
-        import ray
+        ray = cluster_module("ray", "ray")
 
         self.ray = ray
         self.started = False
@@ -267,7 +287,7 @@ class SlurmWorker:
 
 class _SlurmEngine:
     def __init__(self, job: SweepJob, n: int, opts: SlurmOptions):
-        import submitit
+        submitit = cluster_module("submitit", "slurm")
 
         folder = Path(opts.folder) if opts.folder else Path(job.out_dir) / "slurm"
         params: Dict[str, Any] = dict(name=f"wcnerf-{job.protocol.name}", timeout_min=int(opts.time_min),
