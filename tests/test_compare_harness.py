@@ -58,7 +58,7 @@ def test_first_sweep_records_everything_and_lists_failures(tmp_path):
     status = json.loads((out / "runs/flower/e-nerf/seed-1/status.json").read_text())
     assert status["status"] == "failed" and "fake boom" in status["error"] and status["attempts"] == 1
     md = (out / "table.md").read_text()
-    assert "| Flower | E-NeRF | 1 | failed |" in md and "fake boom" in md
+    assert "| Flower | E-NeRF (ns-train e-nerf-small) | 1 | failed |" in md and "fake boom" in md
     assert (out / "curves.png").is_file() and (out / "renders" / "fern.png").is_file()
     assert (out / "renders" / "flower.png").is_file()
 

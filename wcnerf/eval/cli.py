@@ -1,19 +1,24 @@
 """The comparison's command line (``wcnerf-compare``, ``scripts/compare_llff.py``): a
-resumable sweep over scenes x methods x seeds under a protocol of ``configs/protocols/``; by
-default E-NeRF vs NeRF on LLFF scenes (the paper's Table 4), and any method ``ns-train`` knows
-under any conditioners on any scene its dataparser reads::
+resumable sweep over scenes x methods x seeds under a protocol (the ones shipped with wcnerf, or
+a YAML file of the same keys); by default E-NeRF vs NeRF on LLFF scenes (the paper's Table 4),
+and any method ``ns-train`` knows under any conditioners on any scene its dataparser reads::
 
     wcnerf-compare --protocol cpu --scenes fern flower --seeds 0 1 2
     wcnerf-compare --protocol paper --scenes fern flower fortress horns leaves orchids room trex
     wcnerf-compare --methods nerf e-nerf weight-norm     # any conditioner name too
     wcnerf-compare --method nerfacto --conditioners none equilibrate --data my/scene \
         --dataparser nerfstudio-data --set max_num_iterations=3000 --seeds 0 1 2
+    wcnerf-compare --max-num-iterations 30 --max-eval-views 1 --eval-image-scale 0.25   # a quick look
 
 Lists are typed tuples, one value per word as in nerfstudio's command lines; a comma-joined
 word (``--seeds 0,1,2``) is split too. Writes
 ``outputs/compare/<protocol>/{results.csv, table.md, curves.png, renders/, runs/}``. Running
 the same command again skips finished runs, resumes interrupted ones from their last
 checkpoint and retries failed ones. Exit code 1 when some run is failed, 130 when interrupted.
+
+The flags shared with the other commands are spelled as there: ``--output-dir`` (was
+``--output-root``), ``--overwrite`` (was ``--redo``), ``--threads`` (0: the default), ``--seeds``;
+the old spellings still work.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from rich.markup import escape
 from tyro.constructors import PrimitiveConstructorSpec
 from typing_extensions import Annotated
 
-from wcnerf.bounds import COUNT, SEED, THREADS, Bounds, at_least, positive, tyro_flag
+from wcnerf.bounds import COUNT, SEED, Bounds, at_least, between, positive, tyro_flag
 from wcnerf.eval.plan import check_protocol, known_conditioners, parse_list
 from wcnerf.eval.runs import MethodSpec
 
@@ -60,11 +65,13 @@ class Selection:
 
     scenes: Annotated[Names, tyro.conf.arg(aliases=("--data",))] = ()
     """Scene names or folders (--data is the same). For llff a name is looked up as <root>/NAME
-    and <root>/llff/NAME under the repo's data/, each --data-root and each $WCNERF_DATA entry
+    and <root>/llff/NAME under wcnerf's example data, each --data-root and each $WCNERF_DATA entry
     (the same lookup as `ns-train ... llff --data NAME`). Default: the protocol's scenes."""
     methods: Names = ("nerf", "e-nerf")
-    """nerf, e-nerf, or any conditioner name (none, equilibrate-out, weight-norm, equinorm, ...):
-    the protocol's base method with that conditioning."""
+    """nerf, e-nerf (the protocol's methods: under the cpu protocol ns-train's nerf-small and
+    e-nerf-small, which these names also take), or any conditioner name (none, equilibrate-out,
+    weight-norm, equinorm, ...): the protocol's base method with that conditioning. Tables print
+    each with its ns-train method."""
     method: Optional[str] = None
     """Any method ns-train knows (nerfacto, vanilla-nerf, another plugin's...): compare it under
     --conditioners instead of the protocol's methods; outputs go to <protocol>-<method>/."""
@@ -82,6 +89,13 @@ class Selection:
     """Seeds. Default: the protocol's seeds."""
     max_num_iterations: Optional[int] = None
     """Override the protocol's iteration count; outputs then go to <protocol>-<N>it/."""
+    max_eval_views: Optional[int] = None
+    """Evaluate at most N held-out views of each scene, evenly spaced, the first and the last
+    included (0: all of them); default: the protocol's. Outputs then go to <protocol>-<N>views/."""
+    eval_image_scale: Optional[float] = None
+    """Render each evaluated held-out view at this fraction of its size, in (0, 1], its ground
+    truth area-averaged to it (default: the protocol's, 1). Much cheaper on a CPU; PSNRs at
+    different scales are not comparable. Outputs then go to <protocol>-scale<S>/."""
     data_root: Tuple[Path, ...] = ()
     """Extra folders to look scene names up in (put before $WCNERF_DATA)."""
 
@@ -92,11 +106,11 @@ class RunOptions:
 
     retry_failed: bool = True
     """Run failed runs again (interrupted ones are always continued)."""
-    redo: bool = False
-    """Delete the selected runs' folders and run them from scratch."""
-    threads: Optional[int] = None
-    """OMP/MKL threads of every training / evaluation subprocess (default: the protocol's
-    ``threads``, or its ``train_threads`` / ``eval_threads`` for a local worker with the cores to itself)."""
+    redo: Annotated[bool, tyro.conf.arg(aliases=("--overwrite",))] = False
+    """Delete the selected runs' folders and run them from scratch (--redo is the old name)."""
+    threads: int = 0
+    """OMP/MKL threads of every training / evaluation subprocess (0: the protocol's threads, or
+    its train_threads / eval_threads for a local worker with the cores to itself)."""
     device: Optional[str] = None
     """cpu, cuda or mps for every run (default: the protocol's; auto is cuda where a GPU is seen)."""
 
@@ -105,7 +119,7 @@ class RunOptions:
 class Engine:
     """Where the runs are run: workers on this machine, on a Ray cluster or as SLURM jobs. Each
     worker claims the next unfinished run by a lease on its folder, trains and evaluates it, and
-    repeats; the reports are written when all are done (docs/compare.md)."""
+    repeats; the reports are written when all are done."""
 
     executor: Literal["local", "ray", "slurm"] = "local"
     """local: worker processes here (one per visible GPU; on a CPU --workers N processes with
@@ -118,7 +132,8 @@ class Engine:
     """A run whose worker has not renewed its lease for this long is taken over (it resumes
     from its last checkpoint)."""
     progress_every: float = 30.0
-    """Seconds between two progress lines (runs done / running / left, ETA)."""
+    """Seconds between two progress lines (runs done / running / left, ETA; each run's training
+    step or evaluated views with its ETA). Printed as plain lines when the output is not a terminal."""
     ray_address: Optional[str] = None
     """An existing Ray cluster (`auto` on a cluster node, or ray://HOST:10001); default: a
     local Ray started for the sweep."""
@@ -132,7 +147,7 @@ class Engine:
     """CPUs per worker job."""
     slurm_mem_gb: Optional[float] = None
     slurm_folder: Optional[Path] = None
-    """submitit's logs and job pickles (default <output-root>/<protocol>/slurm/)."""
+    """submitit's logs and job pickles (default <output-dir>/<protocol>/slurm/)."""
     slurm_local: bool = False
     """Run the same submitit job array on this machine (submitit's local executor), to try it."""
     detach: bool = False
@@ -145,7 +160,9 @@ CPU_ITERATION_LIMIT = 20000
 
 COMPARE_BOUNDS = Bounds((
     ("select.seeds", SEED), ("select.max_num_iterations", COUNT),
-    ("run.threads", THREADS), ("engine.workers", at_least(1, warn_above=4096)),
+    ("select.max_eval_views", at_least(0, warn_above=1e6, note="0: every held-out view")),
+    ("select.eval_image_scale", between(0, 1, strict_low=True)),
+    ("run.threads", at_least(0, warn_above=1024, note="0: the protocol's")), ("engine.workers", at_least(1, warn_above=4096)),
     ("engine.lease_seconds", positive(warn_above=86400)), ("engine.progress_every", positive(warn_above=86400)),
     ("engine.slurm_time_min", at_least(1, warn_above=30 * 24 * 60)), ("engine.slurm_gpus", at_least(0, warn_above=64)),
     ("engine.slurm_cpus", at_least(1, warn_above=1024)), ("engine.slurm_mem_gb", positive(warn_above=16384)),
@@ -175,33 +192,55 @@ def _yaml_value(item: str, text: str) -> Any:
 
 
 def selected_protocol(protocol: Any, sel: "Selection") -> Any:
-    """The protocol with the command line's method, dataparser, overrides and budget applied;
-    each change that alters what a run trains gives it a name (an output folder) of its own."""
+    """The protocol with the command line's method, dataparser, overrides, budget and evaluation
+    sizing applied; each change that alters what a run trains or what is measured gives it a
+    name (an output folder) of its own, and is kept in ``changes`` (for the reports)."""
     import dataclasses
     import hashlib
 
     name = protocol.name
+    changes = list(protocol.changes)
     if sel.dataparser and sel.dataparser != protocol.dataparser:
         kept = {k: v for k, v in protocol.overrides.items() if not k.startswith("pipeline.datamanager.dataparser.")}
         protocol = dataclasses.replace(protocol, dataparser=sel.dataparser, overrides=kept)
         name += f"-{sel.dataparser}"
+        changes.append(f"--dataparser {sel.dataparser}")
     if sel.method:
         protocol = dataclasses.replace(protocol, methods={}, base_method=sel.method)
         name += f"-{sel.method}"
+        changes.append(f"--method {sel.method}")
     if sel.set:
-        changes = {}
+        values = {}
         for item in sel.set:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"--set {item!r}: expected KEY=VALUE (a dotted path in the run's config, e.g. "
                                  "max_num_iterations=3000)")
-            changes[key.strip()] = _yaml_value(item, value)
-        protocol = protocol.with_overrides(**changes)
-        name += "-set" + hashlib.sha1(repr(sorted(changes.items())).encode()).hexdigest()[:6]
+            values[key.strip()] = _yaml_value(item, value)
+        protocol = protocol.with_overrides(**values)
+        name += "-set" + hashlib.sha1(repr(sorted(values.items())).encode()).hexdigest()[:6]
+        changes.append("--set " + " ".join(sel.set))
     protocol = dataclasses.replace(protocol, name=name)
-    if sel.max_num_iterations is not None:
+    if sel.max_num_iterations is not None and sel.max_num_iterations != protocol.max_num_iterations:
         protocol = protocol.with_budget(sel.max_num_iterations)
-    return protocol
+        changes.append(f"--max-num-iterations {sel.max_num_iterations}")
+    views = sel.max_eval_views
+    if views is not None and views == _evaluated_views(protocol):
+        views = None  # what the protocol evaluates already: the same measurement, the same folder
+    scale = sel.eval_image_scale if sel.eval_image_scale != protocol.eval_image_scale else None
+    if views is not None or scale is not None:
+        protocol = protocol.with_evaluation(views, scale)
+        changes += ([f"--max-eval-views {views}"] if views is not None else []) + (
+            [f"--eval-image-scale {scale:g}"] if scale is not None else [])
+    return dataclasses.replace(protocol, changes=tuple(changes)) if changes else protocol
+
+
+def _evaluated_views(protocol: Any) -> int:
+    """How many held-out views the protocol evaluates (0: all): its dataparser's max_eval_views
+    override, else its eval_views."""
+    from wcnerf.eval.protocols import DATAPARSER_EVAL_VIEWS
+
+    return int(protocol.overrides.get(DATAPARSER_EVAL_VIEWS, protocol.eval_views) or 0)
 
 
 @dataclass
@@ -209,12 +248,12 @@ class Compare:
     """Train and evaluate methods under weight conditioners over scenes and seeds, and report."""
 
     protocol: str = "cpu"
-    """Protocol name (configs/protocols/<name>.yaml: paper, cpu, budget) or path to a protocol YAML."""
+    """A protocol shipped with wcnerf (paper, cpu, budget) or the path of a protocol YAML file."""
     select: tyro.conf.OmitArgPrefixes[Selection] = field(default_factory=Selection)
     run: tyro.conf.OmitArgPrefixes[RunOptions] = field(default_factory=RunOptions)
     engine: tyro.conf.OmitArgPrefixes[Engine] = field(default_factory=Engine)
-    output_root: Path = Path("outputs/compare")
-    """Outputs go to <output-root>/<protocol>/."""
+    output_root: Annotated[Path, tyro.conf.arg(aliases=("--output-dir",))] = Path("outputs/compare")
+    """Outputs go to <output-dir>/<protocol>/ (--output-root is the old name)."""
     report_only: bool = False
     """Only rebuild results.csv, table.md, curves.png and renders/ from the run folders."""
     dry_run: bool = False
@@ -294,7 +333,9 @@ class Compare:
                     factor = getattr(config.pipeline.datamanager.dataparser, "downscale_factor", None)
                     console.print(escape(
                         f"    {config.max_num_iterations} iterations, --downscale-factor {factor}, "
-                        f"{spec.scene.views_evaluated} of {spec.scene.views_held_out} held-out views evaluated; "
+                        f"{spec.scene.views_evaluated} of {spec.scene.views_held_out} held-out views evaluated"
+                        + (f" at {protocol.eval_image_scale:g} of their size" if protocol.eval_image_scale != 1 else "")
+                        + "; "
                         f"its config is ns-train {spec.method.ns_method} {' '.join(config_changes(config))}"),
                         soft_wrap=True)
             if missing:  # the plan is shown, but it cannot run as it stands

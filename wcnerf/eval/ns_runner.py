@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from wcnerf.atomic import write_json, write_text
 from wcnerf.eval.execution import Execution
 from wcnerf.eval.runs import CONFIG_FILE, CURVES_FILE, HELDOUT_DIR, RunFailed, RunResult, RunSpec
-from wcnerf.eval.ns_eval import per_image_path
+from wcnerf.eval.ns_eval import parse_progress, per_image_path
 from wcnerf.process import stop_process
 from wcnerf.report.panels import psnr_from_mse, split_eval_image
 
@@ -62,6 +62,11 @@ HELDOUT_PSNR_TAGS = [
 ]
 HELDOUT_LOSS_TAGS = ["Eval Loss Dict/rgb_loss_fine", "Eval Loss Dict/rgb_loss"]
 ITER_TIME_TAG = "Train Iter (time)"
+
+EVAL_STAGE = "eval (held-out views)"
+"""The stage a run reports while ns-eval renders (its progress: views done / total)."""
+EVAL_PROGRESS_EVERY = 20.0
+"""Seconds between two progress lines of ns-eval in eval.log (the harness shows them at its own pace)."""
 
 _STEP_LINE = re.compile(r"^\s*(\d+) \((\d+(?:\.\d+)?)%\)")
 _CKPT = re.compile(r"^step-(\d+)\.ckpt$")
@@ -258,12 +263,20 @@ class NerfstudioRunner:
         return [self.python, "-m", "nerfstudio.scripts.train", spec.method.ns_method, "--load-config", str(config_file)]
 
     def eval_command(self, spec: RunSpec, config: Path) -> List[str]:
+        """nerfstudio's ns-eval through :mod:`wcnerf.eval.ns_eval` (per-image metrics, progress
+        lines), sized by the protocol's ``eval_views`` and ``eval_image_scale``."""
         out = spec.run_dir / "eval"
+        sizing = []
+        if spec.protocol.eval_views:
+            sizing += ["--max-eval-views", str(spec.protocol.eval_views)]
+        if spec.protocol.eval_image_scale != 1:
+            sizing += ["--eval-image-scale", f"{spec.protocol.eval_image_scale:g}"]
         return [
             self.python, "-m", "wcnerf.eval.ns_eval",  # nerfstudio's ns-eval, keeping per-image metrics
             "--load-config", str(config),
             "--output-path", str(out / "ns_eval.json"),
             "--render-output-path", str(out / "renders"),
+            *sizing, "--progress-every", f"{EVAL_PROGRESS_EVERY:g}",
         ]  # fmt: skip
 
     # ---- running ---------------------------------------------------------------------
@@ -333,13 +346,18 @@ class NerfstudioRunner:
         if not chunk:
             return offset
         cut = chunk.rfind(b"\n") + 1
-        step = None
+        step: Optional[float] = None
         for line in chunk[:cut].decode("utf8", "replace").splitlines():
+            if stage == "eval":  # wcnerf.eval.ns_eval's progress lines: views done / total
+                views = parse_progress(line)
+                if views is not None:
+                    step, total = views
+                continue
             m = _STEP_LINE.match(line)
             if m:
                 step = int(m.group(1))
         if step is not None:
-            spec.report(stage, step, total)
+            spec.report(EVAL_STAGE if stage == "eval" else stage, step, total)
         return offset + cut
 
     # ---- the run ---------------------------------------------------------------------
@@ -389,7 +407,7 @@ class NerfstudioRunner:
         config = base / "config.yml"
         if not config.is_file():
             raise RunFailed(f"no nerfstudio config at {config}")
-        spec.report("eval (held-out images)", None, None)
+        spec.report(EVAL_STAGE, None, None)
         eval_dir = spec.run_dir / "eval"
         if eval_dir.exists():
             shutil.rmtree(eval_dir)
@@ -413,7 +431,9 @@ class NerfstudioRunner:
         if psnr is None:
             raise RunFailed(f"ns-eval reported no PSNR (keys: {sorted(results)})")
         renders = sorted((eval_dir / "renders").glob("eval_img_*.png"))
-        self._save_heldout(spec, renders)
+        evaluation = json.loads((eval_dir / "ns_eval.json").read_text()).get("evaluation") or {}
+        size = evaluation.get("resolution_hw") or [None, None]
+        self._save_heldout(spec, renders, size[1] if evaluation.get("image_scale", 1) != 1 else None)
         curves: Dict[str, Any] = {}
         try:
             curves = extract_curves(read_scalars(base))
@@ -435,21 +455,23 @@ class NerfstudioRunner:
                 "per_image": per_image,
                 "num_evaluated_images": len(renders),
                 "num_heldout_images": spec.scene.views_held_out or len(renders),
+                "evaluation": evaluation,  # what ns_eval evaluated: views, image scale, resolution
                 "resumed_from": timing.get("resumed_from", []),
                 "config": str(config),
                 "curves_source": {k: (curves.get(k) or {}).get("source") for k in ("train", "heldout")},
             },
         )
 
-    def _save_heldout(self, spec: RunSpec, renders: Sequence[Path]) -> None:
-        """First held-out view: ground truth and render from ns-eval's combined image."""
+    def _save_heldout(self, spec: RunSpec, renders: Sequence[Path], width: Optional[int] = None) -> None:
+        """First held-out view: ground truth and render from ns-eval's combined image (``width``:
+        of one image in it, when evaluated at another size than the dataparser's)."""
         if not renders or spec.scene.path is None:
             return
         import imageio.v3 as iio
         import numpy as np
 
         combined = np.asarray(iio.imread(renders[0]))
-        width = spec.scene.image_width or 0  # the dataparser's evaluated images
+        width = width or spec.scene.image_width or 0  # the dataparser's evaluated images
         parts = split_eval_image(combined, width) if width else None
         if parts is None:  # unknown width: vanilla NeRF's [gt | coarse | fine]
             parts = split_eval_image(combined, combined.shape[1] // 3) if combined.shape[1] % 3 == 0 else None

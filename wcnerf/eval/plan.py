@@ -86,21 +86,26 @@ def known_conditioners() -> List[str]:
 
 def resolve_methods(names: Sequence[str], protocol: Protocol) -> List[MethodSpec]:
     """Sweep labels -> methods. ``nerf`` / ``e-nerf`` (any key of ``protocol.methods``) are the
-    registered methods; any other conditioner name runs ``protocol.base_method`` with that
-    conditioning (``none`` and ``equilibrate`` are the same as ``nerf`` and ``e-nerf`` where the
-    protocol names those)."""
+    registered methods, also by their ``ns-train`` names (``nerf-small`` under the cpu
+    protocol); any other conditioner name runs ``protocol.base_method`` with that conditioning
+    (``none`` and ``equilibrate`` are the same as ``nerf`` and ``e-nerf`` where the protocol
+    names those)."""
     conditioners = known_conditioners()
+    by_ns_name = {ns: label for label, ns in protocol.methods.items()}
     specs: List[MethodSpec] = []
     for raw in parse_list(names):
         name = _ALIASES.get(raw, raw) if raw not in protocol.methods else raw
+        if name not in protocol.methods and raw in by_ns_name:  # ns-train's name of a protocol method
+            name = by_ns_name[raw]
         if name in protocol.methods:
             spec = MethodSpec(name, protocol.methods[name])
         elif raw in conditioners:
             spec = MethodSpec(raw, protocol.base_method, conditioning=raw)
         else:
+            named = ", ".join(f"{k} (ns-train {v})" for k, v in sorted(protocol.methods.items()))
             raise ValueError(
-                f"unknown method {raw!r}: use one of {sorted(protocol.methods)} or a conditioner name "
-                f"({', '.join(conditioners)})"
+                f"unknown method {raw!r} (--methods): use one of the protocol's methods ({named or 'none'}) "
+                f"or a conditioner name ({', '.join(conditioners)})"
             )
         if spec.label not in [s.label for s in specs]:
             specs.append(spec)
@@ -167,6 +172,8 @@ def _check_scene(raw: str, protocol: Protocol) -> SceneSpec:
         views = _views(dataclasses.replace(dp, data=path))
     except Exception as exc:  # noqa: BLE001 - whatever the dataparser refuses, with its own words
         return SceneSpec(label, path, f"{path}: the {protocol.dataparser} dataparser refused it: {type(exc).__name__}: {exc}")
+    if protocol.eval_views and views["views_evaluated"] > protocol.eval_views:  # ns_eval evaluates fewer
+        views["views_evaluated"] = protocol.eval_views
     return SceneSpec(label, path, None, **views)
 
 

@@ -21,13 +21,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from wcnerf.bounds import SEED, Bounds, OptionError, at_least
+from wcnerf.bounds import SEED, Bounds, OptionError, at_least, between
 from wcnerf.plugin.option_bounds import NS_TRAIN_BOUNDS
 
 __all__ = ["Protocol", "ProtocolError", "protocols_dir", "available_protocols", "load_protocol", "ITERATIONS"]
 
 ITERATIONS = "max_num_iterations"
 """The override that sets a run's training budget (the trainer config's field)."""
+DATAPARSER_EVAL_VIEWS = "pipeline.datamanager.dataparser.max_eval_views"
+"""The override that sizes the held-out evaluation where the dataparser has it (llff)."""
 
 
 class ProtocolError(ValueError):
@@ -64,6 +66,15 @@ class Protocol:
     """OMP/MKL threads of ``ns-eval``, by the same rule as ``train_threads``."""
     timeout_minutes: float = 0.0
     """Wall-clock limit of one ns-train or ns-eval call (0: none)."""
+    eval_views: int = 0
+    """Held-out views the final evaluation renders, evenly spaced over the eval split (0: all of
+    them); for a dataparser without a ``max_eval_views`` of its own (``--max-eval-views``)."""
+    eval_image_scale: float = 1.0
+    """The final evaluation renders every view at this fraction of its size, in (0, 1]
+    (``--eval-image-scale``); PSNRs at different scales are not comparable."""
+    changes: Tuple[str, ...] = ()
+    """What the command line changed of the protocol file (``--max-num-iterations 30``, ...): the
+    file's description no longer describes the runs."""
     source: Optional[str] = None
     """The file the protocol was read from."""
 
@@ -87,13 +98,45 @@ class Protocol:
             return self
         return dataclasses.replace(self.with_overrides(**{ITERATIONS: int(iterations)}), name=f"{self.name}-{iterations}it")
 
+    def with_evaluation(self, max_eval_views: Optional[int] = None, image_scale: Optional[float] = None) -> "Protocol":
+        """The protocol with its held-out evaluation sized: ``max_eval_views`` views (through the
+        dataparser's own ``max_eval_views`` when it has one, else :attr:`eval_views`) at
+        ``image_scale`` of their size. Another protocol, ``<name>-<N>views`` / ``<name>-scale<S>``:
+        what is measured differs, so its outputs never mix with this one's."""
+        proto, name = self, self.name
+        if max_eval_views is not None:
+            from wcnerf.eval.plan import dataparser_config
+
+            if hasattr(dataparser_config(self), "max_eval_views"):
+                proto = proto.with_overrides(**{DATAPARSER_EVAL_VIEWS: int(max_eval_views)})
+            else:
+                proto = dataclasses.replace(proto, eval_views=int(max_eval_views))
+            name += f"-{int(max_eval_views)}views"
+        if image_scale is not None and image_scale != proto.eval_image_scale:
+            proto = dataclasses.replace(proto, eval_image_scale=float(image_scale))
+            name += f"-scale{float(image_scale):g}"
+        return dataclasses.replace(proto, name=name)
+
     def summary(self) -> str:
         """One line describing the settings (for table.md and the console)."""
         shown = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+        sizing = []
+        if self.eval_views:
+            sizing.append(f"{self.eval_views} held-out views evaluated")
+        if self.eval_image_scale != 1:
+            sizing.append(f"evaluated at {self.eval_image_scale:g} of the image size")
         return (
-            f"protocol `{self.name}`: methods {', '.join(f'{k}={v}' for k, v in self.methods.items())}, "
+            f"protocol `{self.name}`"
+            + (f" (the `{self.base_name}` protocol with {' '.join(self.changes)})" if self.changes else "")
+            + f": methods {', '.join(f'{k} = ns-train {v}' for k, v in self.methods.items())}, "
             f"dataparser {self.dataparser}" + (f", overrides {shown}" if shown else "")
+            + "".join(f", {x}" for x in sizing)
         )
+
+    @property
+    def base_name(self) -> str:
+        """The protocol file's name (``cpu`` for ``cpu-30it``)."""
+        return Path(self.source).stem if self.source else self.name.split("-")[0]
 
 
 def protocols_dir() -> Path:
@@ -115,6 +158,8 @@ PROTOCOL_BOUNDS = Bounds((
     ("threads", at_least(1, warn_above=1024)), ("train_threads", at_least(1, warn_above=1024)),
     ("eval_threads", at_least(1, warn_above=1024)),
     ("timeout_minutes", at_least(0, warn_above=10 * 24 * 60, note="0: no limit")),
+    ("eval_views", at_least(0, warn_above=1e6, note="0: every held-out view")),
+    ("eval_image_scale", between(0, 1, strict_low=True)),
 ), flag=lambda key: key) + NS_TRAIN_BOUNDS.prefixed("overrides.")
 """The bounds of a protocol's numbers; its overrides are a run config's, bounded as ns-train's."""
 
@@ -156,6 +201,12 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
             values[key] = int(values[key])
     if "timeout_minutes" in values:
         values["timeout_minutes"] = float(values["timeout_minutes"] or 0)
+    if "eval_views" in values:
+        values["eval_views"] = int(values["eval_views"] or 0)
+    if "eval_image_scale" in values:
+        values["eval_image_scale"] = float(values["eval_image_scale"])
+    if "changes" in values:
+        raise ProtocolError(f"{source}: `changes` is set by the command line, not a protocol key")
     values["description"] = str(values.get("description") or "").strip()
     values["dataparser"] = str(values.get("dataparser") or "llff")
     values["source"] = source

@@ -19,8 +19,8 @@ from rich.markup import escape
 
 from wcnerf.atomic import write_text
 from wcnerf.eval.protocols import Protocol
-from wcnerf.eval.runs import (CURVES_FILE, HELDOUT_DIR, METRICS_FILE, STATUS_FILE, RunSpec, config_iterations, read_json,
-                              run_state)
+from wcnerf.eval.runs import (CURVES_FILE, HELDOUT_DIR, METRICS_FILE, STATUS_FILE, RunSpec, config_downscale_factor,
+                              config_iterations, read_json, run_state)
 from wcnerf.eval.table import (order_methods, order_scenes, scene_display, table_markdown, write_per_image_csv,
                                write_results_csv)
 
@@ -50,6 +50,7 @@ def _record(out_dir: Path, run_dir: Path, fallback: Optional[RunSpec] = None) ->
         "ns_method": settings.get("ns_method"),
         "conditioning": settings.get("conditioning"),
         "iterations": config_iterations(run_dir) or settings.get("max_num_iterations"),
+        "downscale_factor": config_downscale_factor(run_dir),
         # relative to the folder of results.csv / table.md
         "run_dir": os.path.relpath(Path(run_dir).resolve(), Path(out_dir).resolve()),
         "abs_run_dir": str(Path(run_dir).resolve()),
@@ -64,6 +65,7 @@ def _record(out_dir: Path, run_dir: Path, fallback: Optional[RunSpec] = None) ->
         rec["views_evaluated"] = extra.get("num_evaluated_images", extra.get("num_heldout_images"))
         rec["views_held_out"] = extra.get("num_heldout_images")
         rec["per_image"] = extra.get("per_image") or []
+        rec["eval_image_scale"] = (extra.get("evaluation") or {}).get("image_scale", 1.0)  # runs before it: 1
         rec["status"] = "done"
         rec["error"] = ""
     else:
@@ -177,7 +179,7 @@ def write_reports(
     written["results.csv"] = write_results_csv(records, out_dir / "results.csv")
     written["results_per_image.csv"] = write_per_image_csv(records, out_dir / "results_per_image.csv")
     summary = protocol.summary() if protocol else ""
-    if protocol and protocol.description:
+    if protocol and protocol.description and not protocol.changes:  # the file's words describe these runs
         summary = f"{protocol.description}\n\n{summary}"
     title = "E-NeRF vs NeRF on LLFF"
     if protocol and not protocol.methods:  # `--method M`: any method under conditioners

@@ -138,6 +138,19 @@ class RunSpec:
 _ITERATIONS_LINE = re.compile(r"^max_num_iterations: (\d+)$", re.M)
 
 
+_FACTOR_LINE = re.compile(r"^\s+downscale_factor: (\d+)$", re.M)
+
+
+def config_downscale_factor(run_dir: Path) -> Optional[int]:
+    """The dataparser's ``downscale_factor`` in a run's ``config.yml`` (read from its text, as
+    :func:`config_iterations`); None without one."""
+    try:
+        m = _FACTOR_LINE.search((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf8"))
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
 def config_iterations(run_dir: Path) -> Optional[int]:
     """``max_num_iterations`` of a run's ``config.yml``, read from its text (no nerfstudio
     import: the sweep's progress reads it often); None without one."""
@@ -274,20 +287,29 @@ def execute(spec: RunSpec, runner: Runner, sweep_id: Optional[str] = None, job_i
         return "failed", err
     outer_report = spec.report
 
-    clock = {"last": 0.0, "first": None}
+    clock: Dict[str, Any] = {"last": 0.0, "first": None, "kind": None}
 
-    def report(stage: str, step: Optional[int] = None, total: Optional[int] = None) -> None:
+    def report(stage: str, step: Optional[float] = None, total: Optional[int] = None) -> None:
         now = time.monotonic()
         fields: Dict[str, Any] = {}
         if stage != getattr(report, "_last", None):
             report._last = stage  # type: ignore[attr-defined]
             fields["stage"] = stage
+        kind = "eval" if stage.startswith("eval") else "train"  # training steps, or views evaluated
+        if kind != clock["kind"]:
+            if clock["kind"] is not None:
+                fields["progress"] = None  # the last stage's progress says nothing of this one
+            clock.update(kind=kind, first=None, last=0.0)
         if step is not None and total and now - clock["last"] >= PROGRESS_EVERY:
             first = clock["first"]
             if first is None or step < first[1]:
                 clock["first"] = first = (now, step)
             rate = (now - first[0]) / (step - first[1]) if step > first[1] else None
-            fields["progress"] = {"step": int(step), "total": int(total), "sec_per_iter": rate, "at": time.time()}
+            if kind == "eval":
+                fields["progress"] = {"step": round(float(step), 3), "total": int(total), "unit": "views",
+                                      "sec_per_view": rate, "at": time.time()}
+            else:
+                fields["progress"] = {"step": int(step), "total": int(total), "sec_per_iter": rate, "at": time.time()}
         if fields:
             clock["last"] = now if "progress" in fields else clock["last"]
             try:

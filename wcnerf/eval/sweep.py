@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rich.markup import escape
 
@@ -121,7 +121,9 @@ def run_sweep(
                                   execution=execution, options=executor_options,
                                   retry_failed=retry_failed, lease_seconds=lease_seconds, progress_every=progress_every)
         else:  # this process is the only worker
-            if show_progress and todo:
+            if show_progress and todo and not console.is_terminal:  # a log file: plain lines, no bar
+                _run_with_lines(todo, runner, summary, console, lease_seconds, progress_every)
+            elif show_progress and todo:
                 _run_with_progress(todo, runner, summary, console, lease_seconds)
             else:
                 for spec in todo:
@@ -241,3 +243,49 @@ def _run_with_progress(todo: Sequence[RunSpec], runner: Runner, summary: SweepSu
                 progress.remove_task(current)
             progress.advance(overall)
 
+
+
+class _LineProgress:
+    """One run's progress as plain lines, for a console that is not a terminal (a log file keeps
+    no progress bar): the stage when it changes, then every ``every`` seconds the training step
+    or the held-out views evaluated, with the ETA at the pace measured in this stage."""
+
+    def __init__(self, name: str, console: Any, every: float, clock: Any = None) -> None:
+        import time
+
+        self.name, self.console, self.every = name, console, every
+        self.clock = clock or time.monotonic
+        self.stage: Optional[str] = None
+        self.kind: Optional[str] = None
+        self.first: Optional[Tuple[float, float]] = None
+        self.last = 0.0
+
+    def __call__(self, stage: str, step: Optional[float] = None, total: Optional[int] = None) -> None:
+        from wcnerf.eval.workers import _count, _duration
+
+        now = self.clock()
+        kind = "eval" if stage.startswith("eval") else "train"
+        if kind != self.kind:
+            self.kind, self.first, self.last = kind, None, now
+        if stage != self.stage:
+            self.stage = stage
+            self.console.print(f"{self.name}: {escape(stage)}")
+        if step is None or not total:
+            return
+        if self.first is None or step < self.first[1]:
+            self.first = (now, step)
+        if now - self.last < self.every:
+            return
+        t0, s0 = self.first
+        eta = (now - t0) / (step - s0) * (total - step) if step > s0 else None
+        what = f"eval {_count(step)}/{total} held-out views" if kind == "eval" else f"step {int(step)}/{total}"
+        self.console.print(f"{self.name}: {what}, ETA {_duration(eta) if eta is not None else 'unknown yet'}")
+        self.last = now
+
+
+def _run_with_lines(todo: Sequence[RunSpec], runner: Runner, summary: SweepSummary, console: Any,
+                    lease_seconds: Optional[float], every: float) -> None:
+    """:func:`_run_with_progress` for a console that is not a terminal: progress as lines."""
+    for i, spec in enumerate(todo):
+        spec.report = _LineProgress(f"{escape(f'[{i + 1}/{len(todo)}]')} {_name(spec)}", console, every)
+        _run_one(spec, runner, summary, console, lease_seconds)

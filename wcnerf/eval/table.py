@@ -27,6 +27,8 @@ __all__ = [
     "Cell",
     "scene_display",
     "method_display",
+    "method_names",
+    "settings_line",
     "order_scenes",
     "order_methods",
     "aggregate",
@@ -51,6 +53,8 @@ CSV_COLUMNS = [
     "eval_seconds",
     "views_evaluated",
     "views_held_out",
+    "eval_image_scale",
+    "downscale_factor",
     "ns_method",
     "conditioning",
     "run_dir",
@@ -75,8 +79,59 @@ def scene_display(scene: str) -> str:
     return _SCENE_NAMES.get(scene.lower(), scene[:1].upper() + scene[1:])
 
 
-def method_display(method: str) -> str:
-    return _METHOD_NAMES.get(method, method)
+def method_display(method: str, ns_method: Optional[str] = None) -> str:
+    """The harness label as tables print it, with the ``ns-train`` method that trained it when
+    known (``NeRF (ns-train nerf-small)``): under the cpu protocol ``nerf`` is nerf-small."""
+    shown = _METHOD_NAMES.get(method, method)
+    return f"{shown} (ns-train {ns_method})" if ns_method else shown
+
+
+def method_names(records: Sequence[Mapping[str, Any]]) -> Dict[str, str]:
+    """label -> how every table names it: :func:`method_display` with the records' ns-train
+    method (several, joined by ``/``, when runs of one label trained different methods)."""
+    ns: Dict[str, List[str]] = {}
+    for r in records:
+        if r.get("method") is not None and r.get("ns_method"):
+            have = ns.setdefault(str(r["method"]), [])
+            if r["ns_method"] not in have:
+                have.append(str(r["ns_method"]))
+    return {m: method_display(m, "/".join(v)) for m, v in ns.items()}
+
+
+def settings_line(records: Sequence[Mapping[str, Any]]) -> str:
+    """What the runs were, from their configs and records (never from the protocol's nominal
+    values): iterations, image downscale factor and how the held-out views were evaluated, each
+    value listed with its runs' count when they differ. Empty without a record that says any."""
+
+    def values(key: str) -> List[Any]:
+        found: Dict[Any, int] = {}
+        for r in records:
+            v = r.get(key)
+            if v not in (None, ""):
+                found[v] = found.get(v, 0) + 1
+        return sorted(found, key=lambda v: (str(type(v)), v))
+
+    def listed(vals: List[Any], one: str, many: str) -> Optional[str]:
+        if not vals:
+            return None
+        return one.format(vals[0]) if len(vals) == 1 else many.format(", ".join(_plain(v) for v in vals))
+
+    parts = [
+        listed(values("iterations"), "{} training iterations", "{} training iterations (runs differ)"),
+        listed(values("downscale_factor"), "images downscaled by {}", "images downscaled by {} (runs differ)"),
+    ]
+    done = [r for r in records if r.get("status") == "done"]
+    scales = sorted({float(r.get("eval_image_scale") or 1.0) for r in done})
+    if scales:
+        shown = ", ".join(_plain(x) for x in scales)
+        parts.append("held-out views evaluated at full size" if scales == [1.0] else
+                     f"held-out views evaluated at {shown} of their size (ground truth area-averaged to it)")
+    parts = [x for x in parts if x]
+    return ("Settings as run (from the runs' configs and records): " + "; ".join(parts) + ".") if parts else ""
+
+
+def _plain(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def order_scenes(scenes: Iterable[str]) -> List[str]:
@@ -261,8 +316,13 @@ def table_markdown(
     if baseline not in methods and "none" in methods:  # `--method M --conditioners none ...`: M unconditioned
         baseline = "none"
     seeds = sorted({r.get("seed") for r in records}, key=lambda s: (str(type(s)), s))
+    names = {m: method_display(m) for m in methods}
+    names.update(method_names(records))
     out = io.StringIO()
     out.write(f"# {title}\n\n")
+    settings = settings_line(records)
+    if settings:
+        out.write(settings + "\n\n")
     if protocol_summary:
         out.write(protocol_summary.strip() + "\n\n")
     counts = _status_counts(records)
@@ -296,7 +356,7 @@ def table_markdown(
         out.write(f"## {heading}\n\n")
         out.write(header + rule)
         for m in methods:
-            row = [method_display(m)]
+            row = [names[m]]
             for col in list(scenes) + ["__avg__"]:
                 bold = m in _best(cells, methods, col, higher)
                 row.append(_cell_text(cells[(m, col)], decimals, bold, col == "__avg__"))
@@ -323,7 +383,7 @@ def table_markdown(
                 out.write("| " + " | ".join(row) + " |\n")
         out.write("\n")
     if heldout_curves and baseline in methods:
-        out.write(steps_to_target_markdown(heldout_curves, scenes, methods, baseline, records))
+        out.write(steps_to_target_markdown(heldout_curves, scenes, methods, baseline, records, names))
     if any(
         c.scenes_covered < c.scenes_total
         for c in aggregate(records, "psnr", scenes, methods).values()
@@ -343,7 +403,7 @@ def table_markdown(
             key=lambda r: (scenes.index(r["scene"]) if r["scene"] in scenes else 99, str(r["method"]), str(r["seed"])),
         ):
             out.write(
-                f"| {scene_display(str(r['scene']))} | {method_display(str(r['method']))} | {r.get('seed')} | "
+                f"| {scene_display(str(r['scene']))} | {names.get(str(r['method']), method_display(str(r['method'])))} | {r.get('seed')} | "
                 f"{r.get('status')} | {_one_line(r.get('error')) or '–'} | `{r.get('run_dir', '')}` |\n"
             )
     return out.getvalue()
@@ -355,6 +415,7 @@ def steps_to_target_markdown(
     methods: Sequence[str],
     baseline: str = BASELINE,
     records: Sequence[Mapping[str, Any]] = (),
+    names: Optional[Mapping[str, str]] = None,
 ) -> str:
     """The "steps to target" table: per method and scene, the fraction of the plain model's
     steps at which the seed-averaged held-out PSNR first reaches the plain model's final value
@@ -362,7 +423,9 @@ def steps_to_target_markdown(
     every method was measured; lower is faster. With ``records`` (finished runs with their
     measured ``sec_per_iter``), also the time to that value: the step reached times the mean
     seconds per training iteration of that method's runs on that scene (training only: no
-    start-up, evaluation batches or checkpoints)."""
+    start-up, evaluation batches or checkpoints). ``names``: how the rows name the methods
+    (default: :func:`method_names` of ``records``)."""
+    names = {**{m: method_display(m) for m in methods}, **(names if names is not None else method_names(records))}
     per_scene = {
         s: steps_to_target({m: heldout_curves.get((s, m), ()) for m in methods}, baseline) for s in scenes
     }
@@ -374,7 +437,7 @@ def steps_to_target_markdown(
         f"{method_display(baseline)}'s (mean of its last 3 points); {method_display(baseline)}'s own "
         "row shows how early its noisy curve touches that value.\n\n"
     )
-    out.write(_per_method_rows(per_scene, scenes, methods, lambda v: f"{v:.2f}"))
+    out.write(_per_method_rows(per_scene, scenes, methods, lambda v: f"{v:.2f}", names))
     seconds = _seconds_to_target(per_scene, heldout_curves, records, scenes, methods, baseline)
     if seconds:
         out.write("## Training seconds to the plain model's final held-out PSNR ↓\n\n")
@@ -383,7 +446,7 @@ def steps_to_target_markdown(
             "that method's runs on that scene (training iterations only, as the runs were timed; "
             "a comparison between methods needs runs timed on the same machine under the same load).\n\n"
         )
-        out.write(_per_method_rows(seconds, scenes, methods, lambda v: f"{v:.0f} s"))
+        out.write(_per_method_rows(seconds, scenes, methods, lambda v: f"{v:.0f} s", names))
     return out.getvalue()
 
 
@@ -409,14 +472,14 @@ def _seconds_to_target(per_scene, heldout_curves, records, scenes, methods, base
     return out if any(out.values()) else {}
 
 
-def _per_method_rows(per_scene, scenes, methods, fmt) -> str:
+def _per_method_rows(per_scene, scenes, methods, fmt, names) -> str:
     """A method x scene markdown table of values (None: "not reached", absent: "–") with the
     average over the scenes when every scene has a value."""
     out = io.StringIO()
     out.write("| Method | " + " | ".join(scene_display(s) for s in scenes) + " | Average |\n")
     out.write("|---|" + "---|" * (len(scenes) + 1) + "\n")
     for m in methods:
-        row = [method_display(m)]
+        row = [names[m]]
         vals = []
         for s in scenes:
             if m not in per_scene.get(s, {}):
@@ -487,9 +550,9 @@ def read_results_csv(path: Path) -> List[Dict[str, Any]]:
     with open(path, newline="", encoding="utf8") as fh:
         for row in csv.DictReader(fh):
             rec: Dict[str, Any] = dict(row)
-            for k in ("psnr", "ssim", "lpips", "sec_per_iter", "train_seconds", "eval_seconds"):
+            for k in ("psnr", "ssim", "lpips", "sec_per_iter", "train_seconds", "eval_seconds", "eval_image_scale"):
                 rec[k] = _num(rec.get(k))
-            for k in ("seed", "iterations", "views_evaluated", "views_held_out"):
+            for k in ("seed", "iterations", "views_evaluated", "views_held_out", "downscale_factor"):
                 rec[k] = int(rec[k]) if rec.get(k) not in (None, "") else None
             rows.append(rec)
     return rows

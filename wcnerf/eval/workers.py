@@ -167,10 +167,18 @@ class SweepProgress:
     def run_lines(self) -> List[str]:
         out = []
         for r in self.running_runs:
-            step = f"step {r['step']}/{r['total']}" if r.get("step") is not None else r.get("stage") or "starting"
+            if r.get("views") is not None:
+                step = f"eval {_count(r['views'])}/{r['views_total']} held-out views"
+            else:
+                step = f"step {r['step']}/{r['total']}" if r.get("step") is not None else r.get("stage") or "starting"
             eta = f", {_duration(r['eta'])} left" if r.get("eta") is not None else ""
             out.append(f"  {r['scene']} / {r['method']} / seed {r['seed']}: {step}{eta} ({r.get('job') or '?'})")
         return out
+
+
+def _count(x: float) -> str:
+    """1.0 -> ``1``, 1.456 -> ``1.46``."""
+    return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0")
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -187,7 +195,8 @@ def _duration(seconds: Optional[float]) -> str:
 def sweep_progress(plan: Sequence[RunSpec], workers: int, job: Optional[SweepJob] = None) -> SweepProgress:
     """Runs done / running / failed / left and the ETA: the iterations left (the protocol's for
     each run not started, total - step for each running one) times the measured seconds per
-    iteration, over ``workers`` runs at a time. (Evaluation time is not in the ETA.)"""
+    iteration, over ``workers`` runs at a time. (Evaluation time is not in the sweep's ETA; a run
+    being evaluated has its own: views left times the seconds per view so far.)"""
     done = running = failed = left = 0
     remaining = 0
     rates: List[float] = []
@@ -207,26 +216,27 @@ def sweep_progress(plan: Sequence[RunSpec], workers: int, job: Optional[SweepJob
         prog = status.get("progress") or {}
         if state == "running":
             running += 1
+            entry = {"scene": spec.scene.label, "method": spec.method.label, "seed": spec.seed,
+                     "stage": status.get("stage"), "job": status.get("job_id")}
+            if prog.get("unit") == "views":  # trained; evaluating its held-out views
+                seen, views, spv = float(prog.get("step") or 0), int(prog.get("total") or 0), prog.get("sec_per_view")
+                entry.update(views=seen, views_total=views,
+                             eta=(views - seen) * spv if isinstance(spv, (int, float)) and spv > 0 else None)
+                running_runs.append(entry)
+                continue
             step, total = prog.get("step"), prog.get("total") or spec.iterations
             spi = prog.get("sec_per_iter")
             if isinstance(spi, (int, float)) and spi > 0:
                 rates.append(float(spi))
             rest = max(0, int(total) - int(step or 0))
-            remaining += rest
-            running_runs.append(
-                {
-                    "scene": spec.scene.label,
-                    "method": spec.method.label,
-                    "seed": spec.seed,
-                    "step": step,
-                    "total": total,
-                    "stage": status.get("stage"),
-                    "job": status.get("job_id"),
-                    "eta": rest * spi if isinstance(spi, (int, float)) and spi > 0 else None,
-                }
-            )
+            if not str(status.get("stage") or "").startswith(("eval", "trained")):
+                remaining += rest
+            entry.update(step=step, total=total, eta=rest * spi if isinstance(spi, (int, float)) and spi > 0 else None)
+            running_runs.append(entry)
         else:
             left += 1
+            if prog.get("unit") == "views":  # interrupted while evaluating: trained already
+                continue
             step = prog.get("step") if state == "interrupted" else None  # resumes near there
             remaining += max(0, spec.iterations - int(step or 0))
     rate = sum(rates) / len(rates) if rates else None
