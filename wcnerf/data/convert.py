@@ -276,8 +276,10 @@ class ConvertConfig:
 
     scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
     """LLFF scene folder, or a name the llff dataparser looks up (llff/fern)."""
-    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
+    out: Annotated[Optional[Path], tyro.conf.Positional, tyro.conf.arg(metavar="[OUT]")] = None
     """Output folder: new, empty, or a previous conversion (replaced)."""
+    output_dir: Optional[Path] = None
+    """The output folder as ns-process-data takes it (the same as OUT; give one of them)."""
     downscale_factor: Optional[int] = None
     """LLFF images_<factor>/ that become out/images/ (1: images/; default: the finest there is).
     Coarser folders that fit become out/images_<k>/ (nerfstudio-data --downscale-factor k)."""
@@ -291,8 +293,16 @@ class ConvertConfig:
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:
-    """``wcnerf-llff-to-nerfstudio SCENE OUT [--downscale-factor N]``; exit code 2 on bad input."""
+    """``wcnerf-llff-to-nerfstudio SCENE OUT [--downscale-factor N]`` (or ``--output-dir OUT``);
+    exit code 2 on bad input."""
     cfg = tyro.cli(ConvertConfig, args=args, description=inspect.cleandoc(ConvertConfig.__doc__ or ""))
+    if cfg.out is not None and cfg.output_dir is not None and cfg.out != cfg.output_dir:
+        print(f"error: OUT {cfg.out} and --output-dir {cfg.output_dir} name different folders; give one", file=sys.stderr)
+        return 2
+    cfg.out = cfg.out if cfg.out is not None else cfg.output_dir
+    if cfg.out is None:
+        print("error: no output folder: give OUT or --output-dir", file=sys.stderr)
+        return 2
     try:
         path = llff_to_nerfstudio(cfg.scene, cfg.out, cfg.downscale_factor, holdout_every=cfg.holdout_every,
                                   bd_factor=cfg.bd_factor, link=not cfg.copy)

@@ -1,11 +1,11 @@
 """Fit an occupancy / SDF field with a weight-conditioned MLP to a triangle mesh.
 
-    python scripts/shape_fit.py                          # the repo's default mesh (spot)
-    python scripts/shape_fit.py mesh.obj                 # equilibrated field -> outputs/shape/mesh/<run>/
-    python scripts/shape_fit.py mesh.obj --field.conditioning weight-norm --optim.optimizer sgd
-    python scripts/shape_fit.py mesh.obj --compare none equilibrate weight-norm [--compare.lrs 1e-3 3e-3] [--compare.seeds 0 1]
-    python scripts/shape_fit.py mesh.obj --viewer        # watch it at http://127.0.0.1:8080 (with --compare too)
-    python scripts/shape_fit.py --view outputs/shape/mesh/<run>   # open a finished run (or comparison) again
+    wcnerf-shape-fit                          # the example mesh shipped with wcnerf (spot)
+    wcnerf-shape-fit mesh.obj                 # equilibrated field -> outputs/shape/mesh/<run>/
+    wcnerf-shape-fit mesh.obj --field.conditioning weight-norm --optim.optimizer sgd
+    wcnerf-shape-fit mesh.obj --compare none equilibrate weight-norm [--compare.lrs 1e-3 3e-3] [--seeds 0 1]
+    wcnerf-shape-fit mesh.obj --viewer        # watch it at http://127.0.0.1:8080 (with --compare too)
+    wcnerf-shape-fit --view outputs/shape/mesh/<run>   # open a finished run (or comparison) again
 
 Running the same command again resumes an interrupted run from its last checkpoint.
 """
@@ -25,7 +25,7 @@ from .train import FIT_BOUNDS, FitConfig, FitResult, RunError, fit
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:
-    """``shape_fit``: parse the command line (``args``, default ``sys.argv[1:]``) and :func:`run` it."""
+    """``wcnerf-shape-fit``: parse the command line (``args``, default ``sys.argv[1:]``) and :func:`run` it."""
     return run(tyro.cli(FitConfig, args=args, description=__doc__))
 
 

@@ -1,4 +1,6 @@
-"""One prepared device check (issue 29, point 3): ``wcnerf-gpu-check`` / ``bash scripts/gpu_check.sh``.
+"""One prepared device check of a GPU machine: the cuda test tier, then NeRF and E-NeRF timed and evaluated.
+
+``wcnerf-gpu-check`` (or, in a checkout, ``bash scripts/gpu_check.sh``; issue 29, point 3).
 
 On one GPU of the H100 class, in about eight minutes, it
 
@@ -41,7 +43,10 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
-from wcnerf.bounds import COUNT, Bounds, OptionError, at_least, positive
+import tyro
+from typing_extensions import Annotated
+
+from wcnerf.bounds import COUNT, THREADS, Bounds, OptionError, positive
 from wcnerf.process import stop_process
 
 __all__ = ["JSON_KEYS", "RUN_KEYS", "PAIR", "TOY", "find_fern", "main", "summarise_iterations"]
@@ -461,16 +466,16 @@ class GpuCheck:
 
     dry_run: bool = False
     """Every step at toy size on the CPU (checks the check)."""
-    out_dir: Optional[Path] = None
-    """Folder of the runs, logs and JSON (default outputs/gpu_check/<time>)."""
+    out_dir: Annotated[Optional[Path], tyro.conf.arg(aliases=("--output-dir",))] = None
+    """Folder of the runs, logs and JSON (default outputs/gpu_check/<time>; --out-dir is the old name)."""
     json: Optional[Path] = None
-    """The JSON file (default <out-dir>/gpu_check.json)."""
+    """The JSON file (default <output-dir>/gpu_check.json)."""
     data: Optional[Path] = None
     """The fern scene folder (default: $WCNERF_DATA, then the repo's data/llff/fern)."""
     iterations: Optional[int] = None
     """Iterations of each run (default ITERATIONS; dry run TOY_ITERATIONS)."""
-    threads: Optional[int] = None
-    """OMP/MKL threads of every child (default: torch's)."""
+    threads: int = 0
+    """OMP/MKL threads of every child (0: torch's default)."""
     skip_tier: bool = False
     """Leave out the cuda test tier."""
     tier_timeout: float = 210.0
@@ -479,7 +484,7 @@ class GpuCheck:
     """Seconds of each run, training and ns-eval."""
 
     BOUNDS: ClassVar[Bounds] = Bounds((
-        ("iterations", COUNT), ("threads", at_least(1, warn_above=1024)),
+        ("iterations", COUNT), ("threads", THREADS),
         ("tier_timeout", positive(warn_above=86400)), ("run_timeout", positive(warn_above=86400)),
     ))
 

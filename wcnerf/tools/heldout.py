@@ -3,7 +3,7 @@
 are missing)::
 
     wcnerf-heldout outputs/fern/e-nerf-small/<timestamp>              # <run>/heldout_view.png
-    wcnerf-heldout RUN --view 2 --output view2.png --no-evaluate
+    wcnerf-heldout RUN --view 2 --output-path view2.png --no-evaluate
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, List, Optional, Sequence
+
+import tyro
+from typing_extensions import Annotated
 
 from wcnerf.bounds import Bounds, at_least
 from wcnerf.tools.runs import RunArgs, evaluate_run, load_run_config, run_tool, scene_of_run
@@ -48,8 +51,9 @@ class Heldout(RunArgs):
 
     view: int = 0
     """Which held-out view (0: the first)."""
-    output: Optional[Path] = None
-    """PNG to write. Default: <run>/heldout_view.png (view 0) or <run>/heldout_view_<view>.png."""
+    output: Annotated[Optional[Path], tyro.conf.arg(aliases=("--output-path",))] = None
+    """PNG to write (--output-path, as in ns-render; --output is the old name). Default:
+    <run>/heldout_view.png (view 0) or <run>/heldout_view_<view>.png."""
     evaluate: bool = True
     """Run ns-eval (every held-out view) when <run>/eval/renders/ lacks the view."""
     image_width: Optional[int] = None

@@ -6,7 +6,7 @@ camera-path JSON, and print the ``ns-render`` command that renders it::
         --camera-path-filename outputs/fern/e-nerf-small/<timestamp>/camera_paths/spiral.json \\
         --output-path renders/fern/spiral.mp4
 
-    wcnerf-spiral --data llff/fern --downscale-factor 8 --output spiral.json
+    wcnerf-spiral --data llff/fern --downscale-factor 8 --output-path spiral.json
 
 With a run (``RUN`` or ``--load-config``) the scene and its dataparser settings are the run's
 own (the ``llff`` dataparser of its config.yml, read like ``ns-render`` reads it), the path goes
@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Optional, Sequence, Tuple
 
+import tyro
+from typing_extensions import Annotated
+
 from wcnerf.bounds import BD_FACTOR, DOWNSCALE_FACTOR, Bounds, at_least, positive
 from wcnerf.tools.runs import RunArgs, run_tool, scene_of_run
 
@@ -42,8 +45,9 @@ class Spiral(RunArgs):
     """Without a run: the images_<factor>/ the model was trained on (sets size and focal)."""
     bd_factor: float = 0.75
     """Without a run: the dataparser's bd_factor (the scene's scale)."""
-    output: Optional[Path] = None
-    """JSON to write. Default: <run>/camera_paths/spiral.json, or camera_paths/<scene>_spiral.json."""
+    output: Annotated[Optional[Path], tyro.conf.arg(aliases=("--output-path",))] = None
+    """JSON to write (--output-path, as in ns-render; --output is the old name). Default:
+    <run>/camera_paths/spiral.json, or camera_paths/<scene>_spiral.json."""
     frames: int = 120
     """Number of frames (the reference's N_views)."""
     seconds: Optional[float] = None

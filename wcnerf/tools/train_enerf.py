@@ -37,8 +37,8 @@ class TrainEnerf:
     summarise the run (wcnerf-summary). Every other argument goes to ns-train unchanged
     (default --data llff/fern); `ns-train e-nerf-small --help` lists them."""
 
-    no_summary: bool = False
-    """Stop when ns-train stops (no summary)."""
+    summary: bool = True
+    """Summarise the run when ns-train stops (--no-summary: stop there)."""
     summary_only: Annotated[Optional[Path], tyro.conf.arg(metavar="RUN")] = None
     """No training: only the summary of a finished run (its folder or config.yml)."""
 
@@ -48,7 +48,7 @@ def own_options(argv: Sequence[str]) -> Tuple[List[str], bool, Optional[str]]:
     ``(ns-train args, summary?, summary-only run)``."""
     own, rest = tyro.cli(TrainEnerf, args=list(argv), return_unknown_args=True)
     only = None if own.summary_only is None else str(own.summary_only)
-    return list(rest), not own.no_summary, only
+    return list(rest), own.summary, only
 
 
 def ns_train_option(args: Sequence[str], name: str) -> Optional[str]:
