@@ -175,6 +175,26 @@ def test_a_file_whose_hash_does_not_match_its_name_is_refused_and_leaves_no_file
     assert server.gets == {f"/{bad}": 1}
 
 
+def test_a_transfer_cut_short_leaves_no_file(hub, monkeypatch):
+    """The server promises 100 kB, sends 1 kB and hangs up: nothing where torchvision looks."""
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def serve_one() -> None:
+        conn, _ = sock.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        conn.close()
+
+    threading.Thread(target=serve_one, daemon=True).start()
+    try:
+        monkeypatch.setenv(lw.URL_ENV, f"http://127.0.0.1:{sock.getsockname()[1]}/alexnet-owt-7be5be79.pth")
+        path, why = lw.fetch_alexnet_weights()
+    finally:
+        sock.close()
+    assert path is None and "stopped after 1000 of 100000 bytes" in why, why
+    assert not hub.exists() or list(hub.iterdir()) == []
+
+
 def test_a_server_that_does_not_answer_times_out_quickly_with_one_warning(hub, silent, monkeypatch, capsys):
     from wcnerf.plugin import compat
 

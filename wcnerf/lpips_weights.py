@@ -21,6 +21,7 @@ Standard library only (plus torch for the hub folder).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import socket
@@ -90,7 +91,7 @@ def downloads_allowed() -> bool:
     return os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() in ("", "0", "false", "no")
 
 
-def _resolve(host: str, port: int, timeout: float) -> None:
+def _resolve(url: str, host: str, port: int, timeout: float) -> None:
     """Name resolution within ``timeout`` (getaddrinfo has no timeout of its own; a machine
     without a reachable DNS server can block in it for half a minute)."""
     done: list = []
@@ -106,9 +107,9 @@ def _resolve(host: str, port: int, timeout: float) -> None:
     t.start()
     t.join(timeout)
     if not done:
-        raise DownloadError(f"{host}: name not resolved within {timeout:g} s")
+        raise DownloadError(f"{url}: {host} not resolved within {timeout:g} s")
     if done[0] is not None:
-        raise DownloadError(f"{host}: {done[0]}")
+        raise DownloadError(f"{url}: {host} not resolved ({done[0]})")
 
 
 def _uses_proxy(url: str) -> bool:
@@ -134,22 +135,26 @@ def download(url: str, dest: Path, timeout: Optional[float] = None) -> Path:
         raise DownloadError(f"{url}: only http:// and https:// addresses are fetched")
     try:
         if parts.hostname and not _uses_proxy(url):
-            _resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout)
+            _resolve(url, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout)
         response = urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "wcnerf"}), timeout=timeout)
-    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, refused connections
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, HTTPError, timeouts, refusals
         raise DownloadError(f"{url}: {_cause(exc)}") from None
-    sha = hashlib.sha256()
+    sha, received = hashlib.sha256(), 0
+    announced = response.headers.get("Content-Length")
     with response, atomic_path(dest) as tmp, open(tmp, "wb") as out:
         while True:
             try:
                 chunk = response.read(1 << 20)
-            except OSError as exc:  # a read timeout or a dropped connection, not a write failure
+            except (OSError, http.client.HTTPException) as exc:  # a read timeout, a cut transfer: not a write failure
                 raise DownloadError(f"{url}: {_cause(exc)}") from None
             if not chunk:
                 break
             sha.update(chunk)
+            received += len(chunk)
             out.write(chunk)
         out.flush()
+        if announced and announced.isdigit() and received != int(announced):
+            raise DownloadError(f"{url}: the transfer stopped after {received} of {announced} bytes")
         got = sha.hexdigest()
         if not got.startswith(want):
             raise DownloadError(f"{url}: SHA-256 {got[:len(want)]}... does not match the {want} in its file name; file refused")
@@ -163,6 +168,8 @@ def _cause(exc: BaseException) -> str:
         exc = exc.reason if isinstance(exc.reason, BaseException) else exc
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "no answer (timed out)"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"the transfer stopped after {len(exc.partial)} bytes"
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
