@@ -84,8 +84,9 @@ def test_help_lists_the_options(capsys, monkeypatch):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--protocol", "--scenes", "--methods", "--seeds", "--output-root", "--data-root",
-                 "--max-num-iterations", "--retry-failed", "--redo", "--threads", "--report-only", "--dry-run"):
+    for flag in ("--protocol", "--scenes", "--methods", "--seeds", "--output-dir", "--data-root",
+                 "--max-num-iterations", "--max-eval-views", "--eval-image-scale", "--retry-failed", "--overwrite",
+                 "--threads", "--report-only", "--dry-run"):
         assert flag in text
     assert "--select." not in text and "--run." not in text  # groups without prefixes
 

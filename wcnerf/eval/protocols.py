@@ -176,7 +176,7 @@ def _from_mapping(data: Dict[str, Any], source: str) -> Protocol:
         raise ProtocolError(
             f"{source}: {old} are settings of nerfstudio's config: give them under `overrides:` by their path in the "
             "config (max_num_iterations, steps_per_save, logging.steps_per_log, "
-            "pipeline.datamanager.dataparser.downscale_factor, ...; configs/protocols/cpu.yaml shows each)"
+            "pipeline.datamanager.dataparser.downscale_factor, ...; the cpu protocol shipped with wcnerf shows each)"
         )
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
