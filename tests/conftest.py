@@ -63,6 +63,7 @@ def offline_hub(tmp_path, monkeypatch):
     from wcnerf.plugin import compat  # only here: importing wcnerf.plugin installs its nerfstudio fixes
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("WCNERF_NO_DOWNLOAD", "1")  # offline on a machine with a network too
     monkeypatch.delenv(compat.LPIPS_ENV, raising=False)
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))

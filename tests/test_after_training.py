@@ -98,7 +98,7 @@ def test_format_summary_lists_metrics_picture_and_commands(tmp_path):
                    results={"psnr": 21.234, "ssim": 0.6543}, num_heldout=3, heldout_png=tmp_path / "h.png",
                    spiral=tmp_path / "s.json", commands=[("evaluate", "ns-eval --load-config x")])  # fmt: skip
     text = format_summary(s)
-    assert "3 held-out views (ns-eval): PSNR 21.23 dB, SSIM 0.654 (LPIPS: no local AlexNet weights)" in text
+    assert "3 held-out views (ns-eval): PSNR 21.23 dB, SSIM 0.654 (LPIPS: AlexNet's weights could not be had offline)" in text
     assert f"ground truth | render | error map: {tmp_path / 'h.png'}" in text
     assert "  # evaluate\n  ns-eval --load-config x" in text
 
@@ -146,7 +146,7 @@ def test_train_enerf_ends_with_a_summary(enerf_run):
     assert {"psnr", "ssim"} <= set(metrics) and "lpips" not in metrics  # offline: no AlexNet weights
     assert 5.0 < metrics["psnr"] < 60.0 and 0.0 < metrics["ssim"] <= 1.0
     assert (f"3 held-out views (ns-eval): PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
-            " (LPIPS: no local AlexNet weights)") in out  # fmt: skip
+            " (LPIPS: AlexNet's weights could not be had offline)") in out  # fmt: skip
     png = run / "heldout_view.png"
     assert f"ground truth | render | error map: {png}" in out
     img = iio.imread(png)

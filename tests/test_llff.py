@@ -292,3 +292,13 @@ def test_negative_max_eval_views_refused(fern):
 
     with pytest.raises(LLFFDataError, match=r"--max-eval-views -1: must be >= 0"):
         _parser(data=fern, max_eval_views=-1).get_dataparser_outputs("train")
+
+
+def test_a_missing_example_scene_says_how_a_pip_user_gets_it(tmp_path, monkeypatch):
+    """The wheel carries no LLFF images: the lookup error says where fern comes from."""
+    from wcnerf.data.llff_scene import LLFFDataError, resolve_data_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WCNERF_DATA", str(tmp_path / "empty"))
+    with pytest.raises(LLFFDataError, match=r"example scenes are not in the pip package: export WCNERF_DATA="):
+        resolve_data_path("nowhere/fern", 8)

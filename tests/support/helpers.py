@@ -66,6 +66,7 @@ def offline_env(tmp_path: Path) -> dict:
     cache under ``tmp_path`` and no LPIPS weights path, so LPIPS must be omitted."""
     env = dict(os.environ)
     env["TORCH_HOME"] = str(tmp_path / "torch_home")  # empty hub cache: LPIPS must be omitted
+    env["WCNERF_NO_DOWNLOAD"] = "1"  # and never fetched, on a machine with a network too
     env.pop("WCNERF_LPIPS_WEIGHTS", None)
     env["PYTHONWARNINGS"] = "ignore"
     return env

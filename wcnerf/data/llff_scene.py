@@ -193,6 +193,9 @@ def resolve_data_path(data: PathLike, downscale_factor: Optional[int] = None) ->
         if env
         else "(set $WCNERF_DATA to folders holding scenes, os.pathsep-separated, to look there too)"
     )
+    if "fern" in str(data) or "flower" in str(data):  # the README's scenes: not in a pip install's wheel
+        hint += ("\nThe example scenes are not in the pip package: export WCNERF_DATA=<a wcnerf checkout>/data, "
+                 "or download LLFF's nerf_llff_data and set WCNERF_DATA to it (the package's data/README.md).")
     raise LLFFDataError(
         f"{data}: LLFF scene folder not found. Looked in:\n" + "\n".join(f"  - {p}" for p in tried) + "\n" + hint
     )

@@ -350,7 +350,7 @@ def table_markdown(
             done = [r for r in records if r.get("status") == "done"]
             if done:
                 notes.append(f"{heading.split()[0]} was not measured in any finished run" + (
-                    " (LPIPS needs its pretrained weights, which could not be loaded offline)." if key == "lpips" else "."
+                    " (LPIPS needs AlexNet's pretrained weights, which could not be read or fetched)." if key == "lpips" else "."
                 ))
                 continue
         out.write(f"## {heading}\n\n")

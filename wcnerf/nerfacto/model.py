@@ -34,8 +34,8 @@ field, the same losses, sampling schedule and outputs), built by nerfacto's own
   cannot represent (looking sideways or backwards) render empty, and camera optimisation is
   refused in NDC.
 * **Defaults and offline metrics.** The appearance embedding is off for LLFF data and on
-  otherwise (``use_appearance_embedding=None``); LPIPS is computed only from locally
-  available AlexNet weights (:func:`wcnerf.plugin.compat.build_lpips`), never downloaded.
+  otherwise (``use_appearance_embedding=None``); LPIPS needs AlexNet's weights
+  (:func:`wcnerf.plugin.compat.build_lpips`: fetched once into torch's cache unless offline).
 """
 
 from __future__ import annotations

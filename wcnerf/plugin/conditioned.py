@@ -144,7 +144,7 @@ class ConditionedModelConfig:
     cpu_eval_num_rays_per_chunk: int = 0
     """Rays per chunk when rendering on a CPU (0: eval_num_rays_per_chunk). A chunk's layer activations above glibc's 32 MiB mmap ceiling are mapped and page-faulted anew for every layer of every chunk (docs/results.md)."""
     lpips_weights: Optional[Path] = None
-    """Local AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: the torch hub cache or $WCNERF_LPIPS_WEIGHTS. Without them LPIPS is omitted (never downloaded)."""
+    """Local AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) for LPIPS; default: $WCNERF_LPIPS_WEIGHTS, else the torch hub cache, fetched there once when a metric is first computed ($WCNERF_NO_DOWNLOAD=1: never; then LPIPS is omitted with one warning)."""
 
 
 class AnalysedPart(NamedTuple):

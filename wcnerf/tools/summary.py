@@ -177,7 +177,7 @@ def format_summary(s: RunSummary) -> str:
     if psnr is not None:
         views = f"{s.num_heldout} held-out view{'s' if s.num_heldout != 1 else ''}"
         metrics = f"PSNR {psnr:.2f} dB" + (f", SSIM {ssim:.3f}" if ssim is not None else "")
-        metrics += f", LPIPS {lpips:.3f}" if lpips is not None else " (LPIPS: no local AlexNet weights)"
+        metrics += f", LPIPS {lpips:.3f}" if lpips is not None else " (LPIPS: AlexNet's weights could not be had offline)"
         lines.append(f"[wcnerf] {views} (ns-eval): {metrics}; {s.run_dir / 'eval' / 'metrics.json'}")
     if s.heldout_png is not None:
         lines.append(f"[wcnerf] ground truth | render | error map: {s.heldout_png}")
