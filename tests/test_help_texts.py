@@ -20,7 +20,7 @@ from support.helpers import REPO
 
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
-REPO_PATH = re.compile(r"(?<![\w.<>/-])(docs|configs|scripts|tests)/")
+REPO_PATH = re.compile(r"(?<![\w.<>/-])(docs|configs|scripts|tests|data)/")
 """A path into the repository (``docs/results.md``); not ``outputs/...`` nor ``<run>/...``."""
 
 OLD_NAMES = {"--output-root", "--out-dir", "--redo", "--output", "--compare.seeds"}
@@ -149,3 +149,15 @@ def test_the_harness_takes_ns_train_names_and_tables_print_them(tmp_path):
     md = table_markdown(records)
     assert "| NeRF (ns-train nerf-small) | " in md and "| E-NeRF (ns-train e-nerf-small) | " in md
     assert "| Fern | weight-norm (ns-train nerf-small) | 0 | failed |" in md  # the unfinished runs' table too
+
+
+def test_a_protocol_refusal_names_no_repository_path(tmp_path):
+    """The refusal of a protocol's old top-level key points at the shipped protocol, not at a
+    file of the repository a pip user does not have."""
+    from wcnerf.eval.protocols import ProtocolError, load_protocol
+
+    old = tmp_path / "old.yaml"
+    old.write_text("methods: {nerf: nerf-small}\nbase_method: nerf-small\nmax_num_iterations: 5\n")
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(old)
+    assert "give them under `overrides:`" in str(err.value) and not REPO_PATH.search(str(err.value).replace(str(old), ""))

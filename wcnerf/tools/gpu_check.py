@@ -471,7 +471,7 @@ class GpuCheck:
     json: Optional[Path] = None
     """The JSON file (default <output-dir>/gpu_check.json)."""
     data: Optional[Path] = None
-    """The fern scene folder (default: $WCNERF_DATA, then the repo's data/llff/fern)."""
+    """The fern scene folder (default: fern in $WCNERF_DATA, then in wcnerf's example data)."""
     iterations: Optional[int] = None
     """Iterations of each run (default ITERATIONS; dry run TOY_ITERATIONS)."""
     threads: int = 0
