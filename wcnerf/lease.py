@@ -17,6 +17,13 @@ both take it, and a holder renewing at the last moment keeps it. The POSIX lock 
 the kernel when its process dies, so it never goes stale itself; it works across hosts on NFS
 v3/v4 (with lockd) and the cluster file systems that support ``fcntl`` locks.
 
+A released lease leaves nothing in the folder: the release removes ``lease.json`` and then
+``.lease.lock``, both while holding that lock. A process that opened the lock file before it
+was removed and was waiting on it gets the lock of a file no longer in the folder; so whoever
+takes the lock checks afterwards that the folder's ``.lease.lock`` is still the file it locked
+(same inode) and otherwise starts again on the folder's current one. Only a holder of the lock
+removes the file, so at most one process at a time holds the lock of the folder's file.
+
 A holder whose lease was taken over meanwhile (it stalled for longer than ``stale_after``)
 learns it at its next renewal: :attr:`Lease.lost` is set and ``on_lost`` is called.
 
@@ -140,17 +147,52 @@ def lease_is_live(record: Optional[Dict[str, Any]], stale_after: Optional[float]
 _THREAD_LOCK = threading.Lock()  # POSIX locks belong to a process: threads need their own
 
 
+class _HeldLock:
+    """The folder's lock while held; :meth:`remove` deletes its file before it is unlocked."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def remove(self) -> None:
+        """Remove ``.lease.lock`` (a released lease leaves no file): safe while held, since a
+        waiter on the removed file notices it is gone and locks the folder's next one."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (it was not removed or replaced)."""
+    try:
+        st, mine = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def _folder_lock(folder: Path) -> Iterator[_HeldLock]:
     """The short POSIX lock that serialises changes of the folder's lease file (and a process
-    lock for the threads of this process)."""
+    lock for the threads of this process). Locks the file the folder holds *after* the lock is
+    granted: one removed meanwhile by a releasing holder is let go and the new one locked."""
     import fcntl
 
+    path = Path(folder) / LOCK_FILE
     with _THREAD_LOCK:
-        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                if _is_current(fd, path):
+                    break
+                fcntl.lockf(fd, fcntl.LOCK_UN)  # the file was removed while we waited for it
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-            yield
+            yield _HeldLock(path)
         finally:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_UN)
@@ -328,7 +370,8 @@ class Lease:
                 continue  # a file-system hiccup: try again at the next beat
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lease file if it is still ours."""
+        """Stop the heartbeat and remove the lease file if it is still ours, and the lock file
+        when no lease is left (a finished run's folder holds neither)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=max(1.0, self.heartbeat * 2))
@@ -337,10 +380,12 @@ class Lease:
         if token is None:
             return
         try:
-            with _folder_lock(self.folder):
+            with _folder_lock(self.folder) as lock:
                 current = read_lease(self.folder)
                 if current is not None and current.get("token") == token:
                     self.path.unlink(missing_ok=True)
+                if not self.path.exists():  # nobody else holds the folder: leave no lock file
+                    lock.remove()
         except OSError:
             pass
 
