@@ -29,6 +29,7 @@ import torch
 import viser
 
 from wcnerf.shape.extract import evaluate_grid, marching_cubes
+from wcnerf.shape.plot import IOU_RANGE
 
 INPUT_COLOR = (170, 170, 170)
 FIT_COLOR = (240, 140, 40)  # the tests look for this orange in the screenshot
@@ -188,7 +189,7 @@ class ShapeViewer:
                 fig.add_trace(go.Scatter(x=c["eval_step"], y=c["eval_iou"], name=f"{label} IoU",
                                          mode="lines+markers"), row=2, col=1)
         fig.update_yaxes(type="log", title_text="loss", row=1, col=1)
-        fig.update_yaxes(title_text="IoU", row=2, col=1)
+        fig.update_yaxes(title_text="IoU", range=list(IOU_RANGE), row=2, col=1)  # autorange: 0.5-1.5 for one point
         fig.update_xaxes(title_text="step", row=2, col=1)
         fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), height=380, legend=dict(orientation="h"))
         if self._plot is None:

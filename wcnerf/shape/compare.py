@@ -38,6 +38,16 @@ REPORTED = ("iou_early", "iou_points", "iou_grid", "chamfer_l1", "normal_consist
             "floater_area_fraction", "floater_components", "seconds_per_step", "cpu_seconds_per_step")
 
 
+def _trained_curve(curves: dict) -> tuple:
+    """The IoU curve without its step-0 point (the untrained field, drawn in the curves): the
+    early IoU and the steps to the target measure training, and the step 0 would be the point
+    nearest 15% of a short run, and part of the target's last points on a run of a few."""
+    steps, ious = list(curves["eval_step"]), list(curves["eval_iou"])
+    if steps and steps[0] == 0:
+        steps, ious = steps[1:], ious[1:]
+    return steps, ious
+
+
 def _mean(vals):
     return seed_stats(vals).mean
 
@@ -88,7 +98,7 @@ def run_compare(cfg: FitConfig, monitor: Optional[FitMonitor] = None) -> dict:
                 "iou_points": _mean([r.metrics.get("iou_points") for r in runs])}
         best_lr = min(scores, key=lambda k: (scores[k], k))
         runs = results[method][best_lr]
-        best_iou_curves[method] = [(r.curves["eval_step"], r.curves["eval_iou"]) for r in runs]
+        best_iou_curves[method] = [_trained_curve(r.curves) for r in runs]
         for r, curve in zip(runs, best_iou_curves[method]):
             r.metrics["iou_early"] = value_at_fraction(curve, EARLY_FRACTION, optim.steps)
         entry = {"lr": best_lr, "final_loss": None if math.isinf(scores[best_lr]) else scores[best_lr],

@@ -11,6 +11,9 @@ import numpy as np
 from ..atomic import atomic_path
 from ..report import BANDS, draw_band
 
+IOU_RANGE = (0.0, 1.0)
+"""The IoU axis of the curves (here and in the shape viewer): from 0 to 1, whatever the points."""
+
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or len(y) < window:
@@ -27,10 +30,10 @@ def _loss_curve(c: dict):
     return np.arange(len(y)) + w, y
 
 
-def plot_curves(runs: dict[str, Union[dict, list[dict]]], path: Path, title: str = "", band: str = "minmax") -> None:
+def plot_curves(runs: dict[str, Union[dict, list[dict]]], path: Path, title: str = "", band: str = "minmax"):
     """``runs`` maps a label to one run's curves, {"loss": [...per step], "eval_step": [...],
     "eval_iou": [...]}, or to a list of them (its seeds: mean over seeds with a ``band``,
-    ``"minmax"`` or ``"std"``)."""
+    ``"minmax"`` or ``"std"``). Writes ``path`` and returns the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import LogFormatter
@@ -55,6 +58,7 @@ def plot_curves(runs: dict[str, Union[dict, list[dict]]], path: Path, title: str
     ax_loss.set_ylabel("training loss (moving average)")
     ax_iou.set_xlabel("step")
     ax_iou.set_ylabel("IoU (fixed random points)")
+    ax_iou.set_ylim(*IOU_RANGE)  # an IoU lies in [0, 1]: autoscale would pad past 1
     for ax in (ax_loss, ax_iou):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -66,3 +70,4 @@ def plot_curves(runs: dict[str, Union[dict, list[dict]]], path: Path, title: str
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.88 if title else 0.95, wspace=0.22)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
+    return fig

@@ -436,6 +436,12 @@ def _fit(cfg: FitConfig, run_dir: Optional[Path], shape: Optional[ShapeMesh],
 
         bar = tqdm(total=optim.steps, initial=start, disable=not cfg.progress, desc=f"{shape.name} {conditioning}",
                    dynamic_ncols=True, mininterval=1.0)
+        if state["step"] == 0 and 0 not in state["eval_step"]:
+            # The curve starts at the untrained field (a run of fewer steps than --evaluation.every
+            # would have one point). Once per run: a resumed run has it in its checkpoint. No
+            # training state is touched: batches come from per-step generators, not global RNG.
+            state["eval_step"].append(0)
+            state["eval_iou"].append(curve_iou())
         model.train()
         run_steps = 0
         try:
