@@ -116,6 +116,8 @@ def write_spiral(scene, out: Path, *, frames: int = 120, seconds: Optional[float
 
 def main(args: Optional[Sequence[str]] = None) -> int:
     """``wcnerf-spiral``: parse the command line (``sys.argv`` unless ``args``) and run."""
+    import wcnerf.plugin  # noqa: F401 - its filters of known dependency warnings, before nerfstudio is imported
+
     return run_tool(Spiral, args)
 
 
