@@ -295,6 +295,8 @@ class ConvertConfig:
 def main(args: Optional[Sequence[str]] = None) -> int:
     """``wcnerf-llff-to-nerfstudio SCENE OUT [--downscale-factor N]`` (or ``--output-dir OUT``);
     exit code 2 on bad input."""
+    import wcnerf.plugin  # noqa: F401 - its filter of known third-party warnings, before nerfstudio is imported
+
     cfg = tyro.cli(ConvertConfig, args=args, description=inspect.cleandoc(ConvertConfig.__doc__ or ""))
     if cfg.out is not None and cfg.output_dir is not None and cfg.out != cfg.output_dir:
         print(f"error: OUT {cfg.out} and --output-dir {cfg.output_dir} name different folders; give one", file=sys.stderr)
