@@ -271,8 +271,11 @@ def plot_gap(records: Sequence[Mapping[str, str]], path: Path) -> Optional[Path]
             means.append(seed_stats(g.values()).mean)
         ax.plot(budgets, means, color="tab:blue", label="mean over seeds")
         ax.axhline(0, color="0.5", lw=0.8)
+        low, high = ax.get_ylim()
+        ax.set_ylim(min(low, -0.05), max(high, 0.05))  # the zero line always in view: where the gap has closed
         ax.set_xscale("log")
         ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the budgets are labelled
         ax.set_xlabel("training budget (iterations; LR decays over each)")
         ax.set_ylabel("Δ held-out PSNR, E-NeRF − NeRF (dB)")
         ax.set_title(scene)
