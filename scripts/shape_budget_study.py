@@ -48,6 +48,8 @@ from typing import Callable, Dict, List, Literal, Mapping, Optional, Sequence, T
 
 import tyro
 
+from wcnerf.report import format_duration
+
 REPO = Path(__file__).resolve().parents[1]
 
 BASELINE = "none"
@@ -329,16 +331,10 @@ class Progress:
             self.planned = max(self.planned, self.done)
             elapsed = time.monotonic() - self.start
             left = self.planned - self.done
-            eta = _hms(left * elapsed / self.done) if self.done and left else "0s" if not left else "?"
-            print(f"[shape-budget] {'done' if rc == 0 else f'FAILED (exit {rc})'} {what} in {_hms(seconds)} | "
+            eta = format_duration(left * elapsed / self.done) if self.done and left else "0s" if not left else "?"
+            print(f"[shape-budget] {'done' if rc == 0 else f'FAILED (exit {rc})'} {what} in {format_duration(seconds)} | "
                   f"{self.done:,} of ~{self.planned:,} steps ({100 * self.done / max(1, self.planned):.0f}%), "
-                  f"elapsed {_hms(elapsed)}, ETA {eta}", flush=True)
-
-
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    h, m = divmod(s // 60, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
+                  f"elapsed {format_duration(elapsed)}, ETA {eta}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- the report

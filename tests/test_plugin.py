@@ -14,6 +14,8 @@ from wcnerf.nerf.methods import PAPER, SMALL  # noqa: E402
 from wcnerf.nerfacto.methods import NERFACTO, NERFACTO_SMALL  # noqa: E402
 from wcnerf.plugin.presets import Preset  # noqa: E402
 
+from support.helpers import ViserGui  # noqa: E402
+
 
 # ----------------------------------------------------------------------------- presets
 @pytest.mark.parametrize("preset", [PAPER, SMALL, NERFACTO, NERFACTO_SMALL], ids=["paper", "small", "nerfacto", "nerfacto-small"])
@@ -108,31 +110,6 @@ def test_both_models_are_conditioned_models():
             assert name not in cfg.__dict__.get("__annotations__", {}), (cfg, name)
 
 
-class _Handle:
-    def __init__(self, value=None):
-        self.value, self.content = value, ""
-
-    def on_update(self, fn):
-        self.fn = fn
-
-
-class _Gui:
-    """The few viser calls the panel makes."""
-
-    def add_folder(self, name):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def add_text(self, label, value, **kw):
-        return _Handle(value)
-
-    add_checkbox = add_number = add_text
-
-    def add_markdown(self, content):
-        return _Handle()
-
-
 def test_panel_shows_one_table_per_analysed_part():
     from types import SimpleNamespace
 
@@ -140,7 +117,7 @@ def test_panel_shows_one_table_per_analysed_part():
 
     panel = ConditioningPanel("equilibrate", enabled=True, every=3,
                               parts={"field": "field", "proposal_0": "proposal network 0"})
-    panel.install(SimpleNamespace(gui=_Gui()))
+    panel.install(SimpleNamespace(gui=ViserGui()))
     metrics = {"mlp_head.layers.0/kappa_w": 2.0}
     panel.show(3, {"field": metrics, "proposal_0": metrics})
     handles = panel._handles["parts"]

@@ -28,38 +28,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from support.helpers import BIN, REPO  # light: spawned lock workers import this module
+from support.helpers import BIN, REPO, ViserGui  # light: spawned lock workers import this module
 
 
 # ----------------------------------------------------------------------------- (a) the viewer panel
-class _Handle:
-    def __init__(self, value=None):
-        self.value, self.content, self.disabled = value, "", False
-
-    def on_update(self, fn):
-        self.fn = fn
-
-
-class _Gui:
-    """The few viser calls the panel makes (as tests/test_plugin.py)."""
-
-    def add_folder(self, name):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def add_text(self, label, value, **kw):
-        return _Handle(value)
-
-    add_checkbox = add_number = add_text
-
-    def add_markdown(self, content):
-        return _Handle()
 
 
 def _installed_panel(model):
     panel = model.conditioning_panel
-    panel.install(SimpleNamespace(gui=_Gui()))
+    panel.install(SimpleNamespace(gui=ViserGui()))
     return panel
 
 

@@ -120,3 +120,32 @@ def compare_dry_run(*args: str, code: int = 0) -> str:
     buf = io.StringIO()
     assert tyro.cli(CompareLLFF, args=[*args, "--dry-run"]).main(console=Console(file=buf, width=400)) == code
     return buf.getvalue()
+
+
+class GuiHandle:
+    """One widget of :class:`ViserGui`: its value, markdown content, disabled flag and callback."""
+
+    def __init__(self, value=None):
+        self.value, self.content, self.disabled = value, "", False
+
+    def on_update(self, fn):
+        self.fn = fn
+
+
+class ViserGui:
+    """The few viser calls the Weight conditioning panel makes, recorded (a test double of the
+    viewer's ``gui``, not of the panel under test)."""
+
+    def add_folder(self, name):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def add_text(self, label, value, **kw):
+        return GuiHandle(value)
+
+    add_checkbox = add_number = add_text
+
+    def add_markdown(self, content):
+        return GuiHandle()
+

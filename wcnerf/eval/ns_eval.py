@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from wcnerf.report.tables import format_duration
+
 __all__ = ["per_image_path", "EVAL_PROGRESS", "parse_progress", "progress_line", "SizedViews", "EVAL_BOUNDS", "main"]
 
 EVAL_PROGRESS = re.compile(r"^eval progress: (\d+(?:\.\d+)?)/(\d+) views")
@@ -42,23 +44,11 @@ def per_image_path(output_path: Path) -> Path:
     return output_path.with_name(output_path.stem + ".per_image.json")
 
 
-def duration(seconds: Optional[float]) -> str:
-    """``95`` -> ``1m35s`` (``?`` when unknown)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
 def progress_line(done: float, total: int, elapsed: float) -> str:
     """``eval progress: 1.45/3 views, 2m05s elapsed, ETA 2m36s`` (ETA from the views' pace so far)."""
     eta = elapsed / done * (total - done) if done > 0 else None
     shown = f"{done:.2f}".rstrip("0").rstrip(".") if done != int(done) else str(int(done))
-    return f"eval progress: {shown}/{total} views, {duration(elapsed)} elapsed, ETA {duration(eta)}"
+    return f"eval progress: {shown}/{total} views, {format_duration(elapsed)} elapsed, ETA {format_duration(eta)}"
 
 
 def parse_progress(line: str) -> Optional[Tuple[float, int]]:

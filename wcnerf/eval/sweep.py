@@ -261,7 +261,8 @@ class _LineProgress:
         self.last = 0.0
 
     def __call__(self, stage: str, step: Optional[float] = None, total: Optional[int] = None) -> None:
-        from wcnerf.eval.workers import _count, _duration
+        from wcnerf.eval.workers import _count
+        from wcnerf.report import format_duration
 
         now = self.clock()
         kind = "eval" if stage.startswith("eval") else "train"
@@ -279,7 +280,7 @@ class _LineProgress:
         t0, s0 = self.first
         eta = (now - t0) / (step - s0) * (total - step) if step > s0 else None
         what = f"eval {_count(step)}/{total} held-out views" if kind == "eval" else f"step {int(step)}/{total}"
-        self.console.print(f"{self.name}: {what}, ETA {_duration(eta) if eta is not None else 'unknown yet'}")
+        self.console.print(f"{self.name}: {what}, ETA {format_duration(eta) if eta is not None else 'unknown yet'}")
         self.last = now
 
 

@@ -29,6 +29,7 @@ from wcnerf.eval.plan import plan_runs
 from wcnerf.eval.protocols import Protocol
 from wcnerf.eval.runs import METRICS_FILE, STATUS_FILE, MethodSpec, RunSpec, Runner, SceneSpec, execute, read_json, run_state
 from wcnerf.lease import LEASE_FILE, Lease, default_stale_after
+from wcnerf.report.tables import format_duration
 
 __all__ = ["SweepJob", "WorkerReport", "work", "SweepProgress", "sweep_progress", "new_sweep_id"]
 
@@ -157,7 +158,7 @@ class SweepProgress:
     running_runs: List[Dict[str, Any]] = field(default_factory=list)
 
     def line(self) -> str:
-        eta = _duration(self.eta_seconds) if self.eta_seconds is not None else "unknown (no iteration timed yet)"
+        eta = format_duration(self.eta_seconds) if self.eta_seconds is not None else "unknown (no iteration timed yet)"
         text = f"runs: {self.done}/{self.planned} done, {self.running} running, {self.left} left"
         if self.failed:
             text += f", {self.failed} failed"
@@ -171,7 +172,7 @@ class SweepProgress:
                 step = f"eval {_count(r['views'])}/{r['views_total']} held-out views"
             else:
                 step = f"step {r['step']}/{r['total']}" if r.get("step") is not None else r.get("stage") or "starting"
-            eta = f", {_duration(r['eta'])} left" if r.get("eta") is not None else ""
+            eta = f", {format_duration(r['eta'])} left" if r.get("eta") is not None else ""
             out.append(f"  {r['scene']} / {r['method']} / seed {r['seed']}: {step}{eta} ({r.get('job') or '?'})")
         return out
 
@@ -179,17 +180,6 @@ class SweepProgress:
 def _count(x: float) -> str:
     """1.0 -> ``1``, 1.456 -> ``1.46``."""
     return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0")
-
-
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 def sweep_progress(plan: Sequence[RunSpec], workers: int, job: Optional[SweepJob] = None) -> SweepProgress:

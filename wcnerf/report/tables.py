@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Mapping, Optional, Set
 
-__all__ = ["STAT", "Stats", "seed_stats", "format_cell", "bold", "best_keys", "stat_sentence"]
+__all__ = ["STAT", "Stats", "seed_stats", "format_cell", "format_duration", "bold", "best_keys", "stat_sentence"]
 
 STAT = "mean ± sample std (n-1)"
 """What a cell "m ± s" is; every table says so in its header (:func:`stat_sentence`)."""
@@ -86,3 +86,17 @@ def stat_sentence(n_seeds: Optional[int] = None) -> str:
     count, over the seeds that finished. Always says that a single seed shows its value alone."""
     over = "the seeds that finished" if n_seeds is None else f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
     return f"{STAT} over {over} (a single seed shows its value alone)"
+
+
+def format_duration(seconds) -> str:
+    """``95`` -> ``1m35s``, ``3725`` -> ``1h02m`` (``?`` when unknown): progress lines and ETAs."""
+    import math
+
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
