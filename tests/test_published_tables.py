@@ -70,3 +70,16 @@ def test_the_budget_tables_are_their_records(monkeypatch):
     assert published and published == _table_rows(recomputed)
     done = [r for r in records if r["status"] == "done"]
     assert done and all(r["psnr"] for r in done)
+
+
+def test_the_shape_budget_tables_are_their_records(monkeypatch):
+    """docs/results/shape_budget/ holds the shape budget study's records (one row per run);
+    tables.md and the results page's section are what they give."""
+    study = _script("shape_budget_study", monkeypatch)
+    folder = REPO / "docs" / "results" / "shape_budget"
+    rows = study.read_records(folder / "records.csv")
+    recomputed = study.tables_markdown(rows)
+    assert (folder / "tables.md").read_text(encoding="utf8") == recomputed
+    published = _table_rows(_section("## Does equilibration's gain last on shapes? The shape budget study"))
+    assert published and published == _table_rows(recomputed)
+    assert len(rows) >= 4 * 2 * 4 * 3  # 2 meshes x 2 optimizers x 4 budgets x 2 conditioners x 3 seeds, at least half
