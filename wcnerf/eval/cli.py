@@ -291,12 +291,7 @@ class Compare:
         except (ProtocolError, ValueError) as exc:
             console.print(f"[red]refused[/]: {escape(str(exc))}")
             return 2
-        seeds = list(sel.seeds) or list(protocol.seeds)
-        bad_seeds = [s for s in seeds if not SEED.allows(s)]
-        if bad_seeds:  # the protocol's seeds (the command line's were checked above)
-            console.print(f"[red]refused[/]: {escape(str(protocol.source or protocol.name))}: seeds {' '.join(map(str, bad_seeds))}: "
-                          f"must be {SEED.describe()}")
-            return 2
+        seeds = list(sel.seeds) or list(protocol.seeds)  # both bounded: COMPARE_BOUNDS, PROTOCOL_BOUNDS at load
         runner = NerfstudioRunner(execution=execution)
         console.print(f"[bold]{escape(protocol.summary())}[/]")
         for sc in scenes:

@@ -189,12 +189,10 @@ class WCTrainerConfig(TrainerConfig):
     def preflight(self) -> None:
         """Check the scene, the output folder and --load-dir before training (see module doc);
         exits 0 with a message when --load-dir holds a finished run."""
-        from wcnerf.data.llff import LLFFDataParserConfig
-        from wcnerf.plugin.conditioned import ConditionedModelConfig, check_conditioner
-        from wcnerf.plugin.any_method import check_device  # a CUDA run on a machine without it
-        from wcnerf.plugin.conditioned import check_conditioning_options  # options the conditioner takes
-
         from wcnerf.bounds import OptionError
+        from wcnerf.data.llff import LLFFDataParserConfig, record_scene
+        from wcnerf.plugin.any_method import check_device
+        from wcnerf.plugin.conditioned import ConditionedModelConfig, check_conditioner, check_conditioning_options
         from wcnerf.plugin.option_bounds import NS_TRAIN_BOUNDS
 
         try:  # every number first (max_num_iterations 0 would save no checkpoint and end in KeyError: 'step')
@@ -208,20 +206,15 @@ class WCTrainerConfig(TrainerConfig):
                 check_conditioner(model.conditioning)
             except ValueError as exc:
                 raise RunInputError(f"--pipeline.model.conditioning: {exc}") from None
-            check_conditioning_options(model)
-            if model.cpu_eval_num_rays_per_chunk < 0:
-                raise RunInputError(f"--pipeline.model.cpu-eval-num-rays-per-chunk {model.cpu_eval_num_rays_per_chunk}: "
-                                    "must be >= 0 (0: --pipeline.model.eval-num-rays-per-chunk)")
-        check_device(self)
+            check_conditioning_options(model)  # (its numbers, cpu_eval_num_rays_per_chunk too, are in the bounds)
+        check_device(self)  # a CUDA run on a machine without it
         dm = self.pipeline.datamanager
         parser_cfg = getattr(dm, "dataparser", None)
         if isinstance(parser_cfg, LLFFDataParserConfig):
             data = getattr(dm, "data", None) or parser_cfg.data
             parser_cfg = dataclasses.replace(parser_cfg, data=Path(data))
             parser_cfg.setup().load_scene()
-        from wcnerf.data.llff import record_scene  # config.yml: absolute scene and output paths, llff fingerprint
-
-        record_scene(self)
+        record_scene(self)  # config.yml: absolute scene and output paths, the llff fingerprint
         if self.load_dir is not None:
             from wcnerf.atomic import remove_stale_temporaries
 
