@@ -301,9 +301,10 @@ class Compare:
         out_dir = self.output_root / protocol.name
         plan = plan_runs(protocol, scenes, methods, seeds, out_dir)
         missing = [sc for sc in scenes if sc.error]
+        unusable = (f"[red]refused[/]: {len(missing)} scene(s) cannot be used (above): "
+                    f"{', '.join(escape(sc.label) for sc in missing)}")
         if missing and not (self.dry_run or self.report_only):  # refused before any run folder is written
-            console.print(f"[red]refused[/]: {len(missing)} scene(s) cannot be used (above): "
-                          f"{', '.join(escape(sc.label) for sc in missing)}; nothing was run")
+            console.print(unusable + "; nothing was run")
             return 2
         if self.report_only:
             records = collect_records(out_dir, plan if sel.scenes else [])
@@ -334,8 +335,7 @@ class Compare:
                         f"its config is ns-train {spec.method.ns_method} {' '.join(config_changes(config))}"),
                         soft_wrap=True)
             if missing:  # the plan is shown, but it cannot run as it stands
-                console.print(f"[red]refused[/]: {len(missing)} scene(s) cannot be used (above): "
-                              f"{', '.join(escape(sc.label) for sc in missing)}")
+                console.print(unusable)
                 return 2
             return 0
         budget = max((int(c.max_num_iterations) for c in configs.values()), default=0)

@@ -300,7 +300,7 @@ def remove_config_only_run_dirs() -> list:
                 shutil.rmtree(run)
                 removed.append(run)
                 parent = run.parent
-                while parent != top.parent and top in (parent, *parent.parents) and not any(parent.iterdir()):
+                while top in (parent, *parent.parents) and not any(parent.iterdir()):  # up to top, not past it
                     parent.rmdir()
                     parent = parent.parent
         except OSError:
