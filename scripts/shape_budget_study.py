@@ -495,7 +495,7 @@ def plot_gaps(records: Sequence[Mapping[str, object]]):
             ax.minorticks_off()
             ax.set_xlabel("training budget (steps)")
             ax.set_ylabel(title)
-            ax.set_title(f"{mesh}, {opt}: {title} ({'higher' if key == 'iou' else 'lower'} is better for the conditioner)",
+            ax.set_title(f"{mesh}, {opt}: {title}\n(above 0: the conditioner {'better' if key == 'iou' else 'worse'})",
                          fontsize=9)
             ax.grid(alpha=0.3)
             if row == 0 and col == 0:
