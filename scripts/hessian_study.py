@@ -10,7 +10,7 @@ all), and for each one the full Hessian w.r.t. the *stored* parameters (what Ada
 :func:`wcnerf.analysis.hessian.loss_hessian`, float64) and the Gauss-Newton matrix
 ``J^T J / n`` are computed at initialisation and after ``--steps`` full-batch Adam steps.
 
-Reported (mean ± std over seeds; condition numbers as log10 since they span decades; an infinite
+Reported (mean ± sample std (n-1) over seeds, a single finite value alone; condition numbers as log10 since they span decades; an infinite
 κ, i.e. a zero eigenvalue at that rank, is left out of the mean and counted as "(+k×∞)"):
 
 - ``κ≠0``: max|λ| / min nonzero |λ| of the Hessian (the Hessian is indefinite away from a
@@ -52,6 +52,7 @@ from torch import nn
 
 from wcnerf.analysis.hessian import flat_parameters, gauss_newton, hessian_spectrum, loss_hessian
 from wcnerf.conditioning import available, condition
+from wcnerf.report import seed_stats, stat_sentence
 
 DEFAULT_CONDITIONERS = "none,equilibrate-out,equilibrate-in,equilibrate-both,weight-norm"
 
@@ -104,19 +105,6 @@ def resolve(name: str) -> tuple[str, dict]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _finite(vals):
-    return [v for v in vals if v is not None and math.isfinite(v)]
-
-
-def mean_std(vals) -> tuple[float, float, int]:
-    v = _finite(vals)
-    if not v:
-        return math.nan, math.nan, 0
-    m = sum(v) / len(v)
-    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return m, s, len(v)
-
-
 def log10(v: float | None) -> float:
     """log10, keeping +inf (a singular spectrum at that rank) and nan (undefined) apart."""
     if v is None or not v > 0:
@@ -126,12 +114,14 @@ def log10(v: float | None) -> float:
 
 def fmt_ms(vals, spec: str = ".2f", std_spec: str | None = None) -> str:
     """``mean ± std`` of the finite values; ``+k∞`` counts the infinite ones (left out)."""
-    m, s, n = mean_std(vals)
+    stats = seed_stats(vals)
     pos = sum(1 for v in vals if v is not None and v == math.inf)
     neg = sum(1 for v in vals if v is not None and v == -math.inf)
-    if n == 0:
+    if stats.n == 0:
         return {(True, False): "∞", (False, True): "−∞", (True, True): "±∞"}.get((pos > 0, neg > 0), "–")
-    out = f"{m:{spec}} ± {s:{std_spec or spec.lstrip('+')}}"
+    out = f"{stats.mean:{spec}}"
+    if stats.std is not None:  # one finite seed has no spread: its value alone
+        out += f" ± {stats.std:{std_spec or spec.lstrip('+')}}"
     extra = [f"+{pos}×∞"] * bool(pos) + [f"+{neg}×−∞"] * bool(neg)
     return out + (f" ({', '.join(extra)})" if extra else "")
 
@@ -187,7 +177,7 @@ def tables(runs: list[dict], conds: list[str], n_seeds: int) -> str:
         ratios = col(c, ph, lambda r: r.get(part, {}).get("min_nonzero_abs", math.nan) / r.get(part, {}).get("tol", 1.0))
         return cell + (" †" if any(v < AT_TOL for v in ratios if math.isfinite(v)) else "")
 
-    lines = [f"Hessian w.r.t. the stored parameters (d of them); mean ± std over {n_seeds} seeds; κ as log10; "
+    lines = [f"Hessian w.r.t. the stored parameters (d of them); {stat_sentence(n_seeds)}; κ as log10; "
              f"† = in some seed the smallest nonzero |λ| is < {AT_TOL:g} × the zero tolerance (the spectrum runs "
              "into the rounding floor: κ≠0 is then set by the tolerance and only bounds the true κ from below)", ""]
     hdr = ["conditioner", "phase", "d", "loss", "κ≠0(|H|)", "κ₊(H)", "κ₉₀(|H|)", "κ₅₀(|H|)", "κ₂₅(|H|)", "#neg",
@@ -228,7 +218,7 @@ def tables(runs: list[dict], conds: list[str], n_seeds: int) -> str:
         if has_gn:
             pairs_of.append(("gauss_newton", "kappa_abs_p25", "κ₂₅(GN)"))
         lines += ["", "Paired against `none` (same seed, same initial stored weights): "
-                      "Δ = log10 κ(conditioner) - log10 κ(none), mean ± std over seeds; "
+                      f"Δ = log10 κ(conditioner) - log10 κ(none), {stat_sentence(n_seeds)}; "
                       "'lower' = seeds where the conditioner's κ is lower", ""]
         hdr = ["conditioner", "phase"] + [x for _, _, name in pairs_of for x in (f"Δ {name}", "lower")]
         lines += ["| " + " | ".join(hdr) + " |", "|---" * len(hdr) + "|"]

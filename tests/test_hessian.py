@@ -170,3 +170,18 @@ def test_hessian_study_script_smoke(tmp_path, capsys):
     r = data["runs"][0]
     assert r["d"] == 4 * 2 + 4 + 4 + 1 and len(r["eigvals"]) == r["d"] and "gauss_newton" in r
     assert (out / "hessian_spectra.png").stat().st_size > 10_000
+
+
+def test_hessian_study_cells_give_one_finite_seed_no_spread():
+    """A κ column where two of three seeds are singular: the one finite value alone, with the
+    infinite ones counted; never "± 0.00", which would claim a spread that one seed cannot show."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "hessian_study.py"
+    spec = importlib.util.spec_from_file_location("hessian_study_cells", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.fmt_ms([11.23, math.inf, math.inf]) == "11.23 (+2×∞)"
+    assert mod.fmt_ms([1.0, 2.0, math.inf]) == f"1.50 ± {math.sqrt(0.5):.2f} (+1×∞)"  # sample std, n-1
+    assert mod.fmt_ms([math.inf, math.inf]) == "∞"
