@@ -245,3 +245,7 @@ DOWNSCALE_FACTOR = at_least(1, warn_above=64, note="1: the full-size images/")
 """An LLFF images_<factor>/ (the scene itself refuses a factor that leaves too few pixels)."""
 BD_FACTOR = positive(warn_above=100)
 """LLFF's scale: the nearest depth bound lands at 1 / bd_factor."""
+EVAL_VIEWS = at_least(0, warn_above=1e6, note="0: every held-out view")
+"""How many held-out views an evaluation renders (evenly spaced)."""
+EVAL_IMAGE_SCALE = between(0, 1, strict_low=True)
+"""The size evaluated images are rendered at, as a fraction of the training images' size."""

@@ -37,7 +37,7 @@ from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 
-from wcnerf.bounds import BD_FACTOR, DOWNSCALE_FACTOR, Bounds, OptionError, at_least, positive
+from wcnerf.bounds import BD_FACTOR, DOWNSCALE_FACTOR, EVAL_VIEWS, Bounds, OptionError, at_least, positive
 from wcnerf.data.llff_scene import (
     LLFFDataError,
     LLFFScene,
@@ -106,7 +106,7 @@ class LLFFDataParserConfig(DataParserConfig):
 LLFF_BOUNDS = Bounds((
     ("downscale_factor", DOWNSCALE_FACTOR),
     ("holdout_every", at_least(0, warn_above=1e6, note="0: every image in both splits")),
-    ("max_eval_views", at_least(0, warn_above=1e6, note="0: every held-out image")),
+    ("max_eval_views", EVAL_VIEWS),
     ("bd_factor", BD_FACTOR),
     ("near_factor", positive(warn_above=1, note="near = the nearest scaled bound x near_factor")),
     ("far_factor", positive(warn_above=100)),

@@ -35,7 +35,7 @@ from rich.markup import escape
 from tyro.constructors import PrimitiveConstructorSpec
 from typing_extensions import Annotated
 
-from wcnerf.bounds import COUNT, SEED, Bounds, at_least, between, positive, tyro_flag
+from wcnerf.bounds import COUNT, EVAL_IMAGE_SCALE, EVAL_VIEWS, SEED, Bounds, at_least, positive, tyro_flag
 from wcnerf.eval.plan import check_protocol, known_conditioners, parse_list
 from wcnerf.eval.runs import MethodSpec
 
@@ -160,8 +160,7 @@ CPU_ITERATION_LIMIT = 20000
 
 COMPARE_BOUNDS = Bounds((
     ("select.seeds", SEED), ("select.max_num_iterations", COUNT),
-    ("select.max_eval_views", at_least(0, warn_above=1e6, note="0: every held-out view")),
-    ("select.eval_image_scale", between(0, 1, strict_low=True)),
+    ("select.max_eval_views", EVAL_VIEWS), ("select.eval_image_scale", EVAL_IMAGE_SCALE),
     ("run.threads", at_least(0, warn_above=1024, note="0: the protocol's")), ("engine.workers", at_least(1, warn_above=4096)),
     ("engine.lease_seconds", positive(warn_above=86400)), ("engine.progress_every", positive(warn_above=86400)),
     ("engine.slurm_time_min", at_least(1, warn_above=30 * 24 * 60)), ("engine.slurm_gpus", at_least(0, warn_above=64)),

@@ -142,11 +142,10 @@ def _sized_eval_class():
 
 
 def _eval_bounds():
-    from wcnerf.bounds import Bounds, at_least, between, positive
+    from wcnerf.bounds import EVAL_IMAGE_SCALE, EVAL_VIEWS, Bounds, positive
 
     return Bounds((
-        ("max_eval_views", at_least(0, warn_above=1e6, note="0: every view of the eval split")),
-        ("eval_image_scale", between(0, 1, strict_low=True)),
+        ("max_eval_views", EVAL_VIEWS), ("eval_image_scale", EVAL_IMAGE_SCALE),
         ("progress_every", positive(warn_above=86400)),
     ))
 

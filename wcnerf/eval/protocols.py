@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from wcnerf.bounds import SEED, Bounds, OptionError, at_least, between
+from wcnerf.bounds import EVAL_IMAGE_SCALE, EVAL_VIEWS, SEED, Bounds, OptionError, at_least
 from wcnerf.plugin.option_bounds import NS_TRAIN_BOUNDS
 
 __all__ = ["Protocol", "ProtocolError", "protocols_dir", "available_protocols", "load_protocol", "ITERATIONS"]
@@ -158,8 +158,7 @@ PROTOCOL_BOUNDS = Bounds((
     ("threads", at_least(1, warn_above=1024)), ("train_threads", at_least(1, warn_above=1024)),
     ("eval_threads", at_least(1, warn_above=1024)),
     ("timeout_minutes", at_least(0, warn_above=10 * 24 * 60, note="0: no limit")),
-    ("eval_views", at_least(0, warn_above=1e6, note="0: every held-out view")),
-    ("eval_image_scale", between(0, 1, strict_low=True)),
+    ("eval_views", EVAL_VIEWS), ("eval_image_scale", EVAL_IMAGE_SCALE),
 ), flag=lambda key: key) + NS_TRAIN_BOUNDS.prefixed("overrides.")
 """The bounds of a protocol's numbers; its overrides are a run config's, bounded as ns-train's."""
 
