@@ -61,11 +61,11 @@ class BudgetStudy:
     scenes: Tuple[str, ...] = ("fern", "flower")
     seeds: Tuple[int, ...] = (0, 1)
     workers: int = 2
-    """Runs at once (one torch thread each)."""
+    """Runs at once, and then held-out curve evaluations at once (one torch thread each)."""
     data_root: Tuple[Path, ...] = (Path("../shared/data/llff"),)
     """Extra folders to look LLFF scene names up in."""
-    curve_threads: int = 2
-    """Torch threads of each curve evaluation (they run one after the other)."""
+    curve_threads: int = 1
+    """Torch threads of each curve evaluation (`--workers` of them run at once)."""
     report_only: bool = False
 
     def folder(self, budget: int) -> Path:
@@ -104,16 +104,25 @@ class BudgetStudy:
         return rows
 
     def evaluate_curve(self, records: Sequence[Mapping[str, object]]) -> List[Dict[str, object]]:
-        """Every held-out view at each other budget's step of the longest runs (resumable:
-        a checkpoint evaluated before is read back)."""
+        """Every held-out view at each other budget's step of the longest runs, ``--workers``
+        checkpoints at once (resumable: a checkpoint evaluated before is read back)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         longest = max(self.budgets)
+        finished = [r for r in records if r["budget"] == longest and r["status"] == "done"]
+        points = [(r, step) for r in finished for step in sorted(b for b in self.budgets if b < longest)]
+        progress = CurveProgress(sum(not checkpoint_result(Path(str(r["run_dir"])), step).is_file() for r, step in points),
+                                 self.out / "budget_curve.log")
+
+        def evaluate(point):
+            return evaluate_checkpoint(Path(str(point[0]["run_dir"])), point[1], self.curve_threads, progress)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            evaluated = list(pool.map(evaluate, points))
         rows = []
-        for r in records:
-            if r["budget"] != longest or r["status"] != "done":
-                continue
-            for step in sorted(b for b in self.budgets if b < longest):
-                metrics = evaluate_checkpoint(Path(str(r["run_dir"])), step, self.curve_threads)
-                if metrics is not None:
+        for r in finished:
+            for (of, step), metrics in zip(points, evaluated):
+                if of is r and metrics is not None:
                     rows.append({"scene": r["scene"], "method": r["method"], "seed": r["seed"], "budget": longest,
                                  "step": step, "psnr": metrics.get("psnr"), "ssim": metrics.get("ssim")})
             rows.append({"scene": r["scene"], "method": r["method"], "seed": r["seed"], "budget": longest,
@@ -138,15 +147,48 @@ class BudgetStudy:
         return code
 
 
-def evaluate_checkpoint(run_dir: Path, step: int, threads: int) -> Optional[Dict[str, float]]:
-    """ns-eval of one checkpoint of a run on every held-out view it evaluates; None when that
-    checkpoint does not exist (the run did not keep it)."""
+class CurveProgress:
+    """``curve: 3/24 checkpoints evaluated, 12m left`` after each ns-eval, on the terminal and
+    appended to a log file (the ETA from the ones evaluated in this call)."""
+
+    def __init__(self, total: int, log: Path) -> None:
+        import threading
+        import time
+
+        self.total, self.log, self.done, self.start = total, log, 0, time.monotonic()
+        self.lock = threading.Lock()
+
+    def step(self, what: str) -> None:
+        import time
+
+        from wcnerf.report import format_duration
+
+        with self.lock:
+            self.done += 1
+            left = (time.monotonic() - self.start) / self.done * (self.total - self.done)
+            line = f"curve: {self.done}/{self.total} checkpoints evaluated ({what}), {format_duration(left)} left"
+            print(line, flush=True)
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log, "a", encoding="utf8") as fh:
+                fh.write(line + "\n")
+
+
+def checkpoint_result(run_dir: Path, step: int) -> Path:
+    """Where the held-out evaluation of a run's checkpoint at ``step`` is kept."""
+    return run_dir / "heldout_curve" / f"step-{step}" / "ns_eval.json"
+
+
+def evaluate_checkpoint(run_dir: Path, step: int, threads: int,
+                        progress: Optional[CurveProgress] = None) -> Optional[Dict[str, float]]:
+    """ns-eval of one checkpoint of a run on every held-out view it evaluates (its output in
+    ``ns_eval.log`` beside the result); None when that checkpoint does not exist (the run did
+    not keep it)."""
     import json
 
     import yaml
 
-    out = run_dir / "heldout_curve" / f"step-{step}"
-    result = out / "ns_eval.json"
+    result = checkpoint_result(run_dir, step)
+    out = result.parent
     if result.is_file():
         return json.loads(result.read_text())["results"]
     (config_file,) = sorted(run_dir.glob("ns/*/*/run/config.yml"))  # the config ns-train wrote
@@ -157,9 +199,16 @@ def evaluate_checkpoint(run_dir: Path, step: int, threads: int) -> Optional[Dict
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yml").write_text(yaml.dump(config), encoding="utf8")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    print(f"ns-eval {run_dir} at step {step}", flush=True)
-    subprocess.run([sys.executable, "-m", "wcnerf.eval.ns_eval", "--load-config", str(out / "config.yml"),
-                    "--output-path", str(result)], check=True, env=env, stdout=subprocess.DEVNULL)
+    print(f"ns-eval {run_dir} at step {step} (log: {out / 'ns_eval.log'})", flush=True)
+    with open(out / "ns_eval.log", "w", encoding="utf8") as log:
+        code = subprocess.run([sys.executable, "-m", "wcnerf.eval.ns_eval", "--load-config", str(out / "config.yml"),
+                               "--output-path", str(result)], env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0 or not result.is_file():
+        print(f"ns-eval failed (exit {code}) at step {step} of {run_dir}: the curve leaves this point out; "
+              f"see {out / 'ns_eval.log'}", file=sys.stderr, flush=True)
+        return None
+    if progress is not None:
+        progress.step(f"{run_dir.name} of {run_dir.parent.parent.name} {run_dir.parent.name}, step {step}")
     return json.loads(result.read_text())["results"]
 
 

@@ -62,3 +62,24 @@ def test_the_curve_table_and_figures(study, tmp_path):
     assert "| fern | 700 | 17.00 | 17.60 | 0.60 |" in md and "| fern | 6000 | 20.00 | 20.10 | 0.10 |" in md
     assert study.plot_gap(RECORDS, tmp_path / "gap.png").stat().st_size > 1000
     assert study.plot_curve(curve, tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_the_curve_reads_evaluated_checkpoints_back_in_run_order(study, tmp_path):
+    """Checkpoints evaluated before are read back, not evaluated again (nothing here could run
+    ns-eval), and the rows keep run order though `--workers` evaluate at once; the longest
+    budget's point is the run's own final evaluation."""
+    import json
+
+    records = []
+    for method, base in (("nerf", 17.0), ("e-nerf", 17.5)):
+        run = tmp_path / "runs" / "fern" / method / "seed-0"
+        for k, step in enumerate((700, 3000)):
+            result = study.checkpoint_result(run, step)
+            result.parent.mkdir(parents=True)
+            result.write_text(json.dumps({"results": {"psnr": base + k, "ssim": 0.4 + k / 10}}))
+        records.append({**_rec("fern", method, 0, 6000, base + 2), "budget": 6000, "run_dir": str(run)})
+    records.append({**_rec("fern", "nerf", 1, 6000, "", status="running"), "budget": 6000, "run_dir": "absent"})
+    rows = study.BudgetStudy(out=tmp_path, budgets=(700, 3000, 6000), workers=2).evaluate_curve(records)
+    assert [(r["method"], r["step"], r["psnr"]) for r in rows] == [
+        ("nerf", 700, 17.0), ("nerf", 3000, 18.0), ("nerf", 6000, "19.0"),
+        ("e-nerf", 700, 17.5), ("e-nerf", 3000, 18.5), ("e-nerf", 6000, "19.5")]
