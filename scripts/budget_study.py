@@ -142,7 +142,8 @@ class BudgetStudy:
             _write_csv(self.results / "curve.csv", CURVE_COLUMNS, curve)
         records, curve = read_csv(self.results / "records.csv"), read_csv(self.results / "curve.csv")
         (self.results / "tables.md").write_text(tables_markdown(records, curve), encoding="utf8")
-        figures = [plot_gap(records, self.results / "gap_vs_budget.png"), plot_curve(curve, self.results / "heldout_curve.png")]
+        figures = [plot_gap(records, self.results / "gap_vs_budget.png"),
+                   plot_curve(curve, self.results / "heldout_curve.png", records)]
         print(f"report: {self.results}/tables.md" + "".join(f", {f.name}" for f in figures if f), flush=True)
         return code
 
@@ -335,22 +336,48 @@ def plot_gap(records: Sequence[Mapping[str, str]], path: Path) -> Optional[Path]
     return path
 
 
-def plot_curve(curve: Sequence[Mapping[str, str]], path: Path) -> Optional[Path]:
-    """Held-out PSNR of the longest runs at their checkpoints, mean with a min-max band over
-    seeds, one panel per scene."""
-    from wcnerf.report import plot_seed_curves
+def plot_curve(curve: Sequence[Mapping[str, str]], path: Path,
+               records: Sequence[Mapping[str, str]] = ()) -> Optional[Path]:
+    """Held-out PSNR of the longest runs at their checkpoints, one panel per scene: per method
+    the mean over seeds with a min-max band; beside them, as crosses, the mean final PSNR of the
+    shorter budgets' own runs (their learning rate decayed over fewer iterations)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from wcnerf.atomic import atomic_path
+    from wcnerf.report.curves import BANDS, draw_band
 
     points = _done(curve)
-    if not points:
+    scenes = _scenes(points)
+    if not scenes:
         return None
-    series = {}
-    for r in points:
-        key = f"{r['scene']}: {'E-NeRF' if r['method'] == 'e-nerf' else 'NeRF'}"
-        series.setdefault(key, {}).setdefault(int(r["seed"]), []).append((int(r["step"]), float(r["psnr"])))
-    curves = {k: [sorted(pts) for pts in by_seed.values()] for k, by_seed in series.items()}
-    return plot_seed_curves({k: [([s for s, _ in c], [v for _, v in c]) for c in cs] for k, cs in curves.items()},
-                            path, title="Held-out PSNR of the longest runs (every held-out view)",
-                            xlabel="iteration", ylabel="held-out PSNR (dB)")
+    longest = max(int(r["budget"]) for r in points)
+    finals = [r for r in _done(records) if int(r["budget"]) < longest]
+    fig = Figure(figsize=(4.6 * len(scenes), 3.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(scenes), squeeze=False)[0]
+    for ax, scene in zip(axes, scenes):
+        for i, (method, name) in enumerate((("nerf", "NeRF"), ("e-nerf", "E-NeRF"))):
+            by_seed: Dict[int, List[Tuple[int, float]]] = {}
+            for r in points:
+                if r["scene"] == scene and r["method"] == method:
+                    by_seed.setdefault(int(r["seed"]), []).append((int(r["step"]), float(r["psnr"])))
+            seeds = [sorted(pts) for pts in by_seed.values()]
+            draw_band(ax, [([s for s, _ in c], [v for _, v in c]) for c in seeds], color=f"C{i}", marker="o",
+                      label=f"{name}, {longest} run ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
+            own = sorted({int(r["budget"]) for r in finals if r["scene"] == scene and r["method"] == method})
+            means = [seed_stats(_value(finals, scene, method, b, "psnr").values()).mean for b in own]
+            ax.scatter(own, means, marker="x", color=f"C{i}", s=40, label=f"{name}, each budget's own run (mean)")
+        ax.set_title(f"{scene}: held-out PSNR, every held-out view\nlines: mean over seeds; band: {BANDS['minmax']}",
+                     fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("held-out PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    return path
 
 
 if __name__ == "__main__":

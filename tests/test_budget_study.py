@@ -61,7 +61,7 @@ def test_the_curve_table_and_figures(study, tmp_path):
     md = study.tables_markdown(RECORDS, curve)
     assert "| fern | 700 | 17.00 | 17.60 | 0.60 |" in md and "| fern | 6000 | 20.00 | 20.10 | 0.10 |" in md
     assert study.plot_gap(RECORDS, tmp_path / "gap.png").stat().st_size > 1000
-    assert study.plot_curve(curve, tmp_path / "curve.png").stat().st_size > 1000
+    assert study.plot_curve(curve, tmp_path / "curve.png", RECORDS).stat().st_size > 1000
 
 
 def test_the_curve_reads_evaluated_checkpoints_back_in_run_order(study, tmp_path):
