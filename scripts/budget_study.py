@@ -109,8 +109,9 @@ class BudgetStudy:
         from concurrent.futures import ThreadPoolExecutor
 
         longest = max(self.budgets)
+        steps = sorted(b for b in self.budgets if b < longest)
         finished = [r for r in records if r["budget"] == longest and r["status"] == "done"]
-        points = [(r, step) for r in finished for step in sorted(b for b in self.budgets if b < longest)]
+        points = [(r, step) for r in finished for step in steps]  # run by run, a run's steps in order
         progress = CurveProgress(sum(not checkpoint_result(Path(str(r["run_dir"])), step).is_file() for r, step in points),
                                  self.out / "budget_curve.log")
 
@@ -120,9 +121,9 @@ class BudgetStudy:
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             evaluated = list(pool.map(evaluate, points))
         rows = []
-        for r in finished:
-            for (of, step), metrics in zip(points, evaluated):
-                if of is r and metrics is not None:
+        for k, r in enumerate(finished):
+            for step, metrics in zip(steps, evaluated[k * len(steps):(k + 1) * len(steps)]):
+                if metrics is not None:
                     rows.append({"scene": r["scene"], "method": r["method"], "seed": r["seed"], "budget": longest,
                                  "step": step, "psnr": metrics.get("psnr"), "ssim": metrics.get("ssim")})
             rows.append({"scene": r["scene"], "method": r["method"], "seed": r["seed"], "budget": longest,
